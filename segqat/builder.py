@@ -1,0 +1,225 @@
+"""Build models, datasets, transforms, losses, optimizer and LR schedule from a config.
+
+Every ``type:`` name resolves through paddleseg's component registries
+(``paddleseg.cvlibs.manager``), so any model, backbone, transform, dataset,
+loss or optimizer paddleseg 2.8 ships can be named. A wrong name lists the
+valid ones; an argument the component does not take is an error naming it.
+"""
+import copy
+import inspect
+import logging
+import os
+
+import numpy as np  # noqa: F401  (before paddle, see compat)
+import paddle
+from paddleseg.cvlibs import manager
+
+from . import compat
+from .config import ConfigError
+from .data import CheckedDataset
+
+logger = logging.getLogger(__name__)
+
+_REGISTRIES = {
+    "model": [manager.MODELS],
+    "backbone": [manager.BACKBONES, manager.MODELS],
+    "dataset": [manager.DATASETS],
+    "transform": [manager.TRANSFORMS],
+    "loss": [manager.LOSSES],
+    "optimizer": [manager.OPTIMIZERS],
+}
+# Any nested ``type:`` dict may name a component of any registry (a model's
+# backbone, a MixedLoss's losses, a dataset's transforms).
+_ALL = [manager.MODELS, manager.BACKBONES, manager.DATASETS, manager.TRANSFORMS,
+        manager.LOSSES, manager.OPTIMIZERS]
+
+
+def _lookup(type_name, kind, where):
+    overrides = compat.loss_overrides() if kind in ("loss", "any") else {}
+    if type_name in overrides:
+        return overrides[type_name]
+    registries = _REGISTRIES.get(kind, _ALL)
+    for reg in registries:
+        if type_name in reg.components_dict:
+            return reg.components_dict[type_name]
+    valid = sorted({n for reg in registries for n in reg.components_dict})
+    raise ConfigError(f"Unknown {kind} type '{type_name}' at {where}. Valid types: {', '.join(valid)}")
+
+
+def _check_args(cls, params, where):
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    unknown = [k for k in params if k not in sig.parameters]
+    if unknown:
+        allowed = [n for n, p in sig.parameters.items() if p.kind != p.VAR_POSITIONAL]
+        raise ConfigError(f"Unknown argument(s) {unknown} for {cls.__name__} at {where}. "
+                          f"Allowed: {', '.join(allowed)}")
+
+
+def build_component(cfg, kind="any", where="config"):
+    """Instantiate ``{'type': Name, **kwargs}``, building nested components first."""
+    cfg = copy.deepcopy(cfg)
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ConfigError(f"{where} must be a mapping with a 'type' key, got {cfg!r}")
+    type_name = cfg.pop("type")
+    cls = _lookup(type_name, kind, where)
+    params = {}
+    for key, val in cfg.items():
+        if isinstance(val, dict) and "type" in val:
+            sub_kind = "backbone" if key == "backbone" else "any"
+            params[key] = build_component(val, sub_kind, f"{where}.{key}")
+        elif isinstance(val, list):
+            params[key] = [build_component(v, "any", f"{where}.{key}[{i}]")
+                           if isinstance(v, dict) and "type" in v else v
+                           for i, v in enumerate(val)]
+        else:
+            params[key] = val
+    _check_args(cls, params, where)
+    try:
+        return cls(**params)
+    except (ConfigError, FileNotFoundError):
+        raise
+    except Exception as e:
+        raise ConfigError(f"Could not build {type_name} at {where}: {type(e).__name__}: {e}") from e
+
+
+# ---------------------------------------------------------------- pieces
+
+def num_classes(cfg):
+    for key in ("model", "train_dataset", "val_dataset"):
+        n = (cfg.get(key) or {}).get("num_classes")
+        if n is not None:
+            return int(n)
+    raise ConfigError(f"{cfg.path}: no num_classes in model, train_dataset or val_dataset")
+
+
+def build_model(cfg):
+    cfg.require("model")
+    model_cfg = cfg.section("model")
+    if "num_classes" not in model_cfg:
+        model_cfg["num_classes"] = num_classes(cfg)
+    for key in ("train_dataset", "val_dataset"):
+        n = (cfg.get(key) or {}).get("num_classes")
+        if n is not None and n != model_cfg["num_classes"]:
+            raise ConfigError(f"{cfg.path}: model.num_classes is {model_cfg['num_classes']} but "
+                              f"{key}.num_classes is {n}; they must match")
+    return build_component(model_cfg, "model", f"{cfg.where('model')}: model")
+
+
+def build_dataset(cfg, split, seed=0):
+    key = f"{split}_dataset"
+    cfg.require(key)
+    ds_cfg = cfg.section(key)
+    ds_cfg.setdefault("mode", "train" if split == "train" else "val")
+    inner = build_component(ds_cfg, "dataset", f"{cfg.where(key)}: {key}")
+    return CheckedDataset(inner, name=f"{key} ({cfg.path})", seed=seed)
+
+
+def build_losses(cfg):
+    cfg.require("loss")
+    loss_cfg = cfg.section("loss")
+    where = cfg.where("loss")
+    ignore = (cfg.get("train_dataset") or {}).get("ignore_index", 255)
+    types = []
+    for i, item in enumerate(loss_cfg.get("types", [])):
+        item = dict(item)
+        if item.get("type") != "MixedLoss" and "ignore_index" not in item:
+            cls = _lookup(item.get("type"), "loss", f"{where}: loss.types[{i}]")
+            if "ignore_index" in inspect.signature(cls).parameters:
+                item["ignore_index"] = ignore
+        types.append(build_component(item, "loss", f"{where}: loss.types[{i}]"))
+    return {"types": types, "coef": [float(c) for c in loss_cfg.get("coef", [])]}
+
+
+def build_lr_scheduler(cfg, learning_rate=None):
+    cfg.require("lr_scheduler")
+    lr_cfg = cfg.section("lr_scheduler")
+    where = f"{cfg.where('lr_scheduler')}: lr_scheduler"
+    if learning_rate is not None:
+        lr_cfg["learning_rate"] = learning_rate
+    warmup_iters = lr_cfg.pop("warmup_iters", 0)
+    warmup_start_lr = lr_cfg.pop("warmup_start_lr", None)
+    if warmup_iters and warmup_start_lr is None:
+        raise ConfigError(f"{where}: warmup_iters needs warmup_start_lr")
+    lr_type = lr_cfg.pop("type")
+    if not hasattr(paddle.optimizer.lr, lr_type) or lr_type == "LRScheduler":
+        valid = [n for n in dir(paddle.optimizer.lr)
+                 if inspect.isclass(getattr(paddle.optimizer.lr, n))
+                 and issubclass(getattr(paddle.optimizer.lr, n), paddle.optimizer.lr.LRScheduler)
+                 and n != "LRScheduler"]
+        raise ConfigError(f"Unknown lr_scheduler type '{lr_type}' at {where}. Valid: {', '.join(valid)}")
+    if lr_type == "PolynomialDecay":
+        lr_cfg.setdefault("decay_steps", max(cfg.iters - warmup_iters, 1))
+    cls = getattr(paddle.optimizer.lr, lr_type)
+    _check_args(cls, lr_cfg, where)
+    sched = cls(**lr_cfg)
+    if warmup_iters:
+        sched = paddle.optimizer.lr.LinearWarmup(
+            learning_rate=sched, warmup_steps=warmup_iters,
+            start_lr=warmup_start_lr, end_lr=lr_cfg["learning_rate"])
+    return sched
+
+
+def build_optimizer(cfg, model, lr_scheduler):
+    cfg.require("optimizer")
+    opt_cfg = cfg.section("optimizer")
+    # PaddleSeg compatibility: lower-case names and SGD-with-momentum.
+    opt_cfg["type"] = {"sgd": "SGD", "adam": "Adam"}.get(opt_cfg["type"], opt_cfg["type"])
+    if opt_cfg["type"] == "SGD" and "momentum" in opt_cfg:
+        opt_cfg["type"] = "Momentum"
+    factory = build_component(opt_cfg, "optimizer", f"{cfg.where('optimizer')}: optimizer")
+    return factory(model, lr_scheduler)
+
+
+def test_config(cfg, **flag_overrides):
+    """Evaluation settings: the config's test_config, then non-None flags."""
+    tc = cfg.section("test_config")
+    for k, v in flag_overrides.items():
+        if v is not None:
+            tc[k] = v
+    return tc
+
+
+# ---------------------------------------------------------------- weights
+
+class WeightsError(ValueError):
+    """Weights that are missing or do not fit the model."""
+
+
+def load_weights(model, path, what="--model_path"):
+    """Load a .pdparams file strictly: every key present, every shape equal."""
+    if not path:
+        raise WeightsError(f"{what} is required")
+    if not os.path.isfile(path):
+        raise WeightsError(f"{what}: weights file not found: {path}")
+    try:
+        state = paddle.load(path)
+    except Exception as e:
+        raise WeightsError(f"{what}: cannot read weights file {path}: {e}") from e
+    if not isinstance(state, dict):
+        raise WeightsError(f"{what}: {path} does not hold a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [(k, list(state[k].shape), list(own[k].shape))
+                  for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
+    if missing or unexpected or mismatched:
+        lines = [f"{what}: weights in {path} do not fit the configured model "
+                 f"({type(model).__name__}, {len(own)} tensors; file has {len(state)})."]
+        if mismatched:
+            lines.append("Shape mismatches (name: file vs model): " + "; ".join(
+                f"{k}: {a} vs {b}" for k, a, b in mismatched[:5])
+                + (f" ... and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""))
+        if missing:
+            lines.append(f"Missing in file ({len(missing)}): {', '.join(missing[:5])}"
+                         + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            lines.append(f"Not in model ({len(unexpected)}): {', '.join(unexpected[:5])}"
+                         + (" ..." if len(unexpected) > 5 else ""))
+        raise WeightsError("\n".join(lines))
+    model.set_state_dict(state)
+    logger.info("Loaded %d tensors from %s", len(state), path)

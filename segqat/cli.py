@@ -1,0 +1,155 @@
+"""Flags shared by the scripts (PaddleSeg's names), logging and environment set-up.
+
+The scripts in tools/, slim/quant/ and deploy/python/ build their parsers
+from these helpers so the same flag means the same thing everywhere. This is
+the only module of the package that knows about argparse.
+"""
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np  # noqa: F401  (before paddle, see compat)
+
+logger = logging.getLogger("segqat")
+
+
+def str2bool(v):
+    """Strict boolean: true/false, yes/no, 1/0 (any case); anything else is an error."""
+    s = str(v).strip().lower()
+    if s in ("true", "yes", "1", "on"):
+        return True
+    if s in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
+
+
+def positive_int(v):
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    if i <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return i
+
+
+def nonneg_float(v):
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}")
+    if f < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}")
+    return f
+
+
+def int_list(n):
+    def parse(v):
+        try:
+            vals = [int(x) for x in v.replace(",", " ").split()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {n} integers, got {v!r}")
+        if len(vals) != n or any(x <= 0 for x in vals):
+            raise argparse.ArgumentTypeError(f"expected {n} positive integers, got {v!r}")
+        return vals
+    return parse
+
+
+def add_config_args(parser, model_path_required=False, model_path_help="weights (.pdparams)"):
+    parser.add_argument("--config", required=True, help="PaddleSeg-schema YAML config")
+    parser.add_argument("--model_path", required=model_path_required, default=None,
+                        help=model_path_help)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                        help="device to run on (default: cpu)")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config entries, e.g. batch_size=4 model.align_corners=true")
+
+
+def add_train_args(parser):
+    g = parser.add_argument_group("training")
+    g.add_argument("--iters", type=positive_int, default=None, help="iterations (default: config)")
+    g.add_argument("--batch_size", type=positive_int, default=None,
+                   help="batch size per process (default: config)")
+    g.add_argument("--learning_rate", type=nonneg_float, default=None,
+                   help="base learning rate (default: config's lr_scheduler.learning_rate)")
+    g.add_argument("--save_interval", type=positive_int, default=1000,
+                   help="save (and evaluate with --do_eval) every N iterations")
+    g.add_argument("--resume_model", default=None,
+                   help="checkpoint directory to resume from (save_dir/iter_N)")
+    g.add_argument("--save_dir", default="./output", help="where checkpoints and logs go")
+    g.add_argument("--keep_checkpoint_max", type=int, default=5,
+                   help="keep at most this many iter_N/ checkpoints (<=0: keep all)")
+    g.add_argument("--num_workers", type=int, default=0, help="data loader worker processes")
+    g.add_argument("--do_eval", action="store_true", help="evaluate at each save and keep best_model/")
+    g.add_argument("--log_iters", type=positive_int, default=10, help="log every N iterations")
+    g.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to save_dir/vdl_log")
+    g.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentation, init)")
+    g.add_argument("--cpu_threads", type=positive_int, default=None,
+                   help="math-library threads on CPU (default: paddle's, 1)")
+
+
+def add_eval_args(parser):
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--is_slide", action="store_true", default=None, help="sliding-window evaluation")
+    g.add_argument("--crop_size", type=int_list(2), default=None, metavar="W,H",
+                   help="window size for --is_slide, e.g. 256,256")
+    g.add_argument("--stride", type=int_list(2), default=None, metavar="W,H",
+                   help="window stride for --is_slide, e.g. 128,128")
+    g.add_argument("--aug_eval", action="store_true", default=None,
+                   help="multi-scale / flip evaluation")
+    g.add_argument("--scales", type=float, nargs="+", default=None, help="scales for --aug_eval")
+    g.add_argument("--flip_horizontal", action="store_true", default=None, help="flip for --aug_eval")
+    g.add_argument("--flip_vertical", action="store_true", default=None, help="flip for --aug_eval")
+    g.add_argument("--save_metrics", default=None, metavar="FILE.json",
+                   help="write the metrics to this JSON file")
+
+
+def check_eval_args(parser, args):
+    if args.is_slide and (args.crop_size is None or args.stride is None):
+        parser.error("--is_slide needs --crop_size and --stride")
+    if (args.scales or args.flip_horizontal or args.flip_vertical) and not args.aug_eval:
+        parser.error("--scales/--flip_horizontal/--flip_vertical need --aug_eval")
+
+
+def eval_overrides(args):
+    return {k: getattr(args, k) for k in ("is_slide", "crop_size", "stride", "aug_eval",
+                                          "scales", "flip_horizontal", "flip_vertical")}
+
+
+def setup(args=None, save_dir=None, log_name="train.log"):
+    """Configure logging (console, and save_dir/log_name on rank 0) and the device."""
+    import paddle
+    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if save_dir and rank == 0:
+        os.makedirs(save_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(save_dir, log_name)))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s [%(levelname)s] %(message)s", handlers=handlers, force=True)
+    device = getattr(args, "device", "cpu") if args is not None else "cpu"
+    if device == "gpu" and not paddle.device.is_compiled_with_cuda():
+        raise SystemExit("--device gpu: this paddlepaddle build has no CUDA support; use --device cpu")
+    paddle.set_device(device)
+    threads = getattr(args, "cpu_threads", None) if args is not None else None
+    if threads:
+        from . import compat
+        compat.set_cpu_threads(threads)
+    logger.info("Python %s | paddle %s | device %s | cpu threads %s | processes %s",
+                sys.version.split()[0], paddle.__version__, device, threads or "default",
+                os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+
+
+def run(main, args):
+    """Run ``main(args)``; user-facing errors print one clear line and exit 1."""
+    from .builder import WeightsError
+    from .config import ConfigError
+    from .data import DataError
+    try:
+        return main(args)
+    except (ConfigError, DataError, WeightsError, FileNotFoundError, FloatingPointError) as e:
+        logging.getLogger("segqat").error("%s: %s", type(e).__name__, e)
+        sys.exit(1)
+    except ValueError as e:
+        logging.getLogger("segqat").error("%s: %s", type(e).__name__, e)
+        sys.exit(1)

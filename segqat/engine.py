@@ -1,0 +1,378 @@
+"""Training loop, evaluation, checkpoints, logging and VisualDL.
+
+The same ``train`` serves FP32 training (tools/train.py) and QAT
+(slim/quant/qat_train.py): QAT passes an already-quantized model, nothing
+else changes. Works under ``python -m paddle.distributed.launch``: data is
+sharded per rank, gradients all-reduced by ``paddle.DataParallel``, and only
+rank 0 logs, evaluates and writes checkpoints.
+
+Checkpoint layout (PaddleSeg's): ``save_dir/iter_N/{model.pdparams,
+model.pdopt, state.json}`` and ``save_dir/best_model/``. Each is written to a
+temporary directory and renamed into place, so an interrupted save never
+leaves a broken checkpoint where a good one stood.
+"""
+import dataclasses
+import glob
+import json
+import logging
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from . import compat
+from .builder import build_lr_scheduler, build_optimizer
+from .data import ResumableBatchSampler
+from .metrics import ConfusionMatrix, compute_metrics
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- inference
+
+def _reverse_transform(logits, trans_info):
+    """Undo the resize/padding of the val transforms on [N, C, H, W] logits."""
+    for mode, shape in reversed(trans_info):
+        mode = mode[0] if isinstance(mode, (list, tuple)) else mode
+        h, w = int(shape[0]), int(shape[1])
+        if mode == "resize":
+            logits = F.interpolate(logits, [h, w], mode="bilinear", align_corners=False)
+        elif mode == "padding":
+            logits = logits[:, :, :h, :w]
+        else:
+            raise ValueError(f"unexpected transform record {mode!r} in trans_info")
+    return logits
+
+
+def _slide_logits(model, img, crop_size, stride, num_classes):
+    _, _, h_im, w_im = img.shape
+    w_crop, h_crop = crop_size
+    w_stride, h_stride = stride
+    rows = max(int(math.ceil((h_im - h_crop) / h_stride)) + 1, 1)
+    cols = max(int(math.ceil((w_im - w_crop) / w_stride)) + 1, 1)
+    total = paddle.zeros([1, num_classes, h_im, w_im])
+    count = paddle.zeros([1, 1, h_im, w_im])
+    for r in range(rows):
+        for c in range(cols):
+            h1, w1 = r * h_stride, c * w_stride
+            h2, w2 = min(h1 + h_crop, h_im), min(w1 + w_crop, w_im)
+            h1, w1 = max(h2 - h_crop, 0), max(w2 - w_crop, 0)
+            logit = model(img[:, :, h1:h2, w1:w2])[0]
+            total[:, :, h1:h2, w1:w2] += logit
+            count[:, :, h1:h2, w1:w2] += 1
+    return total / count
+
+
+def predict_logits(model, img, test_cfg, num_classes):
+    """Logits at the input's size, honouring test_config (slide, aug_eval)."""
+    is_slide = test_cfg.get("is_slide", False)
+
+    def once(x):
+        if is_slide:
+            return _slide_logits(model, x, test_cfg["crop_size"], test_cfg["stride"], num_classes)
+        return model(x)[0]
+
+    if not test_cfg.get("aug_eval", False):
+        return once(img)
+    scales = test_cfg.get("scales", 1.0)
+    scales = scales if isinstance(scales, list) else [scales]
+    flips = [None]
+    if test_cfg.get("flip_horizontal", False):
+        flips.append([3])
+    if test_cfg.get("flip_vertical", False):
+        flips.append([2])
+        if test_cfg.get("flip_horizontal", False):
+            flips.append([2, 3])
+    h, w = img.shape[-2:]
+    total = 0
+    for s in scales:
+        hs, ws = int(h * s + 0.5), int(w * s + 0.5)
+        x = F.interpolate(img, [hs, ws], mode="bilinear") if (hs, ws) != (h, w) else img
+        for flip in flips:
+            xi = paddle.flip(x, flip) if flip else x
+            logit = once(xi)
+            logit = paddle.flip(logit, flip) if flip else logit
+            logit = F.interpolate(logit, [h, w], mode="bilinear") if (hs, ws) != (h, w) else logit
+            total = total + F.softmax(logit, axis=1)
+    return total
+
+
+def evaluate(model, dataset, test_cfg=None, num_classes=None, progress=True, label="Evaluate"):
+    """Evaluate on every image of ``dataset`` (val mode). Returns the metrics dict.
+
+    Logs PaddleSeg's ``[EVAL] #Images ... mIoU ... Acc ... Kappa ... Dice``
+    line plus per-class IoU and precision.
+    """
+    test_cfg = test_cfg or {}
+    num_classes = num_classes or dataset.num_classes
+    model.eval()
+    cm = ConfusionMatrix(num_classes, dataset.ignore_index)
+    n = len(dataset)
+    logger.info("%s: %d images, %s", label, n, _describe_test_cfg(test_cfg))
+    start = time.time()
+    step = max(n // 10, 1)
+    with paddle.no_grad():
+        for i in range(n):
+            img, lab, trans_info = dataset[i]
+            x = paddle.to_tensor(img[np.newaxis])
+            logits = predict_logits(model, x, test_cfg, num_classes)
+            logits = _reverse_transform(logits, trans_info)
+            pred = paddle.argmax(logits, axis=1).numpy()
+            cm.update(pred, lab)
+            if progress and ((i + 1) % step == 0 or i + 1 == n):
+                el = time.time() - start
+                logger.info("[EVAL] %d/%d images | %.3f s/img | ETA %s",
+                            i + 1, n, el / (i + 1), _fmt_eta(el / (i + 1) * (n - i - 1)))
+    m = compute_metrics(cm.mat)
+    m["num_images"] = n
+    m["confusion_matrix"] = cm.mat.tolist()
+    logger.info("[EVAL] #Images: %d mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f",
+                n, m["mIoU"], m["Acc"], m["Kappa"], m["Dice"])
+    logger.info("[EVAL] Class IoU: %s", np.round(m["class_IoU"], 4).tolist())
+    logger.info("[EVAL] Class Precision: %s", np.round(m["class_precision"], 4).tolist())
+    return m
+
+
+def _describe_test_cfg(tc):
+    if tc.get("aug_eval"):
+        return (f"aug_eval scales={tc.get('scales', 1.0)} flip_horizontal="
+                f"{tc.get('flip_horizontal', False)} flip_vertical={tc.get('flip_vertical', False)}"
+                + (f", slide crop={tc['crop_size']} stride={tc['stride']}" if tc.get("is_slide") else ""))
+    if tc.get("is_slide"):
+        return f"sliding window crop_size={tc['crop_size']} stride={tc['stride']}"
+    return "whole image"
+
+
+def _fmt_eta(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _atomic_dir_write(final_dir, write_fn):
+    """Write into a temp dir beside ``final_dir``, then swap it into place."""
+    parent = os.path.dirname(os.path.abspath(final_dir))
+    os.makedirs(parent, exist_ok=True)
+    name = os.path.basename(final_dir.rstrip("/"))
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        write_fn(tmp)
+        for f in os.listdir(tmp):
+            with open(os.path.join(tmp, f), "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(final_dir):
+        os.replace(final_dir, old)
+    os.replace(tmp, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(path, model, optimizer=None, state=None):
+    def write(d):
+        paddle.save(model.state_dict(), os.path.join(d, "model.pdparams"))
+        if optimizer is not None:
+            paddle.save(optimizer.state_dict(), os.path.join(d, "model.pdopt"))
+        if state is not None:
+            with open(os.path.join(d, "state.json"), "w") as f:
+                json.dump(state, f, indent=2)
+    _atomic_dir_write(path, write)
+
+
+def _prune_checkpoints(save_dir, keep):
+    if keep is None or keep <= 0:
+        return
+    dirs = sorted(glob.glob(os.path.join(save_dir, "iter_*")),
+                  key=lambda p: int(p.rsplit("_", 1)[-1]) if p.rsplit("_", 1)[-1].isdigit() else -1)
+    dirs = [d for d in dirs if d.rsplit("_", 1)[-1].isdigit()]
+    for d in dirs[:-keep]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def load_resume(resume_dir, model, optimizer):
+    """Restore model, optimizer (with its LR schedule) and the training state."""
+    pdparams = os.path.join(resume_dir, "model.pdparams")
+    pdopt = os.path.join(resume_dir, "model.pdopt")
+    for p in (pdparams, pdopt):
+        if not os.path.isfile(p):
+            raise ResumeError(f"--resume_model {resume_dir}: {os.path.basename(p)} not found "
+                              f"(expected a checkpoint directory like save_dir/iter_N)")
+    from .builder import load_weights
+    load_weights(model, pdparams, what="--resume_model")
+    optimizer.set_state_dict(paddle.load(pdopt))
+    state_path = os.path.join(resume_dir, "state.json")
+    if os.path.isfile(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+    else:  # a PaddleSeg checkpoint: iteration from the directory name
+        tail = os.path.basename(os.path.normpath(resume_dir)).rsplit("_", 1)[-1]
+        if not tail.isdigit():
+            raise ResumeError(f"--resume_model {resume_dir}: no state.json and the directory "
+                              "name does not end in _<iteration>")
+        state = {"iter": int(tail)}
+    logger.info("Resumed from %s at iteration %d", resume_dir, state["iter"])
+    return state
+
+
+# ---------------------------------------------------------------- training
+
+@dataclasses.dataclass
+class TrainOptions:
+    save_dir: str = "output"
+    iters: int = 1000
+    batch_size: int = 2
+    learning_rate: float = None
+    save_interval: int = 1000
+    resume_model: str = None
+    keep_checkpoint_max: int = 5
+    num_workers: int = 0
+    do_eval: bool = False
+    log_iters: int = 10
+    use_vdl: bool = False
+    seed: int = 0
+    label: str = "Evaluate"  # how eval lines are labelled ("Evaluate QAT model")
+
+
+def _loss(losses, logits_list, label):
+    if len(logits_list) != len(losses["types"]):
+        raise ValueError(f"the model returned {len(logits_list)} outputs but loss.types has "
+                         f"{len(losses['types'])} entries; give one loss (and coef) per output")
+    total = 0
+    for logit, fn, coef in zip(logits_list, losses["types"], losses["coef"]):
+        total = total + coef * fn(logit, label)
+    return total
+
+
+def _worker_init(worker_id):
+    compat.set_cpu_threads(1)
+
+
+def train(cfg, model, train_ds, val_ds, losses, opts, test_cfg=None):
+    """Train ``model``; returns {'best_mIoU', 'best_iter', 'last_iter'}."""
+    world = paddle.distributed.get_world_size()
+    rank = paddle.distributed.get_rank()
+    is_main = rank == 0
+    if world > 1:
+        paddle.distributed.init_parallel_env()
+
+    lr_sched = build_lr_scheduler(cfg, opts.learning_rate)
+    optimizer = build_optimizer(cfg, model, lr_sched)
+
+    start_iter, best_miou, best_iter = 0, -1.0, -1
+    if opts.resume_model:
+        state = load_resume(opts.resume_model, model, optimizer)
+        start_iter = state["iter"]
+        best_miou, best_iter = state.get("best_mIoU", -1.0), state.get("best_iter", -1)
+        if start_iter >= opts.iters:
+            raise ResumeError(f"--resume_model {opts.resume_model} is at iteration {start_iter}, "
+                              f"not before --iters {opts.iters}: nothing to train")
+
+    ddp_model = paddle.DataParallel(model) if world > 1 else model
+    sampler = ResumableBatchSampler(train_ds, opts.batch_size, shuffle=True, seed=opts.seed,
+                                    rank=rank, world_size=world)
+    iters_per_epoch = len(sampler)
+    epoch, skip = divmod(start_iter, iters_per_epoch)
+
+    writer = None
+    if opts.use_vdl and is_main:
+        from visualdl import LogWriter
+        writer = LogWriter(os.path.join(opts.save_dir, "vdl_log"))
+    if is_main:
+        os.makedirs(opts.save_dir, exist_ok=True)
+
+    model.train()
+    it = start_iter
+    reader_cost = batch_cost = 0.0
+    samples = since_log = 0
+    tic = time.time()
+    run_start = time.time()
+    while it < opts.iters:
+        train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch, skip)
+        loader = paddle.io.DataLoader(train_ds, batch_sampler=sampler, num_workers=opts.num_workers,
+                                      return_list=True, worker_init_fn=_worker_init,
+                                      use_shared_memory=False)
+        for img, label in loader:
+            reader_cost += time.time() - tic
+            it += 1
+            paddle.seed(opts.seed + it)  # dropout etc.: a function of the iteration only
+            logits_list = ddp_model(img)
+            loss = _loss(losses, logits_list, label)
+            loss_value = compat.scalar(loss)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"Loss is {loss_value} at iteration {it}; stopping. "
+                                         "Lower --learning_rate or check the labels.")
+            loss.backward()
+            optimizer.step()
+            lr = optimizer.get_lr()
+            lr_sched.step()
+            model.clear_gradients()
+            batch_cost += time.time() - tic
+            samples += img.shape[0]
+            since_log += 1
+
+            if is_main and (it % opts.log_iters == 0 or it == opts.iters):
+                avg_batch, avg_reader = batch_cost / since_log, reader_cost / since_log
+                eta = avg_batch * (opts.iters - it)
+                logger.info(
+                    "[TRAIN] epoch: %d, iter: %d/%d, loss: %.4f, lr: %.6f, batch_cost: %.4f, "
+                    "reader_cost: %.5f, ips: %.4f samples/sec | ETA %s",
+                    epoch + 1, it, opts.iters, loss_value, lr, avg_batch, avg_reader,
+                    samples / max(batch_cost, 1e-9), _fmt_eta(eta))
+                if writer:
+                    writer.add_scalar("Train/loss", loss_value, it)
+                    writer.add_scalar("Train/lr", lr, it)
+                    writer.add_scalar("Train/batch_cost", avg_batch, it)
+                    writer.add_scalar("Train/reader_cost", avg_reader, it)
+                reader_cost = batch_cost = 0.0
+                samples = since_log = 0
+
+            if it % opts.save_interval == 0 or it == opts.iters:
+                if is_main:
+                    state = {"iter": it, "epoch": epoch, "best_mIoU": best_miou,
+                             "best_iter": best_iter, "seed": opts.seed}
+                    if opts.do_eval and val_ds is not None:
+                        m = evaluate(model, val_ds, test_cfg, label=opts.label)
+                        model.train()
+                        if writer:
+                            writer.add_scalar("Evaluate/mIoU", m["mIoU"], it)
+                            writer.add_scalar("Evaluate/Acc", m["Acc"], it)
+                        if m["mIoU"] > best_miou:
+                            best_miou, best_iter = m["mIoU"], it
+                            state.update(best_mIoU=best_miou, best_iter=best_iter)
+                            save_checkpoint(os.path.join(opts.save_dir, "best_model"), model,
+                                            state={**state, "metrics": _short(m)})
+                        logger.info("[EVAL] The model with the best validation mIoU (%.4f) "
+                                    "was saved at iter %d.", best_miou, best_iter)
+                    save_checkpoint(os.path.join(opts.save_dir, f"iter_{it}"), model, optimizer, state)
+                    _prune_checkpoints(opts.save_dir, opts.keep_checkpoint_max)
+                if world > 1:
+                    paddle.distributed.barrier()
+            if it >= opts.iters:
+                break
+            tic = time.time()
+        epoch += 1
+        skip = 0
+    if writer:
+        writer.close()
+    if is_main:
+        logger.info("Training done: %d iterations in %s", it - start_iter,
+                    _fmt_eta(time.time() - run_start))
+    return {"best_mIoU": best_miou, "best_iter": best_iter, "last_iter": it}
+
+
+def _short(m):
+    return {k: v for k, v in m.items() if k != "confusion_matrix"}

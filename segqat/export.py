@@ -1,0 +1,121 @@
+"""Export a trained (FP32 or QAT) model to a static inference directory.
+
+Writes ``model.pdmodel`` + ``model.pdiparams`` (old IR, so that oneDNN and
+Paddle Lite can run it, see compat) and ``deploy.yaml`` in PaddleSeg's schema:
+
+    Deploy:
+      model: model.pdmodel
+      params: model.pdiparams
+      transforms: [{type: Normalize, ...}]
+      input_shape: [-1, 3, -1, -1]
+      output_op: argmax          # argmax | softmax | none
+      output_dtype: int32        # int32 labels, or float32 scores
+      precision: int8            # ours: fp32 | int8 (what the weights are)
+
+The directory is written to a temporary sibling and renamed into place: a
+failed export never damages an earlier one.
+"""
+import logging
+import os
+
+import numpy as np  # noqa: F401  (before paddle, see compat)
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+import yaml
+
+from . import compat
+from .engine import _atomic_dir_write
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_OPS = ("argmax", "softmax", "none")
+
+
+def output_op_from_legacy(with_softmax, without_argmax):
+    """PaddleSeg's older flags as an output_op.
+
+    ==============  ===============  =========================================
+    --with_softmax  --without_argmax  output
+    ==============  ===============  =========================================
+    no              no                argmax: int32 labels [N, H, W]
+    yes             no                argmax: labels (softmax does not change
+                                      the argmax, as in PaddleSeg)
+    no              yes               none: float32 logits [N, C, H, W]
+    yes             yes               softmax: float32 probabilities [N, C, H, W]
+    ==============  ===============  =========================================
+    """
+    if without_argmax:
+        return "softmax" if with_softmax else "none"
+    return "argmax"
+
+
+class SegHead(nn.Layer):
+    """The model plus its output op; the first output only (inference)."""
+
+    def __init__(self, model, output_op):
+        super().__init__()
+        if output_op not in OUTPUT_OPS:
+            raise ValueError(f"output_op must be one of {OUTPUT_OPS}, got {output_op!r}")
+        self.model = model
+        self.output_op = output_op
+
+    def forward(self, x):
+        logit = self.model(x)[0]
+        if self.output_op == "argmax":
+            return paddle.argmax(logit, axis=1, dtype="int32")
+        if self.output_op == "softmax":
+            return F.softmax(logit, axis=1)
+        return logit
+
+
+def deploy_transforms(cfg):
+    exp = cfg.get("export") or {}
+    if exp.get("transforms"):
+        return exp["transforms"]
+    return (cfg.get("val_dataset") or {}).get("transforms", [{"type": "Normalize"}])
+
+
+def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", quanter=None):
+    """Save ``model`` (eval mode) as an inference directory; returns its path."""
+    input_shape = list(input_shape) if input_shape else [-1, 3, -1, -1]
+    if len(input_shape) != 4:
+        raise ValueError(f"--input_shape must have 4 values (N C H W), got {input_shape}")
+    model.eval()
+    head = SegHead(model, output_op)  # built outside the old-IR guard (see compat)
+    head.eval()
+    spec = [paddle.static.InputSpec(shape=input_shape, dtype="float32", name="x")]
+    deploy = {
+        "Deploy": {
+            "model": "model.pdmodel",
+            "params": "model.pdiparams",
+            "transforms": deploy_transforms(cfg),
+            "input_shape": input_shape,
+            "output_op": output_op,
+            "output_dtype": "int32" if output_op == "argmax" else "float32",
+            "precision": "int8" if quanter is not None else "fp32",
+            "num_classes": int(cfg.get("model", {}).get("num_classes")
+                               or cfg.get("train_dataset", {}).get("num_classes")
+                               or cfg.get("val_dataset", {}).get("num_classes")),
+        }
+    }
+
+    def write(d):
+        prefix = os.path.join(d, "model")
+        with compat.old_ir_export():
+            if quanter is not None:
+                quanter.save_quantized_model(head, prefix, input_spec=spec)
+            else:
+                paddle.jit.save(head, prefix, input_spec=spec)
+        for name in ("model.pdmodel", "model.pdiparams"):
+            if not os.path.isfile(os.path.join(d, name)):
+                raise RuntimeError(f"export wrote no {name} (paddle {paddle.__version__})")
+        with open(os.path.join(d, "deploy.yaml"), "w") as f:
+            yaml.safe_dump(deploy, f, sort_keys=False, default_flow_style=None)
+
+    _atomic_dir_write(save_dir, write)
+    size = os.path.getsize(os.path.join(save_dir, "model.pdiparams"))
+    logger.info("Exported %s model (%s, output_op %s, params %.2f MB) to %s",
+                deploy["Deploy"]["precision"].upper(), type(model).__name__, output_op,
+                size / 2 ** 20, save_dir)
+    return save_dir

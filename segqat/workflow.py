@@ -1,0 +1,83 @@
+"""What the train / val / export scripts do, FP32 and QAT alike.
+
+Each function takes the parsed arguments of its script; the QAT scripts call
+the same functions with ``qat=True``, which only changes how the model is
+built (``quant.build_model``) and how results are labelled.
+"""
+import json
+import logging
+import os
+
+import numpy as np  # noqa: F401  (before paddle, see compat)
+import paddle
+
+from . import builder, engine, export, quant
+from .config import load_config
+
+logger = logging.getLogger(__name__)
+
+
+def _load_cfg(args, extra=None):
+    overrides = dict(extra or {})
+    return load_config(args.config, opts=args.opts, overrides=overrides)
+
+
+def run_training(args, qat=False):
+    cfg = _load_cfg(args, {"iters": args.iters, "batch_size": args.batch_size,
+                           "lr_scheduler.learning_rate": args.learning_rate})
+    cfg.require("iters", "train_dataset", "loss", "optimizer", "lr_scheduler")
+    if args.do_eval:
+        cfg.require("val_dataset")
+    rank = paddle.distributed.get_rank()
+    if rank == 0:
+        logger.info("Config:\n%s", cfg.to_yaml())
+        cfg.save(os.path.join(args.save_dir, "config.yaml"))
+    paddle.seed(args.seed)
+    np.random.seed(args.seed)
+
+    model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="train")
+    if qat:
+        logger.info("Quantization settings: %s", quant.quant_settings(cfg))
+    if paddle.distributed.get_world_size() > 1 and args.device == "gpu":
+        model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        logger.info("BatchNorm layers converted to SyncBatchNorm")
+    train_ds = builder.build_dataset(cfg, "train", seed=args.seed)
+    val_ds = builder.build_dataset(cfg, "val") if args.do_eval else None
+    losses = builder.build_losses(cfg)
+    opts = engine.TrainOptions(
+        save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
+        save_interval=args.save_interval, resume_model=args.resume_model,
+        keep_checkpoint_max=args.keep_checkpoint_max, num_workers=args.num_workers,
+        do_eval=args.do_eval, log_iters=args.log_iters, use_vdl=args.use_vdl, seed=args.seed,
+        label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
+    return engine.train(cfg, model, train_ds, val_ds, losses, opts, builder.test_config(cfg))
+
+
+def run_eval(args, qat=False):
+    from . import cli
+    cfg = _load_cfg(args)
+    cfg.require("val_dataset")
+    model, _ = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")
+    val_ds = builder.build_dataset(cfg, "val")
+    tc = builder.test_config(cfg, **cli.eval_overrides(args))
+    m = engine.evaluate(model, val_ds, tc,
+                        label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
+    m.update(model_path=os.path.abspath(args.model_path) if args.model_path else None,
+             config=os.path.abspath(args.config), quantized=qat, test_config=tc)
+    if args.save_metrics:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_metrics)), exist_ok=True)
+        with open(args.save_metrics, "w") as f:
+            json.dump(m, f, indent=2)
+        logger.info("Metrics written to %s", args.save_metrics)
+    return m
+
+
+def run_export(args, qat=False):
+    cfg = _load_cfg(args)
+    model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")
+    out = export.export_model(cfg, model, args.save_dir, input_shape=args.input_shape,
+                              output_op=args.output_op, quanter=quanter)
+    if qat:
+        logger.info("INT8 inference model: run it with deploy/python/infer.py --config %s/deploy.yaml "
+                    "--precision int8", out)
+    return out
