@@ -1,0 +1,29 @@
+# Set-up, tests and the demo. Each target creates .venv and installs what is missing.
+#   make demo   synthetic data -> FP32 train -> QAT -> INT8 export -> INT8 inference
+#   make test   the test suite (CPU, a few minutes)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+DEMO    ?= output/demo
+CONFIG  ?= configs/bisenetv2/bisenetv2_synthetic_64x64.yml
+
+.PHONY: venv test demo clean-demo
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	# paddleseg and paddleslim pin conflicting opencv builds: install them without deps
+	grep '^#nodeps ' requirements.txt | cut -d' ' -f2- | xargs $(BIN)/python -m pip install -q --no-deps
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+demo: venv
+	$(BIN)/python tools/pipeline.py --config $(CONFIG) --fp32_iters 300 --qat_iters 100 \
+	    --save_dir $(DEMO)

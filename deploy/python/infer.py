@@ -1,0 +1,122 @@
+"""Run an exported model with Paddle Inference: label PNGs, overlays, or a timing.
+
+    python deploy/python/infer.py --config output/qat_infer/deploy.yaml \
+        --image_path data/synthetic/images --save_dir output/pred --precision int8 --cpu_threads 2
+
+    python deploy/python/infer.py --config output/qat_infer/deploy.yaml --image_path img.png \
+        --precision int8 --benchmark true           # median ms per image after warm-up
+
+--image_path: an image file, a folder of images, or a list file (one image
+path per line, optionally followed by a label path, relative to the list's folder).
+INT8 on CPU runs oneDNN INT8 kernels and checks that it does. GPU and TensorRT
+options are implemented but untested here (no GPU on the development machine).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from segqat import cli  # noqa: E402
+
+IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Paddle Inference for exported segmentation models")
+    p.add_argument("--config", required=True, help="deploy.yaml of an exported directory")
+    p.add_argument("--image_path", required=True, help="image file, folder, or list file")
+    p.add_argument("--save_dir", default="./output/result", help="where label PNGs and overlays go")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--enable_mkldnn", type=cli.str2bool, default=True, help="oneDNN on CPU (true/false)")
+    p.add_argument("--cpu_threads", type=cli.positive_int, default=1)
+    p.add_argument("--batch_size", type=cli.positive_int, default=1)
+    g = p.add_argument_group("TensorRT (GPU; untested here)")
+    g.add_argument("--use_trt", type=cli.str2bool, default=False)
+    g.add_argument("--min_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
+                   help="TensorRT dynamic shape: smallest input")
+    g.add_argument("--opt_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
+    g.add_argument("--max_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
+    b = p.add_argument_group("benchmark")
+    b.add_argument("--benchmark", type=cli.str2bool, default=False,
+                   help="time the model instead of writing results (true/false)")
+    b.add_argument("--warmup", type=cli.positive_int, default=10)
+    b.add_argument("--repeats", type=cli.positive_int, default=50)
+    return p
+
+
+def list_images(path):
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMG_EXTS))
+    elif os.path.isfile(path) and path.lower().endswith(IMG_EXTS):
+        files = [path]
+    elif os.path.isfile(path):
+        root = os.path.dirname(os.path.abspath(path))
+        with open(path) as f:
+            files = [os.path.join(root, ln.split()[0]) for ln in f if ln.strip()]
+    else:
+        raise FileNotFoundError(f"--image_path not found: {path}")
+    if not files:
+        raise FileNotFoundError(f"--image_path {path} holds no images ({', '.join(IMG_EXTS)})")
+    for f in files:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"--image_path {path}: image not found: {f}")
+    return files
+
+
+def main(args):
+    import cv2
+    import numpy as np
+    from segqat import deploy
+    cli.setup()
+    shapes = [args.min_shape, args.opt_shape, args.max_shape]
+    if args.use_trt and any(shapes) and not all(shapes):
+        raise ValueError("--min_shape, --opt_shape and --max_shape go together")
+    files = list_images(args.image_path)
+    pred = deploy.SegPredictor(args.config, device=args.device, precision=args.precision,
+                               enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads,
+                               batch_size=args.batch_size, use_trt=args.use_trt,
+                               trt_min_shape=args.min_shape, trt_opt_shape=args.opt_shape,
+                               trt_max_shape=args.max_shape)
+
+    def read(f):
+        img = cv2.imread(f, cv2.IMREAD_COLOR)
+        if img is None:
+            raise deploy.DeployError(f"cannot read image file {f}")
+        return img
+
+    try:
+        if args.benchmark:
+            imgs = [read(f) for f in files[:args.batch_size]]
+            while len(imgs) < args.batch_size:
+                imgs.append(imgs[-1])
+            batch = np.stack([pred.preprocess(im)[0] for im in imgs])
+            times = pred.benchmark(batch, args.warmup, args.repeats)
+            per_img = statistics.median(times) / args.batch_size * 1000
+            res = {"model": args.config, "precision": args.precision, "threads": args.cpu_threads,
+                   "input_shape": list(batch.shape), "median_ms_per_image": round(per_img, 3),
+                   "repeats": args.repeats}
+            print(json.dumps(res))
+            return res
+        os.makedirs(args.save_dir, exist_ok=True)
+        for i in range(0, len(files), args.batch_size):
+            chunk = files[i:i + args.batch_size]
+            imgs = [read(f) for f in chunk]
+            if len({im.shape for im in imgs}) > 1:
+                labels = [pred.predict([im])[0] for im in imgs]
+            else:
+                labels = pred.predict(imgs)
+            for f, im, lab in zip(chunk, imgs, labels):
+                stem = os.path.splitext(os.path.basename(f))[0]
+                deploy.save_label_png(lab, os.path.join(args.save_dir, stem + ".png"))
+                cv2.imwrite(os.path.join(args.save_dir, stem + "_overlay.jpg"), deploy.overlay(im, lab))
+        print(f"wrote {len(files)} label PNGs and overlays to {args.save_dir}")
+    finally:
+        pred.close()
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser().parse_args())
