@@ -261,7 +261,17 @@ def _worker_init(worker_id):
 
 
 def train(cfg, model, train_ds, val_ds, losses, opts, test_cfg=None):
-    """Train ``model``; returns {'best_mIoU', 'best_iter', 'last_iter'}."""
+    """Train ``model``; returns {'best_mIoU', 'best_iter', 'last_iter'}.
+
+    Runs in a fresh unique-name scope: the optimizer's accumulators
+    (``<param>_velocity_0``) are named the same in every run, which
+    ``model.pdopt`` needs to be restored into a new process or a second run.
+    """
+    with paddle.utils.unique_name.guard():
+        return _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg)
+
+
+def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     world = paddle.distributed.get_world_size()
     rank = paddle.distributed.get_rank()
     is_main = rank == 0

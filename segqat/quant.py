@@ -110,8 +110,17 @@ def _is_quant_key(k):
 def build_model(cfg, weights=None, quantized=False, stage="train"):
     """Build the configured model, optionally quantized, with weights loaded.
 
-    Returns ``(model, quanter)``; ``quanter`` is None for FP32.
+    Returns ``(model, quanter)``; ``quanter`` is None for FP32. Parameters get
+    the same internal names on every build (a fresh unique-name scope), which
+    the optimizer state in ``model.pdopt`` is keyed by: a resumed run finds
+    its momentum whatever was built before it in the process.
     """
+    import paddle
+    with paddle.utils.unique_name.guard():
+        return _build_model(cfg, weights, quantized, stage)
+
+
+def _build_model(cfg, weights, quantized, stage):
     if stage not in ("train", "eval"):
         raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
     model = builder.build_model(cfg)

@@ -28,10 +28,7 @@ def run_training(args, qat=False):
     cfg.require("iters", "train_dataset", "loss", "optimizer", "lr_scheduler")
     if args.do_eval:
         cfg.require("val_dataset")
-    rank = paddle.distributed.get_rank()
-    if rank == 0:
-        logger.info("Config:\n%s", cfg.to_yaml())
-        cfg.save(os.path.join(args.save_dir, "config.yaml"))
+    logger.info("Config:\n%s", cfg.to_yaml())
     paddle.seed(args.seed)
     np.random.seed(args.seed)
 
@@ -44,6 +41,9 @@ def run_training(args, qat=False):
     train_ds = builder.build_dataset(cfg, "train", seed=args.seed)
     val_ds = builder.build_dataset(cfg, "val") if args.do_eval else None
     losses = builder.build_losses(cfg)
+    # Everything is built and checked: only now write into save_dir.
+    if paddle.distributed.get_rank() == 0:
+        cfg.save(os.path.join(args.save_dir, "config.yaml"))
     opts = engine.TrainOptions(
         save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
         save_interval=args.save_interval, resume_model=args.resume_model,

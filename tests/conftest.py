@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny synthetic data, a config pointing at it, script runners.
+
+The session fixtures train one small FP32 BiSeNetV2 and one QAT model that
+several tests share, so the whole suite stays within a few minutes on 2 CPUs.
+"""
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np  # noqa: F401  (before paddle)
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+SYN_CONFIG = ROOT / "configs" / "bisenetv2" / "bisenetv2_synthetic_64x64.yml"
+
+
+def load_script(rel):
+    """Import a script (tools/train.py, slim/quant/qat_train.py, ...) as a module."""
+    path = ROOT / rel
+    name = "script_" + rel.replace("/", "_").replace(".py", "")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_script(rel, argv):
+    """Run a script's main in-process like its __main__ does (errors -> SystemExit(1))."""
+    from segqat import cli
+    mod = load_script(rel)
+    args = mod.get_args_parser().parse_args([str(a) for a in argv])
+    return cli.run(mod.main, args)
+
+
+def write_config(path, base=SYN_CONFIG, data_root=None, extra=""):
+    """A config that inherits ``base`` and points its datasets at ``data_root``."""
+    text = f"_base_: {base}\n"
+    if data_root:
+        text += (f"train_dataset:\n  dataset_root: {data_root}\n  train_path: {data_root}/train.txt\n"
+                 f"val_dataset:\n  dataset_root: {data_root}\n  val_path: {data_root}/val.txt\n")
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    from segqat import datagen
+    root = tmp_path_factory.mktemp("synthetic")
+    datagen.make_synthetic(str(root), num_train=64, num_val=12, size=64, num_classes=4, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def syn_cfg(synth, tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("cfg") / "syn.yml", data_root=synth)
+
+
+@pytest.fixture(scope="session")
+def fp32_run(syn_cfg, tmp_path_factory):
+    """A BiSeNetV2 trained briefly on the synthetic data (eval at the end)."""
+    out = tmp_path_factory.mktemp("fp32")
+    run_script("tools/train.py", ["--config", syn_cfg, "--iters", 150, "--batch_size", 8,
+                                  "--save_interval", 150, "--log_iters", 50, "--do_eval",
+                                  "--save_dir", out, "--cpu_threads", 2])
+    return out
+
+
+@pytest.fixture(scope="session")
+def qat_run(syn_cfg, fp32_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qat")
+    run_script("slim/quant/qat_train.py", [
+        "--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
+        "--learning_rate", 0.005, "--iters", 30, "--batch_size", 8, "--save_interval", 15,
+        "--log_iters", 15, "--do_eval", "--save_dir", out, "--cpu_threads", 2])
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logging():
+    yield
+    logging.getLogger().handlers[:] = [h for h in logging.getLogger().handlers
+                                       if not isinstance(h, logging.FileHandler)]
+
+
+def shared(name):
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path

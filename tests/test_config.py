@@ -1,0 +1,178 @@
+"""Config loading: _base_ merging, _inherited_, --opts, strict keys, registry names."""
+import pytest
+import yaml
+
+from conftest import ROOT
+from segqat import builder
+from segqat.config import ConfigError, load_config
+
+
+def w(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_list_relative_and_override(tmp_path):
+    w(tmp_path / "base" / "a.yml", "batch_size: 2\niters: 10\nmodel: {type: BiSeNetV2, num_classes: 3}\n"
+      "optimizer: {type: SGD, momentum: 0.9, weight_decay: 0.1}\n")
+    w(tmp_path / "base" / "b.yml", "iters: 20\noptimizer: {weight_decay: 0.2}\n")
+    c = w(tmp_path / "sub" / "c.yml", "_base_: [../base/a.yml, ../base/b.yml]\nbatch_size: 4\n")
+    cfg = load_config(str(c))
+    assert cfg["batch_size"] == 4          # the file beats its bases
+    assert cfg["iters"] == 20              # the later base beats the earlier
+    assert cfg["optimizer"] == {"type": "SGD", "momentum": 0.9, "weight_decay": 0.2}  # dicts merge
+
+
+def test_inherited_false_replaces(tmp_path):
+    w(tmp_path / "a.yml", "optimizer: {type: SGD, momentum: 0.9, weight_decay: 0.1}\n")
+    c = w(tmp_path / "c.yml", "_base_: a.yml\noptimizer: {_inherited_: False, type: Adam}\n")
+    assert load_config(str(c))["optimizer"] == {"type": "Adam"}
+
+
+def test_opts_and_flag_overrides(tmp_path):
+    c = w(tmp_path / "c.yml", "batch_size: 2\nlr_scheduler: {type: PolynomialDecay, learning_rate: 0.1}\n")
+    cfg = load_config(str(c), opts=["batch_size=8", "lr_scheduler.power=0.9"],
+                      overrides={"lr_scheduler.learning_rate": 0.0, "iters": None})
+    assert cfg["batch_size"] == 8
+    assert cfg["lr_scheduler"]["power"] == 0.9
+    assert cfg["lr_scheduler"]["learning_rate"] == 0.0   # 0 is a value, not "unset"
+    assert "iters" not in cfg                             # None means the flag was not given
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    c = w(tmp_path / "c.yml", "batch_sise: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(c))
+    assert "batch_sise" in str(e.value) and str(c) in str(e.value) and "batch_size" in str(e.value)
+
+
+def test_unknown_key_in_base_names_the_base(tmp_path):
+    b = w(tmp_path / "b.yml", "itres: 3\n")
+    c = w(tmp_path / "c.yml", "_base_: b.yml\nbatch_size: 2\n")
+    with pytest.raises(ConfigError, match="itres") as e:
+        load_config(str(c))
+    assert str(b) in str(e.value)
+
+
+def test_unknown_opts_key(tmp_path):
+    c = w(tmp_path / "c.yml", "batch_size: 2\n")
+    with pytest.raises(ConfigError, match="batch_sise"):
+        load_config(str(c), opts=["batch_sise=4"])
+
+
+def test_wrong_type_and_section_key(tmp_path):
+    with pytest.raises(ConfigError, match="'batch_size'.*must be int"):
+        load_config(str(w(tmp_path / "a.yml", "batch_size: four\n")))
+    with pytest.raises(ConfigError, match="test_config.is_slid"):
+        load_config(str(w(tmp_path / "b.yml", "test_config: {is_slid: true}\n")))
+    with pytest.raises(ConfigError, match="quant_config.weight_bits"):
+        load_config(str(w(tmp_path / "c.yml", "quant_config: {weight_bits: '8'}\n")))
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yml"))
+    c = w(tmp_path / "c.yml", "_base_: missing.yml\n")
+    with pytest.raises(ConfigError, match="missing.yml"):
+        load_config(str(c))
+
+
+def test_loss_types_and_coef_lengths(tmp_path):
+    c = w(tmp_path / "c.yml", "loss: {types: [{type: CrossEntropyLoss}], coef: [1, 1]}\n")
+    with pytest.raises(ConfigError, match="loss.coef"):
+        load_config(str(c))
+
+
+def test_unknown_model_type_lists_valid(tmp_path):
+    c = w(tmp_path / "c.yml", "model: {type: BiSeNetV3, num_classes: 2}\n")
+    with pytest.raises(ConfigError) as e:
+        builder.build_model(load_config(str(c)))
+    assert "BiSeNetV3" in str(e.value) and "BiSeNetV2" in str(e.value) and "PPLiteSeg" in str(e.value)
+
+
+def test_unknown_component_argument(tmp_path):
+    c = w(tmp_path / "c.yml", "model: {type: BiSeNetV2, num_classes: 2, lamda: 0.5}\n")
+    with pytest.raises(ConfigError, match="lamda"):
+        builder.build_model(load_config(str(c)))
+
+
+def test_saved_config_roundtrip(tmp_path):
+    cfg = load_config(str(ROOT / "configs/pp_liteseg/pp_liteseg_stdc1_camvid_240x180.yml"),
+                      opts=["iters=7"])
+    out = tmp_path / "saved.yml"
+    cfg.save(str(out))
+    again = yaml.safe_load(out.read_text())
+    assert again == cfg.dic and again["iters"] == 7 and "_base_" not in again
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yml")
+                                        if "_base_" not in p.parts and p.parent.name != "quant"))
+def test_shipped_configs_build(path):
+    """Every shipped model config loads and its model, losses and optimizer build."""
+    import paddle
+    cfg = load_config(str(ROOT / path))
+    model = builder.build_model(cfg)
+    losses = builder.build_losses(cfg)
+    assert len(losses["types"]) == len(losses["coef"]) > 0
+    sched = builder.build_lr_scheduler(cfg)
+    opt = builder.build_optimizer(cfg, model, sched)
+    assert isinstance(opt, paddle.optimizer.Optimizer)
+
+
+def test_paddleseg_config_loads_unchanged(tmp_path):
+    """A config written for PaddleSeg (same schema, lower-case sgd, warmup) builds as is."""
+    c = w(tmp_path / "ps.yml", """
+batch_size: 4
+iters: 1000
+train_dataset:
+  type: Dataset
+  dataset_root: data/x
+  train_path: data/x/train.txt
+  num_classes: 2
+  mode: train
+  transforms:
+    - type: ResizeStepScaling
+      min_scale_factor: 0.5
+      max_scale_factor: 2.0
+      scale_step_size: 0.25
+    - type: RandomPaddingCrop
+      crop_size: [512, 512]
+    - type: Normalize
+model:
+  type: PPLiteSeg
+  backbone:
+    type: STDC2
+    pretrained: null
+optimizer:
+  type: sgd
+  momentum: 0.9
+  weight_decay: 4.0e-5
+lr_scheduler:
+  type: PolynomialDecay
+  learning_rate: 0.01
+  end_lr: 0
+  power: 0.9
+  warmup_iters: 100
+  warmup_start_lr: 1.0e-5
+loss:
+  types:
+    - type: OhemCrossEntropyLoss
+      min_kept: 130000
+    - type: OhemCrossEntropyLoss
+      min_kept: 130000
+    - type: OhemCrossEntropyLoss
+      min_kept: 130000
+  coef: [1, 1, 1]
+test_config:
+  aug_eval: True
+  scales: 0.5
+""")
+    cfg = load_config(str(c))
+    model = builder.build_model(cfg)
+    assert type(model).__name__ == "PPLiteSeg"
+    assert model.seg_heads[0].conv_out.weight.shape[0] == 2  # num_classes from the dataset
+    sched = builder.build_lr_scheduler(cfg)
+    opt = builder.build_optimizer(cfg, model, sched)
+    assert type(opt).__name__ == "Momentum"
+    assert type(sched).__name__ == "LinearWarmup"
