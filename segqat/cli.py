@@ -125,8 +125,16 @@ def setup(args=None, save_dir=None, log_name="train.log"):
     if save_dir and rank == 0:
         os.makedirs(save_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(save_dir, log_name)))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s [%(levelname)s] %(message)s", handlers=handlers, force=True)
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_segqat", False)]:
+        root.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s")
+    for h in handlers:
+        h._segqat = True
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     device = getattr(args, "device", "cpu") if args is not None else "cpu"
     if device == "gpu" and not paddle.device.is_compiled_with_cuda():
         raise SystemExit("--device gpu: this paddlepaddle build has no CUDA support; use --device cpu")

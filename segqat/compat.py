@@ -229,3 +229,54 @@ def _fixed_cross_entropy():
 def loss_overrides():
     """Loss classes that replace paddleseg's registry entries on this Paddle."""
     return {"CrossEntropyLoss": _fixed_cross_entropy()}
+
+
+# ---------------------------------------------------------------- conv bias axis
+
+def fix_conv_bias_axis(pdmodel_path):
+    """Rewrite conv biases in a saved old-IR program so oneDNN can fuse them.
+
+    paddle 3.x's old-IR export adds a conv bias as ``reshape2(b)`` followed by
+    ``elementwise_add(axis=-1)``. Paddle's own oneDNN fuse passes
+    (``conv_bias_onednn_fuse_pass``, ``conv_eltwiseadd_bn_fuse_pass``) reject
+    ``axis=-1`` in their op-compat check ("Check the Attr(axis) of
+    Op(elementwise_add) ... failed"), so neither the bias nor the following
+    batch norm is folded into the (INT8) convolution: 53 of BiSeNetV2's batch
+    norms stayed separate ops. Paddle 2.x wrote ``elementwise_add(X, b,
+    axis=1)``; this restores that form. Only adds fed directly by a conv whose
+    other input is the reshape of a 1-D persistable bias used nowhere else are
+    touched. Returns the number of adds rewritten.
+    """
+    from paddle.base import core
+    with open(pdmodel_path, "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    blk = desc.block(0)  # keep ``desc`` alive while ``blk`` is used
+    ops = [blk.op(i) for i in range(blk.op_size())]
+    producer = {name: op for op in ops for name in op.output_arg_names()}
+    users = {}
+    for op in ops:
+        for name in op.input_arg_names():
+            users[name] = users.get(name, 0) + 1
+    dead, count = set(), 0
+    for op in ops:
+        if op.type() != "elementwise_add" or op.attr("axis") != -1:
+            continue
+        reshape, conv = producer.get(op.input("Y")[0]), producer.get(op.input("X")[0])
+        if (reshape is None or conv is None or reshape.type() != "reshape2"
+                or conv.type() not in ("conv2d", "depthwise_conv2d")):
+            continue
+        bias = reshape.input("X")[0]
+        var = blk.find_var(bias.encode())
+        if (var is None or not var.persistable() or len(var.shape()) != 1
+                or users.get(reshape.output("Out")[0], 0) != 1):
+            continue
+        op.set_input("Y", [bias])
+        op._set_attr("axis", 1)
+        dead.add(id(reshape))
+        count += 1
+    for i in reversed(range(blk.op_size())):
+        if id(ops[i]) in dead:
+            blk._remove_op(i, i + 1)
+    with open(pdmodel_path, "wb") as f:
+        f.write(desc.serialize_to_string())
+    return count

@@ -256,6 +256,12 @@ def _loss(losses, logits_list, label):
     return total
 
 
+def _simple_loader(dataset, sampler):
+    for indices in sampler:
+        samples = [dataset[i] for i in indices]
+        yield tuple(paddle.to_tensor(np.stack(field)) for field in zip(*samples))
+
+
 def _worker_init(worker_id):
     compat.set_cpu_threads(1)
 
@@ -307,14 +313,20 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     it = start_iter
     reader_cost = batch_cost = 0.0
     samples = since_log = 0
+    config_saved = False
     tic = time.time()
     run_start = time.time()
     while it < opts.iters:
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch, skip)
-        loader = paddle.io.DataLoader(train_ds, batch_sampler=sampler, num_workers=opts.num_workers,
-                                      return_list=True, worker_init_fn=_worker_init,
-                                      use_shared_memory=False)
+        if opts.num_workers > 0:
+            loader = paddle.io.DataLoader(train_ds, batch_sampler=sampler, num_workers=opts.num_workers,
+                                          return_list=True, worker_init_fn=_worker_init,
+                                          use_shared_memory=False)
+        else:
+            # paddle's single-process DataLoader reads in a thread and hangs when a
+            # sample raises; reading here lets a DataError reach the user.
+            loader = _simple_loader(train_ds, sampler)
         for img, label in loader:
             reader_cost += time.time() - tic
             it += 1
@@ -351,6 +363,11 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                 samples = since_log = 0
 
             if it % opts.save_interval == 0 or it == opts.iters:
+                if is_main and not config_saved:
+                    # Written with the first checkpoint: a run that fails before it
+                    # leaves an earlier run's save_dir as it was.
+                    cfg.save(os.path.join(opts.save_dir, "config.yaml"))
+                    config_saved = True
                 if is_main:
                     state = {"iter": it, "epoch": epoch, "best_mIoU": best_miou,
                              "best_iter": best_iter, "seed": opts.seed}

@@ -110,6 +110,8 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
         for name in ("model.pdmodel", "model.pdiparams"):
             if not os.path.isfile(os.path.join(d, name)):
                 raise RuntimeError(f"export wrote no {name} (paddle {paddle.__version__})")
+        n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
+        logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
         with open(os.path.join(d, "deploy.yaml"), "w") as f:
             yaml.safe_dump(deploy, f, sort_keys=False, default_flow_style=None)
 

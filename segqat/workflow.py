@@ -41,9 +41,6 @@ def run_training(args, qat=False):
     train_ds = builder.build_dataset(cfg, "train", seed=args.seed)
     val_ds = builder.build_dataset(cfg, "val") if args.do_eval else None
     losses = builder.build_losses(cfg)
-    # Everything is built and checked: only now write into save_dir.
-    if paddle.distributed.get_rank() == 0:
-        cfg.save(os.path.join(args.save_dir, "config.yaml"))
     opts = engine.TrainOptions(
         save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
         save_interval=args.save_interval, resume_model=args.resume_model,

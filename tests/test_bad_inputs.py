@@ -1,0 +1,114 @@
+"""Bad input: a clear error naming the file or key, a non-zero exit, earlier outputs intact."""
+import logging
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_script, write_config
+
+
+@pytest.fixture
+def broken_data(synth, tmp_path):
+    """A copy of 6 synthetic samples that each test breaks in its own way."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    lines = (synth / "train.txt").read_text().splitlines()[:6]
+    for ln in lines:
+        for rel in ln.split():
+            shutil.copy(synth / rel, root / rel)
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "val.txt").write_text("\n".join(lines[:2]) + "\n")
+    return root, [ln.split() for ln in lines]
+
+
+@pytest.fixture
+def earlier_output(tmp_path):
+    """A save_dir holding a previous run's checkpoint and config."""
+    out = tmp_path / "out"
+    (out / "iter_2").mkdir(parents=True)
+    (out / "iter_2" / "model.pdparams").write_bytes(b"previous checkpoint")
+    (out / "config.yaml").write_text("previous: config\n")
+    return out
+
+
+def train_fails(cfg, out, caplog, extra=()):
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(SystemExit) as e:
+        run_script("tools/train.py", ["--config", cfg, "--iters", 2, "--batch_size", 2,
+                                      "--save_dir", out, *extra])
+    assert e.value.code == 1
+    assert (out / "iter_2" / "model.pdparams").read_bytes() == b"previous checkpoint"
+    assert (out / "config.yaml").read_text() == "previous: config\n"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("train.log")) == \
+        ["config.yaml", "iter_2"]
+    return caplog.text
+
+
+def test_missing_image_in_list(broken_data, earlier_output, tmp_path, caplog):
+    root, samples = broken_data
+    (root / samples[3][0]).unlink()
+    cfg = write_config(tmp_path / "c.yml", data_root=root)
+    msg = train_fails(cfg, earlier_output, caplog)
+    assert "image file of sample 4 not found" in msg and samples[3][0] in msg
+
+
+def test_missing_label_in_list(broken_data, earlier_output, tmp_path, caplog):
+    root, samples = broken_data
+    (root / samples[1][1]).unlink()
+    cfg = write_config(tmp_path / "c.yml", data_root=root)
+    msg = train_fails(cfg, earlier_output, caplog)
+    assert "label file of sample 2 not found" in msg and samples[1][1] in msg
+
+
+@pytest.mark.parametrize("kind", ["unreadable", "size", "values"])
+def test_bad_sample(kind, broken_data, earlier_output, tmp_path, caplog):
+    root, samples = broken_data
+    img, lab = (root / s for s in samples[0])
+    if kind == "unreadable":
+        img.write_bytes(b"this is not a PNG")
+        expect = f"cannot read image file {img}"
+    elif kind == "size":
+        cv2.imwrite(str(lab), np.zeros((40, 64), np.uint8))
+        expect = f"label {lab} is 64x40"
+    else:
+        arr = cv2.imread(str(lab), cv2.IMREAD_UNCHANGED)
+        arr[0, 0] = 7
+        cv2.imwrite(str(lab), arr)
+        expect = f"label file {lab} has values [7]"
+    # every sample is read once per epoch: 6 samples, batch 2, 3 iterations
+    cfg = write_config(tmp_path / "c.yml", data_root=root)
+    msg = train_fails(cfg, earlier_output, caplog, ["--iters", 3])
+    assert expect in msg
+
+
+def test_weights_that_do_not_fit(syn_cfg, fp32_run, earlier_output, tmp_path, caplog):
+    cfg = write_config(tmp_path / "c.yml", base=syn_cfg, extra="model: {num_classes: 3}\n"
+                       "train_dataset: {num_classes: 3}\nval_dataset: {num_classes: 3}\n")
+    msg = train_fails(cfg, earlier_output, caplog,
+                      ["--model_path", fp32_run / "best_model" / "model.pdparams"])
+    assert "do not fit the configured model" in msg
+    assert "[4, 64, 1, 1] vs [3, 64, 1, 1]" in msg  # name: file vs model shapes
+
+
+def test_unknown_model_type(syn_cfg, earlier_output, tmp_path, caplog):
+    cfg = write_config(tmp_path / "c.yml", base=syn_cfg, extra="model: {_inherited_: False, type: BiseNetV9}\n")
+    msg = train_fails(cfg, earlier_output, caplog)
+    assert "Unknown model type 'BiseNetV9'" in msg and "BiSeNetV2" in msg and str(cfg) in msg
+
+
+def test_real_process_exit_code(syn_cfg, tmp_path):
+    """The scripts exit non-zero with a one-line error (no traceback) as processes too."""
+    r = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "--config", str(syn_cfg),
+                        "--opts", "batch_sise=2", "--save_dir", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert "unknown config key 'batch_sise'" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "--config", str(syn_cfg),
+                        "--iters", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--iters" in r.stderr

@@ -1,0 +1,205 @@
+"""FP32 -> qat_train -> qat_val -> qat_export -> infer.py --precision int8, and its errors."""
+import json
+import logging
+import os
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+import yaml
+
+from conftest import run_script
+from segqat import builder, deploy, quant
+from segqat.config import load_config
+from segqat.metrics import agreement
+
+
+@pytest.fixture(scope="session")
+def exports(syn_cfg, fp32_run, qat_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    run_script("tools/export.py", ["--config", syn_cfg, "--model_path",
+                                   fp32_run / "best_model" / "model.pdparams", "--save_dir", out / "fp32"])
+    run_script("slim/quant/qat_export.py", ["--config", syn_cfg, "--model_path",
+                                            qat_run / "best_model" / "model.pdparams", "--save_dir", out / "int8"])
+    return out
+
+
+def val_images(synth):
+    pairs = [ln.split() for ln in (synth / "val.txt").read_text().splitlines()]
+    return [cv2.imread(str(synth / p[0])) for p in pairs], [str(synth / p[0]) for p in pairs]
+
+
+def dygraph_labels(model, pred, imgs):
+    model.eval()
+    out = []
+    with paddle.no_grad():
+        for im in imgs:
+            x, _ = pred.preprocess(im)
+            out.append(paddle.argmax(model(paddle.to_tensor(x[None]))[0], axis=1).numpy()[0])
+    return out
+
+
+def test_qat_train_outputs(qat_run):
+    state = json.loads((qat_run / "best_model" / "state.json").read_text())
+    assert state["best_iter"] in (15, 30) and state["best_mIoU"] > 0.4
+    keys = paddle.load(str(qat_run / "best_model" / "model.pdparams")).keys()
+    assert any("_fake_quant_input._scale" in k for k in keys)
+    log = (qat_run / "train.log").read_text()
+    assert "Evaluate QAT model (fake quantization)" in log and "[TRAIN] epoch" in log
+
+
+def test_qat_val_matches_training_eval(syn_cfg, qat_run, tmp_path):
+    m = run_script("slim/quant/qat_val.py", ["--config", syn_cfg, "--model_path",
+                                             qat_run / "best_model" / "model.pdparams",
+                                             "--save_metrics", tmp_path / "q.json"])
+    state = json.loads((qat_run / "best_model" / "state.json").read_text())
+    assert m["quantized"] is True
+    assert m["mIoU"] == pytest.approx(state["best_mIoU"], abs=1e-9)
+    assert json.loads((tmp_path / "q.json").read_text())["mIoU"] == pytest.approx(m["mIoU"])
+
+
+def test_fp32_predictor_equals_dygraph(syn_cfg, synth, fp32_run, exports):
+    cfg = load_config(str(syn_cfg))
+    model, _ = quant.build_model(cfg, str(fp32_run / "best_model" / "model.pdparams"))
+    pred = deploy.SegPredictor(str(exports / "fp32" / "deploy.yaml"), precision="fp32", cpu_threads=2)
+    imgs, _ = val_images(synth)
+    ref = dygraph_labels(model, pred, imgs)
+    got = pred.predict(imgs)
+    agree = np.mean([agreement(a, b) for a, b in zip(ref, got)])
+    assert agree >= 0.999, agree
+    dep = yaml.safe_load((exports / "fp32" / "deploy.yaml").read_text())["Deploy"]
+    assert dep["output_op"] == "argmax" and dep["output_dtype"] == "int32" and dep["precision"] == "fp32"
+    assert got[0].shape == imgs[0].shape[:2]
+
+
+def test_int8_predictor_runs_int8_and_agrees(syn_cfg, synth, qat_run, exports):
+    cfg = load_config(str(syn_cfg))
+    model, _ = quant.build_model(cfg, str(qat_run / "best_model" / "model.pdparams"),
+                                 quantized=True, stage="eval")
+    pred = deploy.SegPredictor(str(exports / "int8" / "deploy.yaml"), precision="int8", cpu_threads=2)
+    # proof of real INT8 kernels: oneDNN convolutions with int8 data type in the optimized program
+    ops = pred.optimized_op_types()
+    int8_convs = sum(n for (t, dt), n in ops.items() if "conv" in t and dt == "int8")
+    float_convs = sum(n for (t, dt), n in ops.items() if "conv" in t and dt != "int8")
+    # (one conv with a fused residual add stays float32 in oneDNN's int8 pass: 55 of 56)
+    assert int8_convs > 40 and float_convs <= 0.05 * (int8_convs + float_convs), ops
+    # batch norms folded into the convolutions (compat.fix_conv_bias_axis); BiSeNetV2 keeps
+    # one, on globally pooled features with no conv before it
+    assert sum(n for (t, _), n in ops.items() if t == "batch_norm") <= 1, ops
+    assert not any(t.startswith("fake_") or t in ("quantize_linear", "dequantize_linear")
+                   for (t, _) in ops), "fake quantization left in the optimized program"
+    imgs, _ = val_images(synth)
+    ref = dygraph_labels(model, pred, imgs)
+    got = pred.predict(imgs)
+    pixels = sum(r.size for r in ref)
+    agree = sum((a == b).sum() for a, b in zip(ref, got)) / pixels
+    assert agree >= 0.99, f"INT8 vs fake-quant agreement {agree:.4f}"
+    # weights stored as int8
+    ratio = (os.path.getsize(exports / "int8" / "model.pdiparams")
+             / os.path.getsize(exports / "fp32" / "model.pdiparams"))
+    assert ratio <= 0.3, ratio
+    pred.close()
+
+
+def test_infer_script_int8(synth, exports, tmp_path):
+    out = tmp_path / "pred"
+    run_script("deploy/python/infer.py", ["--config", exports / "int8" / "deploy.yaml", "--image_path",
+                                          synth / "val.txt", "--precision", "int8", "--save_dir", out,
+                                          "--cpu_threads", 2, "--batch_size", 3])
+    pngs = sorted(p for p in out.glob("val_*.png"))
+    assert len(pngs) == 12 and len(list(out.glob("*_overlay.jpg"))) == 12
+    from PIL import Image
+    im = Image.open(pngs[0])
+    assert im.mode == "P" and im.size == (64, 64) and max(np.unique(np.array(im))) < 4
+    res = run_script("deploy/python/infer.py", ["--config", exports / "int8" / "deploy.yaml",
+                                                "--image_path", synth / "images" / "val_0000.png",
+                                                "--precision", "int8", "--benchmark", "true",
+                                                "--warmup", 2, "--repeats", 3])
+    assert res["median_ms_per_image"] > 0 and res["input_shape"] == [1, 3, 64, 64]
+
+
+def test_qat_model_never_runs_as_fake_quant_fp32(exports, synth, caplog):
+    caplog.set_level(logging.ERROR)
+    for extra in (["--precision", "fp32"], ["--precision", "int8", "--enable_mkldnn", "false"]):
+        with pytest.raises(SystemExit) as e:
+            run_script("deploy/python/infer.py", ["--config", exports / "int8" / "deploy.yaml",
+                                                  "--image_path", synth / "val.txt", *extra])
+        assert e.value.code == 1
+    assert "fake quantization in FP32" in caplog.text
+    with pytest.raises(SystemExit):
+        run_script("deploy/python/infer.py", ["--config", exports / "int8" / "deploy.yaml",
+                                              "--image_path", synth / "val.txt", "--benchmark", "maybe"])
+
+
+def test_qat_export_rejects_fp32_weights(syn_cfg, fp32_run, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    out = tmp_path / "int8"
+    with pytest.raises(SystemExit) as e:
+        run_script("slim/quant/qat_export.py", ["--config", syn_cfg, "--model_path",
+                                                fp32_run / "best_model" / "model.pdparams", "--save_dir", out])
+    assert e.value.code == 1 and "holds FP32 weights" in caplog.text
+    assert not out.exists()
+
+
+def test_qat_train_model_path_errors(syn_cfg, qat_run, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(SystemExit) as e:  # required
+        run_script("slim/quant/qat_train.py", ["--config", syn_cfg])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:  # missing file
+        run_script("slim/quant/qat_train.py", ["--config", syn_cfg, "--model_path", tmp_path / "no.pdparams",
+                                               "--save_dir", tmp_path / "o"])
+    assert e.value.code == 1 and "weights file not found" in caplog.text and "no.pdparams" in caplog.text
+    with pytest.raises(SystemExit) as e:  # QAT weights where FP32 ones belong
+        run_script("slim/quant/qat_train.py", ["--config", syn_cfg, "--model_path",
+                                               qat_run / "best_model" / "model.pdparams",
+                                               "--save_dir", tmp_path / "o"])
+    assert e.value.code == 1 and "holds QAT weights" in caplog.text
+
+
+def test_infer_without_deploy_yaml(tmp_path, synth, caplog):
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(SystemExit) as e:
+        run_script("deploy/python/infer.py", ["--config", tmp_path, "--image_path", synth / "val.txt"])
+    assert e.value.code == 1 and "deploy.yaml not found" in caplog.text
+
+
+def test_qat_resume_restores_scales(syn_cfg, fp32_run, tmp_path):
+    """--resume_model in QAT restores weights, optimizer and the quantizers' scales."""
+    base = ["--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
+            "--iters", 6, "--batch_size", 4, "--save_interval", 3, "--learning_rate", 0.005,
+            "--log_iters", 3, "--keep_checkpoint_max", 0]
+    run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "full"])
+    run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "res",
+                                                  "--resume_model", tmp_path / "full" / "iter_3"])
+    a = paddle.load(str(tmp_path / "full/iter_6/model.pdparams"))
+    b = paddle.load(str(tmp_path / "res/iter_6/model.pdparams"))
+    scales = [k for k in a if k.endswith("_fake_quant_input._scale")]
+    assert scales and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_output_ops_and_legacy_flags(syn_cfg, fp32_run, synth, tmp_path):
+    weights = fp32_run / "best_model" / "model.pdparams"
+    img = cv2.imread(str(synth / "images" / "val_0000.png"))
+    cases = {  # flags -> (output_op, output shape after batch dim, dtype)
+        ("--output_op", "softmax"): ("softmax", (4, 64, 64), np.float32),
+        ("--without_argmax",): ("none", (4, 64, 64), np.float32),
+        ("--without_argmax", "--with_softmax"): ("softmax", (4, 64, 64), np.float32),
+        ("--with_softmax",): ("argmax", (64, 64), np.int32),
+    }
+    for i, (flags, (op, shape, dtype)) in enumerate(cases.items()):
+        d = tmp_path / f"e{i}"
+        run_script("tools/export.py", ["--config", syn_cfg, "--model_path", weights, "--save_dir", d,
+                                       "--input_shape", 1, 3, 64, 64, *flags])
+        dep = yaml.safe_load((d / "deploy.yaml").read_text())["Deploy"]
+        assert dep["output_op"] == op and dep["input_shape"] == [1, 3, 64, 64]
+        pred = deploy.SegPredictor(str(d / "deploy.yaml"), cpu_threads=2)
+        out = pred.run(pred.preprocess(img)[0][None])
+        assert out.shape[1:] == shape and out.dtype == dtype
+        if op == "softmax":
+            assert np.allclose(out.sum(axis=1), 1, atol=1e-4)
+    with pytest.raises(SystemExit) as e:
+        run_script("tools/export.py", ["--config", syn_cfg, "--model_path", weights, "--save_dir",
+                                       tmp_path / "x", "--output_op", "argmax", "--without_argmax"])
+    assert e.value.code == 2
