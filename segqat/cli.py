@@ -126,7 +126,10 @@ def setup(args=None, save_dir=None, log_name="train.log"):
         os.makedirs(save_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(save_dir, log_name)))
     root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, "_segqat", False)]:
+    # ours from an earlier setup, and the plain StreamHandler that `import paddle`
+    # puts on the root logger (it would print every line twice); handlers of
+    # other kinds (pytest's capture) stay.
+    for h in [h for h in root.handlers if getattr(h, "_segqat", False) or type(h) is logging.StreamHandler]:
         root.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s")

@@ -101,6 +101,19 @@ def predict_logits(model, img, test_cfg, num_classes):
     return total
 
 
+def iter_predictions(model, dataset, test_cfg=None, num_classes=None, indices=None):
+    """Yield ``(index, predicted labels, label)`` at the label's size for val samples."""
+    test_cfg = test_cfg or {}
+    num_classes = num_classes or dataset.num_classes
+    model.eval()
+    with paddle.no_grad():
+        for i in (range(len(dataset)) if indices is None else indices):
+            img, lab, trans_info = dataset[i]
+            logits = predict_logits(model, paddle.to_tensor(img[np.newaxis]), test_cfg, num_classes)
+            logits = _reverse_transform(logits, trans_info)
+            yield i, paddle.argmax(logits, axis=1).numpy()[0], lab
+
+
 def evaluate(model, dataset, test_cfg=None, num_classes=None, progress=True, label="Evaluate"):
     """Evaluate on every image of ``dataset`` (val mode). Returns the metrics dict.
 
@@ -109,24 +122,17 @@ def evaluate(model, dataset, test_cfg=None, num_classes=None, progress=True, lab
     """
     test_cfg = test_cfg or {}
     num_classes = num_classes or dataset.num_classes
-    model.eval()
     cm = ConfusionMatrix(num_classes, dataset.ignore_index)
     n = len(dataset)
     logger.info("%s: %d images, %s", label, n, _describe_test_cfg(test_cfg))
     start = time.time()
     step = max(n // 10, 1)
-    with paddle.no_grad():
-        for i in range(n):
-            img, lab, trans_info = dataset[i]
-            x = paddle.to_tensor(img[np.newaxis])
-            logits = predict_logits(model, x, test_cfg, num_classes)
-            logits = _reverse_transform(logits, trans_info)
-            pred = paddle.argmax(logits, axis=1).numpy()
-            cm.update(pred, lab)
-            if progress and ((i + 1) % step == 0 or i + 1 == n):
-                el = time.time() - start
-                logger.info("[EVAL] %d/%d images | %.3f s/img | ETA %s",
-                            i + 1, n, el / (i + 1), _fmt_eta(el / (i + 1) * (n - i - 1)))
+    for done, (i, pred, lab) in enumerate(iter_predictions(model, dataset, test_cfg, num_classes), 1):
+        cm.update(pred, lab)
+        if progress and (done % step == 0 or done == n):
+            el = time.time() - start
+            logger.info("[EVAL] %d/%d images | %.3f s/img | ETA %s",
+                        done, n, el / done, _fmt_eta(el / done * (n - done)))
     m = compute_metrics(cm.mat)
     m["num_images"] = n
     m["confusion_matrix"] = cm.mat.tolist()

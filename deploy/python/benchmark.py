@@ -1,0 +1,54 @@
+"""FP32 vs INT8 on the same validation images: mIoU, agreement, latency, size, plots.
+
+    python deploy/python/benchmark.py --config configs/bisenetv2/bisenetv2_synthetic_64x64.yml \
+        --fp32 output/fp32_infer --int8 output/qat_infer \
+        --qat_model_path output/qat/best_model/model.pdparams --save_dir output/bench
+
+Writes save_dir/results.json, results.md (Model | Dtype | mIoU | ... | Time | Ratio | Size)
+and latency.png, class_iou.png, confusion.png, samples.png. Warns when INT8 is
+not faster than FP32, or when the deployed INT8 mIoU is more than 0.5 points
+from the fake-quant mIoU. Run it on an otherwise idle machine.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from segqat import cli  # noqa: E402
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Benchmark FP32 vs INT8 inference models")
+    p.add_argument("--config", required=True, help="training config (its val_dataset is used)")
+    p.add_argument("--fp32", required=True, help="FP32 inference directory (tools/export.py)")
+    p.add_argument("--int8", required=True, nargs="+", help="INT8 inference directories (qat_export)")
+    p.add_argument("--names", nargs="+", default=None, help="row names for --fp32 and each --int8")
+    p.add_argument("--qat_model_path", default=None, help="QAT weights: also evaluate the fake-quant model")
+    p.add_argument("--save_dir", default="./output/benchmark")
+    p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--warmup", type=cli.positive_int, default=5)
+    p.add_argument("--repeats", type=cli.positive_int, default=20)
+    p.add_argument("--num_images", type=cli.positive_int, default=None, help="first N val images only")
+    p.add_argument("--opts", nargs="+", default=[])
+    return p
+
+
+def main(args):
+    from segqat import report
+    from segqat.config import load_config
+    dirs = [args.fp32] + args.int8
+    names = args.names or ["FP32"] + (["INT8"] if len(args.int8) == 1 else
+                                      [f"INT8 {os.path.basename(os.path.normpath(d))}" for d in args.int8])
+    if len(names) != len(dirs):
+        raise ValueError(f"--names has {len(names)} entries for {len(dirs)} models")
+    cli.setup(None, args.save_dir, "benchmark.log")
+    cfg = load_config(args.config, opts=args.opts)
+    res = report.run_benchmark(cfg, dict(zip(names, dirs)), args.save_dir, args.qat_model_path,
+                               args.cpu_threads, args.warmup, args.repeats, args.num_images)
+    print(report.markdown_table(res))
+    return res
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser().parse_args())

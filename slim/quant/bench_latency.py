@@ -1,0 +1,104 @@
+"""Latency of a config's model, FP32 vs INT8, with Paddle Inference on CPU (oneDNN, old IR).
+
+    python slim/quant/bench_latency.py \
+        --config configs/bisenetv2/bisenetv2_synthetic_64x64.yml \
+        --config configs/pp_liteseg/pp_liteseg_stdc1_synthetic_64x64.yml \
+        --input_shape 1 3 512 512 --cpu_threads 2 --repeats 30 --save_json output/latency.json
+
+For each config: build the model (random weights, or --model_path FP32
+weights for a single config), export FP32; insert fake quantization,
+calibrate its scales on a few random batches, export INT8; then time both
+predictors interleaved on the same input. Latency does not depend on the
+weight values; accuracy is measured elsewhere (qat_val, benchmark).
+Run it on an otherwise idle machine.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from segqat import cli  # noqa: E402
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="FP32 vs INT8 latency on CPU")
+    p.add_argument("--config", action="append", required=True, help="model config (repeatable)")
+    p.add_argument("--model_path", default=None, help="FP32 weights (only with one --config)")
+    p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
+    p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--warmup", type=cli.positive_int, default=10)
+    p.add_argument("--repeats", type=cli.positive_int, default=30)
+    p.add_argument("--save_json", default=None, help="write the results here")
+    p.add_argument("--opts", nargs="+", default=[])
+    return p
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(args):
+    import numpy as np
+    import paddle
+    from segqat import bench, deploy, export, quant
+    from segqat.config import load_config
+    if args.model_path and len(args.config) > 1:
+        raise ValueError("--model_path goes with a single --config")
+    cli.setup()
+    results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "paddle": paddle.__version__},
+               "input_shape": args.input_shape, "cpu_threads": args.cpu_threads,
+               "warmup": args.warmup, "repeats": args.repeats, "models": {}}
+    rng = np.random.RandomState(0)
+    x = rng.rand(*args.input_shape).astype("float32") * 2 - 1
+    with tempfile.TemporaryDirectory(prefix="segqat_lat_") as tmp:
+        for i, path in enumerate(args.config):
+            cfg = load_config(path, opts=args.opts)
+            name = os.path.splitext(os.path.basename(path))[0]
+            model, _ = quant.build_model(cfg, args.model_path)
+            export.export_model(cfg, model, os.path.join(tmp, f"{i}_fp32"), args.input_shape)
+            qmodel, _ = quant.build_model(cfg, args.model_path)
+            quanter = quant.quantize(qmodel, quant.quant_settings(cfg))
+            qmodel.train()
+            with paddle.no_grad():  # calibrate activation scales (moving averages)
+                for _ in range(4):
+                    qmodel(paddle.to_tensor(rng.rand(*args.input_shape).astype("float32") * 2 - 1))
+            export.export_model(cfg, qmodel, os.path.join(tmp, f"{i}_int8"), args.input_shape,
+                                quanter=quanter)
+            preds = {
+                "fp32": deploy.SegPredictor(os.path.join(tmp, f"{i}_fp32"), precision="fp32",
+                                            cpu_threads=args.cpu_threads),
+                "int8": deploy.SegPredictor(os.path.join(tmp, f"{i}_int8"), precision="int8",
+                                            cpu_threads=args.cpu_threads),
+            }
+            s = bench.summarize(bench.interleaved_latency(preds, x, args.warmup, args.repeats),
+                                args.input_shape[0])
+            s["ratio_int8_fp32"] = s["int8"]["median_ms"] / s["fp32"]["median_ms"]
+            s["params_mb"] = {k: os.path.getsize(os.path.join(tmp, f"{i}_{k}", "model.pdiparams")) / 2 ** 20
+                              for k in ("fp32", "int8")}
+            s["int8_ops"] = dict(preds["int8"].int8_ops())
+            for p in preds.values():
+                p.close()
+            results["models"][name] = s
+            print(f"{name}: FP32 {s['fp32']['median_ms']:.1f} ms, INT8 {s['int8']['median_ms']:.1f} ms "
+                  f"(median of {args.repeats}, interleaved), INT8/FP32 = {s['ratio_int8_fp32']:.3f}; "
+                  f"params {s['params_mb']['fp32']:.2f} MB -> {s['params_mb']['int8']:.2f} MB", flush=True)
+    if args.save_json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_json)), exist_ok=True)
+        with open(args.save_json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser().parse_args())
