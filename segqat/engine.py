@@ -401,10 +401,26 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
         skip = 0
     if writer:
         writer.close()
+    if world > 1:
+        # Each rank reports its weights: with all-reduced gradients they must be identical
+        # (BatchNorm statistics are not: per process on CPU, see workflow).
+        logger.warning("rank %d/%d trainable parameters sha1 %s, BatchNorm statistics sha1 %s",
+                       rank, world, weights_digest(model), weights_digest(model, trainable=False))
     if is_main:
         logger.info("Training done: %d iterations in %s", it - start_iter,
                     _fmt_eta(time.time() - run_start))
     return {"best_mIoU": best_miou, "best_iter": best_iter, "last_iter": it}
+
+
+def weights_digest(model, trainable=True):
+    """sha1 of the trainable parameters (or of the rest: BatchNorm statistics)."""
+    import hashlib
+    h = hashlib.sha1()
+    for name, t in sorted(model.named_parameters()):
+        if t.trainable == trainable:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(t.numpy()).tobytes())
+    return h.hexdigest()
 
 
 def _short(m):

@@ -35,9 +35,15 @@ def run_training(args, qat=False):
     model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="train")
     if qat:
         logger.info("Quantization settings: %s", quant.quant_settings(cfg))
-    if paddle.distributed.get_world_size() > 1 and args.device == "gpu":
-        model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        logger.info("BatchNorm layers converted to SyncBatchNorm")
+    if paddle.distributed.get_world_size() > 1:
+        if args.device == "gpu":
+            model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            logger.info("BatchNorm layers converted to SyncBatchNorm")
+        else:
+            # paddle 3.3.1 has no CPU kernel for sync_batch_norm ("The kernel
+            # `sync_batch_norm` is not registered"): each CPU process keeps its own
+            # BatchNorm statistics; rank 0's are saved.
+            logger.warning("CPU: BatchNorm statistics are per process (no SyncBatchNorm on CPU)")
     train_ds = builder.build_dataset(cfg, "train", seed=args.seed)
     val_ds = builder.build_dataset(cfg, "val") if args.do_eval else None
     losses = builder.build_losses(cfg)

@@ -40,6 +40,8 @@ def get_args_parser():
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="benchmark timing repeats")
+    p.add_argument("--skip_benchmark", action="store_true",
+                   help="stop after the exports (benchmark later, on an idle machine)")
     p.add_argument("--opts", nargs="+", default=[])
     return p
 
@@ -92,11 +94,13 @@ def main(args):
     step("tools/export.py", common + ["--model_path", fp32_weights, "--save_dir", f"{out}/fp32_infer"], commands)
     step("slim/quant/qat_export.py", common + ["--model_path", qat_weights, "--save_dir", f"{out}/qat_infer"],
          commands)
-    res = step("deploy/python/benchmark.py", ["--config", args.config, "--fp32", f"{out}/fp32_infer",
-                                              "--int8", f"{out}/qat_infer", "--qat_model_path", qat_weights,
-                                              "--save_dir", f"{out}/benchmark", "--cpu_threads",
-                                              args.cpu_threads, "--repeats", args.repeats]
-               + (["--opts", *args.opts] if args.opts else []), commands)
+    res = None
+    if not args.skip_benchmark:
+            res = step("deploy/python/benchmark.py", ["--config", args.config, "--fp32", f"{out}/fp32_infer",
+                                                  "--int8", f"{out}/qat_infer", "--qat_model_path", qat_weights,
+                                                  "--save_dir", f"{out}/benchmark", "--cpu_threads",
+                                                  args.cpu_threads, "--repeats", args.repeats]
+                   + (["--opts", *args.opts] if args.opts else []), commands)
     with open(os.path.join(out, "commands.sh"), "w") as f:
         f.write("# the steps of this pipeline run, as separate commands\n" + "\n".join(commands) + "\n")
     logger.info("Pipeline done: %s (results in %s/benchmark/results.md)", out, out)

@@ -1,0 +1,39 @@
+"""Every shipped model config exports to FP32 and INT8, and the INT8 model runs INT8 kernels."""
+import numpy as np
+import paddle
+import pytest
+
+from conftest import ROOT
+from segqat import deploy, export, quant
+from segqat.config import load_config
+
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yml")
+                 if "_base_" not in p.parts and p.parent.name != "quant")
+
+
+def test_there_are_shipped_configs():
+    names = " ".join(CONFIGS)
+    assert "bisenetv2" in names and "pp_liteseg" in names and len(CONFIGS) >= 6
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_export_fp32_and_int8(path, tmp_path):
+    cfg = load_config(str(ROOT / path))
+    model, _ = quant.build_model(cfg)
+    export.export_model(cfg, model, str(tmp_path / "fp32"))
+    qmodel, _ = quant.build_model(cfg)
+    quanter = quant.quantize(qmodel, quant.quant_settings(cfg))
+    qmodel.train()
+    rng = np.random.RandomState(0)
+    with paddle.no_grad():  # give the activation quantizers a scale
+        for _ in range(2):
+            qmodel(paddle.to_tensor(rng.rand(2, 3, 64, 64).astype("float32")))
+    export.export_model(cfg, qmodel, str(tmp_path / "int8"), quanter=quanter)
+    x = rng.rand(1, 3, 64, 96).astype("float32")
+    fp32 = deploy.SegPredictor(str(tmp_path / "fp32"), cpu_threads=1)
+    int8 = deploy.SegPredictor(str(tmp_path / "int8"), precision="int8", cpu_threads=1)
+    assert fp32.run(x).shape == int8.run(x).shape == (1, 64, 96)
+    assert sum(int8.int8_ops().values()) > 20
+    size = {k: (tmp_path / k / "model.pdiparams").stat().st_size for k in ("fp32", "int8")}
+    assert size["int8"] <= 0.3 * size["fp32"]
+    int8.close()
