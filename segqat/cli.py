@@ -158,9 +158,8 @@ def run(main, args):
     from .data import DataError
     try:
         return main(args)
-    except (ConfigError, DataError, WeightsError, FileNotFoundError, FloatingPointError) as e:
-        logging.getLogger("segqat").error("%s: %s", type(e).__name__, e)
-        sys.exit(1)
-    except ValueError as e:
-        logging.getLogger("segqat").error("%s: %s", type(e).__name__, e)
+    except (ConfigError, DataError, WeightsError, FileNotFoundError, FloatingPointError, ValueError) as e:
+        log = logging.getLogger("segqat")
+        log.error("%s: %s", type(e).__name__, e)
+        log.debug("traceback", exc_info=True)
         sys.exit(1)

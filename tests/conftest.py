@@ -83,6 +83,16 @@ def qat_run(syn_cfg, fp32_run, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def exports(syn_cfg, fp32_run, qat_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    run_script("tools/export.py", ["--config", syn_cfg, "--model_path",
+                                   fp32_run / "best_model" / "model.pdparams", "--save_dir", out / "fp32"])
+    run_script("slim/quant/qat_export.py", ["--config", syn_cfg, "--model_path",
+                                            qat_run / "best_model" / "model.pdparams", "--save_dir", out / "int8"])
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logging():
     yield

@@ -15,16 +15,6 @@ from segqat.config import load_config
 from segqat.metrics import agreement
 
 
-@pytest.fixture(scope="session")
-def exports(syn_cfg, fp32_run, qat_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exports")
-    run_script("tools/export.py", ["--config", syn_cfg, "--model_path",
-                                   fp32_run / "best_model" / "model.pdparams", "--save_dir", out / "fp32"])
-    run_script("slim/quant/qat_export.py", ["--config", syn_cfg, "--model_path",
-                                            qat_run / "best_model" / "model.pdparams", "--save_dir", out / "int8"])
-    return out
-
-
 def val_images(synth):
     pairs = [ln.split() for ln in (synth / "val.txt").read_text().splitlines()]
     return [cv2.imread(str(synth / p[0])) for p in pairs], [str(synth / p[0]) for p in pairs]

@@ -1,0 +1,203 @@
+"""Post-training quantization (slim/quant/ptq.py): INT8 export, calibration data, errors."""
+import json
+import logging
+import os
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from conftest import run_script
+from segqat import deploy, ptq
+from segqat.config import load_config
+from segqat.metrics import agreement
+
+PTQ = "slim/quant/ptq.py"
+
+
+def val_images(synth):
+    pairs = [ln.split() for ln in (synth / "val.txt").read_text().splitlines()]
+    return [cv2.imread(str(synth / p[0])) for p in pairs]
+
+
+def fp32_weights(fp32_run):
+    return fp32_run / "best_model" / "model.pdparams"
+
+
+def run_ptq(syn_cfg, fp32_run, out, *extra):
+    return run_script(PTQ, ["--config", syn_cfg, "--model_path", fp32_weights(fp32_run),
+                            "--save_dir", out, "--batch_size", 4, "--batch_nums", 4,
+                            "--cpu_threads", 2, *extra])
+
+
+def op_counts(pdmodel):
+    return ptq.program_op_counts(str(pdmodel))
+
+
+@pytest.fixture(scope="module")
+def fp32_labels(synth, exports):
+    pred = deploy.SegPredictor(str(exports / "fp32"), precision="fp32", cpu_threads=2)
+    try:
+        return [pred.predict([im])[0] for im in val_images(synth)]
+    finally:
+        pred.close()
+
+
+@pytest.mark.parametrize("algo", ptq.ALGOS)
+def test_ptq_int8_export_agrees_with_fp32(algo, syn_cfg, synth, fp32_run, exports, fp32_labels,
+                                          tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    out = tmp_path / f"ptq_{algo}"
+    info = run_ptq(syn_cfg, fp32_run, out, "--algo", algo)
+
+    # the same directory as qat_export: old-IR program, int8 weights, quantize/dequantize ops
+    names = set(os.listdir(out))
+    assert {"model.pdmodel", "model.pdiparams", "deploy.yaml", "ptq_info.json"} <= names, names
+    assert not any(n.endswith(".json") and n.startswith("model") for n in names)  # no new-IR model.json
+    ops = op_counts(out / "model.pdmodel")
+    assert ops["quantize_linear"] > 0 and ops["dequantize_linear"] > 0, ops
+    assert not any(t.startswith("fake_") for t in ops), ops
+    # conv biases in paddle 2.x form (compat.fix_conv_bias_axis): no reshape2 feeding the adds
+    assert op_counts(exports / "fp32" / "model.pdmodel")["reshape2"] == ops["reshape2"]
+    size8 = os.path.getsize(out / "model.pdiparams")
+    size32 = os.path.getsize(exports / "fp32" / "model.pdiparams")
+    assert size8 <= 0.3 * size32, (size8, size32)
+    dep = yaml.safe_load((out / "deploy.yaml").read_text())["Deploy"]
+    dep32 = yaml.safe_load((exports / "fp32" / "deploy.yaml").read_text())["Deploy"]
+    assert dep["precision"] == "int8"
+    assert {k: v for k, v in dep.items() if k != "precision"} == \
+        {k: v for k, v in dep32.items() if k != "precision"}
+    with open(exports / "int8" / "deploy.yaml") as f:  # written the same way as qat_export's
+        assert (out / "deploy.yaml").read_text() == f.read()
+
+    # real INT8 kernels, and the same labels as FP32 on the validation images
+    pred = deploy.SegPredictor(str(out / "deploy.yaml"), precision="int8", cpu_threads=2)
+    try:
+        int8 = pred.int8_ops()
+        assert int8.get("fused_conv2d", 0) > 40, int8
+        got = [pred.predict([im])[0] for im in val_images(synth)]
+    finally:
+        pred.close()
+    agree = float(np.mean([agreement(a, b) for a, b in zip(fp32_labels, got)]))
+    print(f"PTQ {algo}: agreement with FP32 {agree * 100:.2f}% on {len(got)} images, "
+          f"int8 ops {dict(int8)}, params {size8 / 2 ** 20:.2f} MB vs {size32 / 2 ** 20:.2f} MB, "
+          f"mIoU {info['mIoU']:.4f}")
+    assert agree >= 0.98, agree
+
+    saved = json.loads((out / "ptq_info.json").read_text())
+    assert saved["algo"] == algo and saved["batch_nums"] == 4 and saved["batch_size"] == 4
+    assert saved["split"] == 1.0 and saved["seed"] == 0 and saved["calibration"] == "train_dataset"
+    assert saved["calibration_images"] == 16 and saved["accuracy_meaningful"] is True
+    assert 0 < saved["mIoU"] <= 1 and saved["mIoU"] == pytest.approx(info["mIoU"])
+    assert saved["metrics"]["num_images"] == 12
+    assert "Evaluate PTQ INT8 model" in caplog.text
+    assert f"[EVAL] #Images: 12 mIoU: {saved['mIoU']:.4f}" in caplog.text
+
+
+def test_random_calibration_warns(syn_cfg, fp32_run, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "ptq_random"
+    info = run_ptq(syn_cfg, fp32_run, out, "--random_calibration", "--batch_nums", 2, "--algo", "avg")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("RANDOM" in w and "MEANINGLESS" in w for w in warnings), warnings
+    saved = json.loads((out / "ptq_info.json").read_text())
+    assert saved["calibration"] == "random" and saved["accuracy_meaningful"] is False
+    assert "meaningless" in saved["warning"].lower()
+    assert saved["calibration_images"] == 8 and saved["onednn_int8_ops"].get("fused_conv2d", 0) > 40
+    assert "64x64" in saved["calibration_detail"]  # the config's input size (a validation image)
+    assert info["mIoU"] is not None  # still reported (a val_dataset exists)
+
+
+def test_no_train_dataset_falls_back_to_random(synth, fp32_run, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = tmp_path / "no_train.yml"
+    cfg.write_text(
+        "model:\n  type: BiSeNetV2\n  num_classes: 4\n  pretrained: null\n"
+        f"val_dataset:\n  type: Dataset\n  dataset_root: {synth}\n  val_path: {synth}/val.txt\n"
+        "  num_classes: 4\n  mode: val\n  transforms:\n    - type: Normalize\n")
+    out = tmp_path / "ptq_auto_random"
+    run_script(PTQ, ["--config", cfg, "--model_path", fp32_weights(fp32_run), "--save_dir", out,
+                     "--batch_size", 2, "--batch_nums", 1, "--algo", "abs_max"])
+    assert "has no train_dataset" in caplog.text
+    assert any("MEANINGLESS" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert json.loads((out / "ptq_info.json").read_text())["calibration"] == "random"
+
+
+def test_quantization_split_is_seeded(syn_cfg, fp32_run, tmp_path):
+    cfg = load_config(str(syn_cfg))
+    opts = ptq.PTQOptions(split=0.25, seed=3, batch_size=4, batch_nums=100)
+    a, n_a = ptq.select_calibration_indices(64, opts)
+    b, _ = ptq.select_calibration_indices(64, opts)
+    c, _ = ptq.select_calibration_indices(64, ptq.PTQOptions(split=0.25, seed=4, batch_size=4,
+                                                              batch_nums=100))
+    assert a == b and n_a == 16 and len(a) == 16 and len(set(a)) == 16
+    assert all(0 <= i < 64 for i in a) and set(a) != set(c)
+    # batch_nums x batch_size smaller than the subset: a prefix of the same seeded subset
+    d, _ = ptq.select_calibration_indices(64, ptq.PTQOptions(split=0.25, seed=3, batch_size=2,
+                                                              batch_nums=3))
+    assert d == a[:6]
+    # the feeds themselves are identical for the same seed
+    c1 = ptq.Calibration(cfg, ptq.PTQOptions(split=0.25, seed=3, batch_size=4, batch_nums=2))
+    c2 = ptq.Calibration(cfg, ptq.PTQOptions(split=0.25, seed=3, batch_size=4, batch_nums=2))
+    f1, f2 = list(c1()), list(c1())
+    assert len(f1) == 2 and f1[0]["x"].shape == (4, 3, 64, 64)
+    assert all(np.array_equal(x["x"], y["x"]) for x, y in zip(f1, f2))
+    assert all(np.array_equal(x["x"], y["x"]) for x, y in zip(f1, list(c2())))
+
+    out = tmp_path / "ptq_split"
+    run_ptq(syn_cfg, fp32_run, out, "--quantization_split", 0.25, "--seed", 3, "--batch_nums", 100,
+            "--algo", "abs_max")
+    saved = json.loads((out / "ptq_info.json").read_text())
+    assert saved["split"] == 0.25 and saved["seed"] == 3
+    assert saved["calibration_images"] == 16 and saved["calibration_batches"] == 4
+
+
+def test_failed_run_keeps_earlier_export(syn_cfg, fp32_run, tmp_path, monkeypatch):
+    out = tmp_path / "ptq_keep"
+    run_ptq(syn_cfg, fp32_run, out, "--algo", "abs_max", "--batch_nums", 1)
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+
+    def boom(*a, **k):
+        raise ValueError("evaluation failed on purpose")
+    monkeypatch.setattr(ptq, "evaluate_int8", boom)
+    with pytest.raises(SystemExit) as e:
+        run_ptq(syn_cfg, fp32_run, out, "--algo", "avg", "--batch_nums", 1)
+    assert e.value.code == 1
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".ptq_keep")]
+
+
+def test_missing_model_path_exits_1(syn_cfg, tmp_path, caplog):
+    with pytest.raises(SystemExit) as e:
+        run_script(PTQ, ["--config", syn_cfg, "--model_path", tmp_path / "nope.pdparams",
+                         "--save_dir", tmp_path / "out"])
+    assert e.value.code == 1
+    assert "weights file not found" in caplog.text and "nope.pdparams" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_qat_weights_are_rejected(syn_cfg, qat_run, tmp_path, caplog):
+    with pytest.raises(SystemExit) as e:
+        run_script(PTQ, ["--config", syn_cfg, "--model_path", qat_run / "best_model" / "model.pdparams",
+                         "--save_dir", tmp_path / "out"])
+    assert e.value.code == 1
+    assert "holds QAT weights" in caplog.text
+
+
+@pytest.mark.parametrize("argv", [["--quantization_split", "0"], ["--quantization_split", "1.5"],
+                                  ["--quantization_split", "x"], ["--algo", "percentile"],
+                                  ["--batch_nums", "0"]])
+def test_bad_flags_are_argparse_errors(argv, capsys):
+    from conftest import load_script
+    parser = load_script(PTQ).get_args_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--config", "c.yml", "--model_path", "m.pdparams", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err if argv[0] == "--algo" else "(0, 1]" in err or "positive" in err
+
+
+def test_script_algos_match_library():
+    from conftest import load_script
+    assert tuple(load_script(PTQ).ALGOS) == ptq.ALGOS
