@@ -18,7 +18,8 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
 * ``CrossEntropyLoss``: paddleseg 2.8's ``_post_process_loss`` multiplies a
   float loss by an int64 mask, which paddle 3.x rejects ("Type promotion only
   support calculations between floating-point numbers"). ``LOSS_OVERRIDES``
-  maps the name to a subclass that casts the mask.
+  maps the name to a subclass that casts the mask; ``OhemCrossEntropyLoss``
+  adds an int64 mask to float probabilities, same error, same remedy.
 * ``scalar(t)``: ``float(t)`` on a shape-[1] tensor raises under numpy 2.x
   ("only 0-dimensional arrays can be converted to Python scalars").
 """
@@ -226,9 +227,57 @@ def _fixed_cross_entropy():
     return CrossEntropyLossFixed
 
 
+def _fixed_ohem_cross_entropy():
+    from paddleseg.models.losses import OhemCrossEntropyLoss
+
+    class OhemCrossEntropyLossFixed(OhemCrossEntropyLoss):
+        """paddleseg 2.8 OhemCrossEntropyLoss with ``prob + (1 - valid_mask)`` in float.
+
+        The original adds an int64 mask to float probabilities, which paddle 3.x
+        rejects ("Type promotion only support calculations between
+        floating-point numbers ... float32, int64"). Same algorithm otherwise.
+        """
+
+        def forward(self, logit, label):
+            if len(label.shape) != len(logit.shape):
+                label = paddle.unsqueeze(label, 1)
+            n, c, h, w = logit.shape
+            label = label.reshape((-1,)).astype("int64")
+            valid_mask = (label != self.ignore_index).astype("int64")
+            num_valid = valid_mask.sum()
+            label = label * valid_mask
+            prob = F.softmax(logit, axis=1)
+            prob = prob.transpose((1, 0, 2, 3)).reshape((c, -1))
+            if self.min_kept < num_valid and num_valid > 0:
+                prob = prob + (1 - valid_mask).astype(prob.dtype)  # ignored pixels: prob > 1
+                label_onehot = F.one_hot(label, c).transpose((1, 0))
+                prob = paddle.sum(prob * label_onehot, axis=0)
+                threshold = self.thresh
+                if self.min_kept > 0:
+                    index = prob.argsort()
+                    threshold_index = int(index[min(len(index), self.min_kept) - 1].item())
+                    if prob[threshold_index] > self.thresh:
+                        threshold = prob[threshold_index]
+                    kept_mask = (prob < threshold).astype("int64")
+                    label = label * kept_mask
+                    valid_mask = valid_mask * kept_mask
+            label = label + (1 - valid_mask) * self.ignore_index
+            label = label.reshape((n, 1, h, w))
+            valid_mask = valid_mask.reshape((n, 1, h, w)).astype("float32")
+            loss = F.softmax_with_cross_entropy(logit, label, ignore_index=self.ignore_index, axis=1)
+            loss = loss * valid_mask
+            label.stop_gradient = True
+            valid_mask.stop_gradient = True
+            return paddle.mean(loss) / (paddle.mean(valid_mask) + self.EPS)
+
+    OhemCrossEntropyLossFixed.__name__ = "OhemCrossEntropyLoss"
+    return OhemCrossEntropyLossFixed
+
+
 def loss_overrides():
     """Loss classes that replace paddleseg's registry entries on this Paddle."""
-    return {"CrossEntropyLoss": _fixed_cross_entropy()}
+    return {"CrossEntropyLoss": _fixed_cross_entropy(),
+            "OhemCrossEntropyLoss": _fixed_ohem_cross_entropy()}
 
 
 # ---------------------------------------------------------------- conv bias axis

@@ -240,7 +240,6 @@ class TrainOptions:
     save_dir: str = "output"
     iters: int = 1000
     batch_size: int = 2
-    learning_rate: float = None
     save_interval: int = 1000
     resume_model: str = None
     keep_checkpoint_max: int = 5
@@ -290,7 +289,7 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     if world > 1:
         paddle.distributed.init_parallel_env()
 
-    lr_sched = build_lr_scheduler(cfg, opts.learning_rate)
+    lr_sched = build_lr_scheduler(cfg)  # --learning_rate is already in cfg
     optimizer = build_optimizer(cfg, model, lr_sched)
 
     start_iter, best_miou, best_iter = 0, -1.0, -1
