@@ -280,6 +280,21 @@ def loss_overrides():
             "OhemCrossEntropyLoss": _fixed_ohem_cross_entropy()}
 
 
+@contextlib.contextmanager
+def old_ir_static():
+    """Static-graph mode on the old IR (``model.pdmodel`` programs), restored on exit.
+
+    paddle 3.3.1 runs static programs in the new IR (PIR) by default, and
+    ``static.load_inference_model`` then looks for ``model.json``; paddle's
+    PostTrainingQuantization and its IrGraph passes (used by PTQ) only work
+    on old-IR programs. ``paddle.pir_utils.OldIrGuard`` switches both and
+    restores dygraph + PIR on exit, errors included.
+    """
+    from paddle.pir_utils import OldIrGuard
+    with OldIrGuard():
+        yield
+
+
 # ---------------------------------------------------------------- conv bias axis
 
 def fix_conv_bias_axis(pdmodel_path):

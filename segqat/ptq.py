@@ -34,7 +34,6 @@ train_dataset, or with ``random_calibration``, random images at the config's
 input size are used and a loud warning says that the accuracy of the result
 is meaningless (it only serves footprint / latency estimates).
 """
-import contextlib
 import json
 import logging
 import math
@@ -84,22 +83,6 @@ class PTQOptions:
     input_shape: Optional[list] = None
     cpu_threads: int = 1
     hist_percent: float = 0.9999
-
-
-# ---------------------------------------------------------------- static old IR
-# TODO(compat): belongs in segqat/compat.py next to old_ir_export(). paddle
-# 3.3.1 runs static programs in the new IR (PIR) by default, and
-# ``static.load_inference_model`` then looks for ``model.json``; paddle's
-# PostTrainingQuantization (and its IrGraph passes) only work on old-IR
-# ``model.pdmodel`` programs. paddle.pir_utils.OldIrGuard enables static mode
-# with FLAGS_enable_pir_api False and the old-IR Program classes bound, and
-# restores dygraph + PIR on exit (also on errors).
-@contextlib.contextmanager
-def old_ir_static():
-    """Static-graph mode on the old IR (``model.pdmodel`` programs), restored on exit."""
-    from paddle.pir_utils import OldIrGuard
-    with OldIrGuard():
-        yield
 
 
 # ---------------------------------------------------------------- calibration data
@@ -299,7 +282,7 @@ def quantize_static(fp32_dir, out_dir, calib, opts, qc, skip_tensors):
     import paddle
     from paddleslim.quant import quant_post_static
     ops = quantizable_op_types(qc)
-    with old_ir_static():
+    with compat.old_ir_static():
         # A fresh scope, also as the global one: load_inference_model loads the
         # parameters into global_scope(), PTQ runs and saves in ``scope``.
         scope = paddle.static.Scope()
@@ -430,4 +413,4 @@ def check_model_path(model_path):
 
 
 __all__ = ["ALGOS", "PTQOptions", "PTQError", "run_ptq", "select_calibration_indices",
-           "Calibration", "RANDOM_WARNING", "check_model_path", "old_ir_static"]
+           "Calibration", "RANDOM_WARNING", "check_model_path"]
