@@ -64,6 +64,9 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
                   repeats=20, num_images=None, num_samples=4):
     """``models``: ordered {name: inference dir}; the first is the FP32 reference.
 
+    ``qat_model_path`` (optional) are the QAT weights of the first INT8 model:
+    its fake-quant model is evaluated too, and compared with that model.
+
     Returns the results dict and writes results.json, results.md and plots.
     """
     from . import builder, engine, quant
@@ -84,6 +87,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     samples = []
     fq_cm = None
     fq_iter = None
+    fq_owner = names[1] if len(names) > 1 else None  # the QAT weights belong to the first INT8 model
     if qat_model_path:
         fq_model, _ = quant.build_model(cfg, qat_model_path, quantized=True, stage="eval")
         fq_cm = ConfusionMatrix(nc, val_ds.ignore_index)
@@ -100,7 +104,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
             cms[name].update(o, lab)
             agree[name][0] += int((o == outs[ref]).sum())
             agree[name][1] += o.size
-            if fq is not None:
+            if fq is not None and name == fq_owner:
                 agree_fq[name][0] += int((o == fq).sum())
                 agree_fq[name][1] += o.size
         if len(samples) < num_samples:
@@ -121,7 +125,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
              "agreement_with_fp32": agree[name][0] / max(agree[name][1], 1),
              "latency": lat[name], "ratio_to_fp32": lat[name]["median_ms"] / lat[ref]["median_ms"],
              **model_size(models[name]), "num_params": n_params, "macs": flops}
-        if fq_cm is not None:
+        if fq_cm is not None and name == fq_owner:
             r["agreement_with_fake_quant"] = agree_fq[name][0] / max(agree_fq[name][1], 1)
         results["models"][name] = r
     if fq_cm is not None:
@@ -153,7 +157,7 @@ def _warnings(results, ref):
                        f"({r['latency']['median_ms']:.1f} vs "
                        f"{results['models'][ref]['latency']['median_ms']:.1f} ms/img)")
         fq = results.get("fake_quant")
-        if fq and abs(r["mIoU"] - fq["mIoU"]) * 100 > 0.5:
+        if fq and "agreement_with_fake_quant" in r and abs(r["mIoU"] - fq["mIoU"]) * 100 > 0.5:
             out.append(f"{name}: deployed INT8 mIoU {r['mIoU'] * 100:.2f} differs from the fake-quant "
                        f"mIoU {fq['mIoU'] * 100:.2f} by more than 0.5 points: the back-end quantizes "
                        "differently than training did")

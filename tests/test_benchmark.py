@@ -39,9 +39,12 @@ def test_benchmark_warns(tmp_path):
     res = {"models": {"FP32": {"precision": "fp32", "mIoU": 0.6, "latency": {"median_ms": 10.0},
                                "ratio_to_fp32": 1.0},
                       "INT8": {"precision": "int8", "mIoU": 0.58, "latency": {"median_ms": 11.0},
-                               "ratio_to_fp32": 1.1}},
+                               "ratio_to_fp32": 1.1, "agreement_with_fake_quant": 0.97},
+                      "PTQ": {"precision": "int8", "mIoU": 0.55, "latency": {"median_ms": 5.0},
+                              "ratio_to_fp32": 0.5}},
            "fake_quant": {"mIoU": 0.60}}
     w = _warnings(res, "FP32")
     assert any("not faster" in x for x in w) and any("differs from the fake-quant" in x for x in w)
+    assert not any(x.startswith("PTQ") for x in w)  # the QAT weights are not the PTQ model's
     res["models"]["INT8"].update(mIoU=0.598, ratio_to_fp32=0.5)
     assert _warnings(res, "FP32") == []

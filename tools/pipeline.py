@@ -1,11 +1,12 @@
-"""One command: FP32 train -> QAT -> export both -> benchmark, under one timestamped folder.
+"""One command: FP32 train -> QAT -> exports (FP32, QAT INT8, PTQ INT8) -> benchmark, in one folder.
 
     python tools/pipeline.py --config configs/bisenetv2/bisenetv2_synthetic_64x64.yml \
         --fp32_iters 300 --qat_iters 100 --save_dir output/demo
 
 Each step runs the same code as its script and logs the exact command that
 repeats it; everything lands in save_dir/<timestamp>/: fp32/, fp32_infer/,
-qat/, qat_infer/, benchmark/ (results.json, results.md, plots), commands.sh.
+qat/, qat_infer/, ptq_infer/, benchmark/ (results.json, results.md, plots),
+commands.sh.
 With the synthetic config the data set is generated first if it is missing.
 """
 import argparse
@@ -40,6 +41,8 @@ def get_args_parser():
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="benchmark timing repeats")
+    p.add_argument("--ptq_algo", default="hist", choices=["none", "abs_max", "avg", "hist", "KL", "mse"],
+                   help="also make a PTQ model with this algo for the table (none: skip)")
     p.add_argument("--skip_benchmark", action="store_true",
                    help="stop after the exports (benchmark later, on an idle machine)")
     p.add_argument("--opts", nargs="+", default=[])
@@ -94,10 +97,18 @@ def main(args):
     step("tools/export.py", common + ["--model_path", fp32_weights, "--save_dir", f"{out}/fp32_infer"], commands)
     step("slim/quant/qat_export.py", common + ["--model_path", qat_weights, "--save_dir", f"{out}/qat_infer"],
          commands)
+    int8_dirs, names = [f"{out}/qat_infer"], ["FP32", "INT8 QAT"]
+    if args.ptq_algo != "none":
+        step("slim/quant/ptq.py", common + ["--model_path", fp32_weights, "--save_dir", f"{out}/ptq_infer",
+                                            "--algo", args.ptq_algo, "--cpu_threads", args.cpu_threads],
+             commands)
+        int8_dirs.append(f"{out}/ptq_infer")
+        names.append("INT8 PTQ")
     res = None
     if not args.skip_benchmark:
             res = step("deploy/python/benchmark.py", ["--config", args.config, "--fp32", f"{out}/fp32_infer",
-                                                  "--int8", f"{out}/qat_infer", "--qat_model_path", qat_weights,
+                                                  "--int8", *int8_dirs, "--names", *names,
+                                                  "--qat_model_path", qat_weights,
                                                   "--save_dir", f"{out}/benchmark", "--cpu_threads",
                                                   args.cpu_threads, "--repeats", args.repeats]
                    + (["--opts", *args.opts] if args.opts else []), commands)

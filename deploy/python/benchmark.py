@@ -4,6 +4,8 @@
         --fp32 output/fp32_infer --int8 output/qat_infer \
         --qat_model_path output/qat/best_model/model.pdparams --save_dir output/bench
 
+FP32 vs PTQ vs QAT in one table: --int8 output/qat_infer output/ptq_infer --names FP32 QAT PTQ
+
 Writes save_dir/results.json, results.md (Model | Dtype | mIoU | ... | Time | Ratio | Size)
 and latency.png, class_iou.png, confusion.png, samples.png. Warns when INT8 is
 not faster than FP32, or when the deployed INT8 mIoU is more than 0.5 points
@@ -24,7 +26,8 @@ def get_args_parser():
     p.add_argument("--fp32", required=True, help="FP32 inference directory (tools/export.py)")
     p.add_argument("--int8", required=True, nargs="+", help="INT8 inference directories (qat_export)")
     p.add_argument("--names", nargs="+", default=None, help="row names for --fp32 and each --int8")
-    p.add_argument("--qat_model_path", default=None, help="QAT weights: also evaluate the fake-quant model")
+    p.add_argument("--qat_model_path", default=None,
+                   help="QAT weights of the first --int8 model: also evaluate its fake-quant model")
     p.add_argument("--save_dir", default="./output/benchmark")
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
