@@ -10,13 +10,15 @@ def test_isbi_short_run(tmp_path):
     data = tmp_path / "isbi"
     datagen.convert_isbi(str(src), str(data))
     cfg = write_config(tmp_path / "isbi.yml", base=ROOT / "configs/bisenetv2/bisenetv2_isbi_256x256.yml",
-                       data_root=data, extra="train_dataset:\n  transforms:\n"
-                       "    - {type: RandomPaddingCrop, crop_size: [128, 128]}\n"
-                       "    - {type: RandomHorizontalFlip}\n    - {type: Normalize}\n")
+                       data_root=data)
     out = tmp_path / "out"
+    crops = ("train_dataset.transforms=[{type: RandomPaddingCrop, crop_size: [128, 128]}, "
+             "{type: RandomHorizontalFlip}, {type: Normalize}]")
     run_script("tools/train.py", ["--config", cfg, "--iters", 30, "--batch_size", 4, "--learning_rate", 0.05,
                                   "--save_interval", 30, "--log_iters", 10, "--do_eval", "--save_dir", out,
-                                  "--cpu_threads", 2])
+                                  "--cpu_threads", 2, "--opts", crops])
+    saved = (out / "config.yaml").read_text()
+    assert "crop_size: [128, 128]" in saved and str(data) in saved
     m = run_script("tools/val.py", ["--config", cfg, "--model_path", out / "best_model" / "model.pdparams",
                                     "--save_metrics", tmp_path / "m.json"])
     assert m["num_images"] == 6 and m["pixels"] == 6 * 512 * 512
