@@ -24,6 +24,7 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   ("only 0-dimensional arrays can be converted to Python scalars").
 """
 import contextlib
+import functools
 import logging
 
 import numpy as np  # noqa: F401  (import numpy before paddle: paddle 2.6.2 zlib clash)
@@ -274,8 +275,9 @@ def _fixed_ohem_cross_entropy():
     return OhemCrossEntropyLossFixed
 
 
+@functools.lru_cache(maxsize=None)
 def loss_overrides():
-    """Loss classes that replace paddleseg's registry entries on this Paddle."""
+    """Loss classes that replace paddleseg's registry entries on this Paddle (made once)."""
     return {"CrossEntropyLoss": _fixed_cross_entropy(),
             "OhemCrossEntropyLoss": _fixed_ohem_cross_entropy()}
 

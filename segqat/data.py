@@ -94,6 +94,14 @@ class CheckedDataset(paddle.io.Dataset):
         return data["img"], data["label"].astype("int64")
 
 
+def to_bgr8(img):
+    """A ``CheckedDataset.read`` image as the 3-channel uint8 image a predictor takes."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, 2)
+    return img.astype(np.uint8)
+
+
 class ResumableBatchSampler(paddle.io.BatchSampler):
     """Shuffled batches, sharded over ranks, reproducible from (seed, epoch).
 

@@ -73,6 +73,20 @@ def build_transforms(dep):
     return Compose(ts)
 
 
+def program_op_types(pdmodel_path):
+    """Counter of (op type, mkldnn_data_type or "") over all blocks of a saved old-IR program."""
+    from paddle.base import core
+    with open(pdmodel_path, "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    c = Counter()
+    for b in range(desc.num_blocks()):
+        blk = desc.block(b)
+        for i in range(blk.op_size()):
+            op = blk.op(i)
+            c[(op.type(), op.attr("mkldnn_data_type") if op.has_attr("mkldnn_data_type") else "")] += 1
+    return c
+
+
 class SegPredictor:
     def __init__(self, deploy_path, device="cpu", precision="fp32", enable_mkldnn=True,
                  cpu_threads=1, batch_size=1, use_trt=False, trt_min_shape=None,
@@ -147,21 +161,10 @@ class SegPredictor:
     # -- proof of INT8 ----------------------------------------------------
     def optimized_op_types(self):
         """Counter of (op type, mkldnn_data_type) in the optimized program (CPU oneDNN)."""
-        if not self._optim_dir:
+        path = os.path.join(self._optim_dir or "", "_optimized.pdmodel")
+        if not self._optim_dir or not os.path.isfile(path):
             return Counter()
-        from paddle.base import core
-        path = os.path.join(self._optim_dir, "_optimized.pdmodel")
-        if not os.path.isfile(path):
-            return Counter()
-        with open(path, "rb") as f:
-            desc = core.ProgramDesc(f.read())
-        c = Counter()
-        blk = desc.block(0)
-        for i in range(blk.op_size()):
-            op = blk.op(i)
-            dt = op.attr("mkldnn_data_type") if op.has_attr("mkldnn_data_type") else ""
-            c[(op.type(), dt)] += 1
-        return c
+        return program_op_types(path)
 
     def int8_ops(self):
         return Counter({t: n for (t, dt), n in self.optimized_op_types().items() if dt == "int8"})

@@ -136,11 +136,16 @@ def evaluate(model, dataset, test_cfg=None, num_classes=None, progress=True, lab
     m = compute_metrics(cm.mat)
     m["num_images"] = n
     m["confusion_matrix"] = cm.mat.tolist()
+    log_eval(m)
+    return m
+
+
+def log_eval(m):
+    """PaddleSeg's [EVAL] lines for a metrics dict (with num_images)."""
     logger.info("[EVAL] #Images: %d mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f",
-                n, m["mIoU"], m["Acc"], m["Kappa"], m["Dice"])
+                m["num_images"], m["mIoU"], m["Acc"], m["Kappa"], m["Dice"])
     logger.info("[EVAL] Class IoU: %s", np.round(m["class_IoU"], 4).tolist())
     logger.info("[EVAL] Class Precision: %s", np.round(m["class_precision"], 4).tolist())
-    return m
 
 
 def _describe_test_cfg(tc):

@@ -48,7 +48,8 @@ import numpy as np  # noqa: F401  (before paddle, see compat)
 import yaml
 
 from . import builder, compat, deploy, export, quant
-from .engine import _atomic_dir_write
+from .data import to_bgr8
+from .engine import _atomic_dir_write, log_eval
 from .metrics import ConfusionMatrix, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -109,13 +110,6 @@ def _deploy_transforms(cfg):
     """The preprocessing deploy.yaml will name (val transforms): what inference sees."""
     return deploy.build_transforms({"transforms": export.deploy_transforms(cfg),
                                     "path": f"{cfg.path} (deploy transforms)"})
-
-
-def _to_bgr3(img):
-    img = np.asarray(img)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, 2)
-    return img
 
 
 def _preprocess(transforms, img):
@@ -228,7 +222,7 @@ class Calibration:
         else:
             for i in self.indices:
                 img, _ = self.ds.read(i)
-                yield _to_bgr3(img)
+                yield to_bgr8(img)
 
     def __call__(self):
         batch = []
@@ -265,15 +259,11 @@ def skip_weight_names(model, qc):
 
 
 def program_op_counts(pdmodel_path):
+    """Counter of op types in a saved old-IR program."""
     from collections import Counter
-    from paddle.base import core
-    with open(pdmodel_path, "rb") as f:
-        desc = core.ProgramDesc(f.read())
     c = Counter()
-    for b in range(desc.num_blocks()):
-        blk = desc.block(b)
-        for i in range(blk.op_size()):
-            c[blk.op(i).type()] += 1
+    for (op_type, _), n in deploy.program_op_types(pdmodel_path).items():
+        c[op_type] += n
     return c
 
 
@@ -309,14 +299,11 @@ def evaluate_int8(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference
     logger.info("%s: %d images", label, n)
     for i in range(n):
         img, lab = val_ds.read(i)
-        out = pred.predict([_to_bgr3(img).astype(np.uint8)])[0]
+        out = pred.predict([to_bgr8(img)])[0]
         cm.update(out, lab)
     m = compute_metrics(cm.mat)
     m["num_images"] = n
-    logger.info("[EVAL] #Images: %d mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f",
-                n, m["mIoU"], m["Acc"], m["Kappa"], m["Dice"])
-    logger.info("[EVAL] Class IoU: %s", np.round(m["class_IoU"], 4).tolist())
-    logger.info("[EVAL] Class Precision: %s", np.round(m["class_precision"], 4).tolist())
+    log_eval(m)
     return m
 
 

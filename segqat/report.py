@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from . import bench, deploy
+from .data import to_bgr8
 from .metrics import ConfusionMatrix, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
         fq_iter = engine.iter_predictions(fq_model, val_ds, builder.test_config(cfg), indices=range(n))
     for i in _progress(range(n), n, "benchmark"):
         img, lab = val_ds.read(i)
-        img = img.astype(np.uint8) if img.ndim == 3 else np.repeat(img[..., None], 3, 2).astype(np.uint8)
+        img = to_bgr8(img)
         outs = {name: p.predict([img])[0] for name, p in preds.items()}
         fq = None
         if fq_iter is not None:
@@ -111,7 +112,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
             samples.append((img, lab, outs))
 
     # latency: interleaved on the first image's preprocessed input
-    x = preds[ref].preprocess(val_ds.read(0)[0].astype(np.uint8))[0][None]
+    x = preds[ref].preprocess(to_bgr8(val_ds.read(0)[0]))[0][None]
     lat = bench.summarize(bench.interleaved_latency(preds, x, warmup, repeats))
     n_params, flops = count_params_flops(cfg, x.shape[2:])
 

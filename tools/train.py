@@ -16,9 +16,10 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from segqat import cli  # noqa: E402
 
 
-def get_args_parser():
+def get_args_parser(model_path_required=False,
+                    model_path_help="optional FP32 weights to start from (fine-tune)"):
     parser = argparse.ArgumentParser(description="FP32 segmentation training (PaddleSeg flags)")
-    cli.add_config_args(parser, model_path_help="optional FP32 weights to start from (fine-tune)")
+    cli.add_config_args(parser, model_path_required=model_path_required, model_path_help=model_path_help)
     cli.add_train_args(parser)
     return parser
 

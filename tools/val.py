@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from segqat import cli  # noqa: E402
 
 
-def get_args_parser():
+def get_args_parser(model_path_help="FP32 weights (.pdparams)"):
     parser = argparse.ArgumentParser(description="Evaluate a segmentation model (PaddleSeg flags)")
-    cli.add_config_args(parser, model_path_required=True, model_path_help="FP32 weights (.pdparams)")
+    cli.add_config_args(parser, model_path_required=True, model_path_help=model_path_help)
     cli.add_eval_args(parser)
     return parser
 

@@ -18,12 +18,9 @@ from tools import train as fp32_train  # noqa: E402
 
 
 def get_args_parser():
-    parser = fp32_train.get_args_parser()
+    parser = fp32_train.get_args_parser(model_path_required=True,
+                                        model_path_help="FP32 weights to start from (required)")
     parser.description = "Quantization-aware training (PaddleSeg flags)"
-    for action in parser._actions:
-        if action.dest == "model_path":
-            action.required = True
-            action.help = "FP32 weights to start from (required)"
     # PaddleSeg's docs call it --save_interval_iters.
     parser.add_argument("--save_interval_iters", dest="save_interval", type=cli.positive_int,
                         help="alias of --save_interval")

@@ -15,11 +15,9 @@ from tools import val as fp32_val  # noqa: E402
 
 
 def get_args_parser():
-    parser = fp32_val.get_args_parser()
+    parser = fp32_val.get_args_parser(
+        model_path_help="QAT weights (qat_train's save_dir/best_model/model.pdparams)")
     parser.description = "Evaluate a QAT model (fake quantization, PaddleSeg flags)"
-    for action in parser._actions:
-        if action.dest == "model_path":
-            action.help = "QAT weights (qat_train's save_dir/best_model/model.pdparams)"
     return parser
 
 
