@@ -250,7 +250,7 @@ def quantizable_op_types(qc):
 def skip_weight_names(model, qc):
     """Static weight names of the Conv2D / Linear layers matched by quant_config.skip_layers."""
     import paddle
-    skipped = quant._mark_skipped(model, qc.get("skip_layers"))
+    skipped = quant._mark_skipped(model, qc)
     names = []
     for name, layer in model.named_sublayers():
         if name in skipped and isinstance(layer, (paddle.nn.Conv2D, paddle.nn.Linear)):
@@ -312,7 +312,7 @@ def evaluate_int8(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference
 def run_ptq(cfg, model_path, save_dir, opts):
     """FP32 weights -> calibrated INT8 inference directory ``save_dir``; returns ptq_info."""
     check_options(opts)
-    qc = quant.quant_settings(cfg)
+    qc = quant.quant_settings(cfg, purpose="ptq")
     model, _ = quant.build_model(cfg, model_path, quantized=False)
     skip_tensors = skip_weight_names(model, qc)
     calib = Calibration(cfg, opts)

@@ -7,12 +7,17 @@ Order matters and lives only here:
 * ``stage="train"`` (qat_train): build the FP32 model, load the FP32 weights,
   then insert fake-quant layers. The quantizers start from the trained
   weights; their scales are learned during QAT.
-* ``stage="eval"`` (qat_val, qat_export): build, insert fake-quant layers,
-  then load the QAT weights, which include the quantizers' scales.
+* ``stage="eval"`` (qat_val) and ``"export"`` (qat_export): build, insert
+  fake-quant layers, then load the QAT weights, which include the quantizers'
+  scales. For export, PACT layers are then removed (``without_pact``).
 
 Settings come from the config's ``quant_config`` section over PaddleSeg's
 defaults (weights channel_wise_abs_max, activations moving_average_abs_max,
-8 bits, moving_rate 0.9, Conv2D and Linear layers).
+8 bits, moving_rate 0.9, Conv2D and Linear layers) and ours: ``weight_granularity``
+(per_channel | per_tensor, another name for the weight type), ``pact`` (QAT
+only), ``quantize_scope`` (all | backbone), ``skip_layers`` (name patterns).
+16 bits are accepted for fake quantization (a diagnostic) and refused for
+export and PTQ.
 """
 import fnmatch
 import logging
@@ -25,7 +30,7 @@ from .config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# PaddleSeg's slim/quant defaults.
+# PaddleSeg's slim/quant defaults, plus our keys (last four).
 DEFAULT_QUANT_CONFIG = {
     "weight_quantize_type": "channel_wise_abs_max",
     "activation_quantize_type": "moving_average_abs_max",
@@ -37,70 +42,209 @@ DEFAULT_QUANT_CONFIG = {
     "quantizable_layer_type": ["Conv2D", "Linear"],
     "fuse_conv_bn": False,
     "skip_layers": [],
+    "pact": False,
+    "quantize_scope": "all",
 }
+# Keys that are ours (not paddleslim's QAT config).
+_OWN_KEYS = ("skip_layers", "pact", "quantize_scope", "weight_granularity")
+
+GRANULARITY = {"per_channel": "channel_wise_abs_max", "per_tensor": "abs_max"}
+SCOPES = ("all", "backbone")
+# What each command does with the model: train / eval simulate quantization in
+# dygraph (fake quant); export and ptq write a model Paddle Inference runs with
+# integer kernels; analysis simulates, from FP32 weights.
+PURPOSES = ("train", "eval", "export", "ptq", "analysis")
 
 _ALLOWED = {
     "weight_quantize_type": ("channel_wise_abs_max", "abs_max"),
     "activation_quantize_type": ("moving_average_abs_max",),
-    "weight_bits": (8,),
-    "activation_bits": (8,),
+    "weight_bits": (8, 16),
+    "activation_bits": (8, 16),
     "quantizable_layer_type": ("Conv2D", "Linear"),
+    "quantize_scope": SCOPES,
 }
 
 # Substrings of parameter names that only fake-quant layers have.
 _QUANT_KEY_MARKS = ("._fake_quant_", "._ma_output_scale.")
+# PACT's clipping threshold (paddleslim's PACT layer in QuantizedConv2D/Linear).
+_PACT_KEY_MARK = "._act_preprocess.alpha"
+
+SIXTEEN_BIT_WHY = (
+    "16 bits is a diagnostic only: qat_train, qat_val and analysis.py simulate it (fake "
+    "quantization in FP32) to show how much of an accuracy loss comes from the 8-bit width. "
+    "No back-end here runs 16-bit integer kernels (Paddle Inference: oneDNN and TensorRT run "
+    "INT8; Paddle Lite runs INT8), and paddle's export stores 16-bit weights in an int8 tensor, "
+    "clipped to [-128, 127], which gives a wrong model. Set weight_bits and activation_bits to 8 "
+    "to export")
 
 
-def quant_settings(cfg):
-    """``quant_config`` over the defaults, checked against what INT8 export supports."""
+def quant_settings(cfg, purpose="train"):
+    """``quant_config`` over the defaults, checked for ``purpose`` (see PURPOSES).
+
+    ``weight_granularity`` (per_channel | per_tensor) is turned into PaddleSeg's
+    ``weight_quantize_type`` (channel_wise_abs_max | abs_max); setting both to
+    different things is an error.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    where = cfg.where("quant_config")
     qc = dict(DEFAULT_QUANT_CONFIG)
-    user = cfg.section("quant_config")
-    for key in ("weight_granularity", "pact", "quantize_scope"):
-        if key in user:
-            raise ConfigError(f"quant_config.{key} in {cfg.where('quant_config')} is not "
-                              "implemented yet (see the README's limits)")
+    user = dict(cfg.section("quant_config"))
+    gran = user.pop("weight_granularity", None)
+    if gran is not None:
+        if gran not in GRANULARITY:
+            raise ConfigError(f"quant_config.weight_granularity = {gran!r} in {where}: "
+                              f"allowed {list(GRANULARITY)}")
+        wqt = user.get("weight_quantize_type")
+        if wqt is not None and wqt != GRANULARITY[gran]:
+            raise ConfigError(
+                f"quant_config.weight_granularity = {gran!r} and weight_quantize_type = {wqt!r} in "
+                f"{where} contradict each other ({gran} means {GRANULARITY[gran]}); set one of them")
+        user["weight_quantize_type"] = GRANULARITY[gran]
     qc.update(user)
     for key, allowed in _ALLOWED.items():
         vals = qc[key] if isinstance(qc[key], list) else [qc[key]]
         for v in vals:
             if v not in allowed:
                 raise ConfigError(
-                    f"quant_config.{key} = {v!r} in {cfg.where('quant_config')}: Paddle Inference "
-                    f"runs INT8 only with {list(allowed)} here")
+                    f"quant_config.{key} = {v!r} in {where}: allowed {list(allowed)} (what "
+                    "Paddle Inference can run as INT8, plus 16 bits as a diagnostic)")
     if not 0 < float(qc["moving_rate"]) < 1:
         raise ConfigError(f"quant_config.moving_rate must be in (0, 1), got {qc['moving_rate']}")
+    sixteen = [k for k in ("weight_bits", "activation_bits") if int(qc[k]) == 16]
+    if sixteen and purpose in ("export", "ptq"):
+        raise ConfigError(
+            f"quant_config {', '.join(f'{k} = 16' for k in sixteen)} in {where}: cannot "
+            f"{'export' if purpose == 'export' else 'run post-training quantization with'} "
+            f"16 bits. {SIXTEEN_BIT_WHY}")
+    if qc["pact"] and purpose in ("ptq", "analysis"):
+        raise ConfigError(
+            f"quant_config.pact = true in {where}: PACT learns activation clipping thresholds "
+            f"during QAT; {'PTQ' if purpose == 'ptq' else 'analysis.py'} does not train. Remove "
+            "pact (or use --opts quant_config.pact=false) for this command")
+    if sixteen:
+        logger.warning("quant_config %s = 16: a diagnostic (fake quantization in FP32); such a "
+                       "model cannot be exported for INT8 inference", " and ".join(sixteen))
     return qc
 
 
-def _mark_skipped(model, patterns):
-    """Set ``skip_quant`` on sublayers whose name matches a pattern (fnmatch)."""
-    if not patterns:
+def scope_skips(model, qc):
+    """Names of the quantizable layers that quant_config.quantize_scope leaves in float."""
+    import paddle
+    if qc.get("quantize_scope", "all") == "all":
         return []
-    skipped = [name for name, layer in model.named_sublayers()
-               if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
-    for name, layer in model.named_sublayers():
-        if name in skipped:
-            layer.skip_quant = True
+    if not isinstance(getattr(model, "backbone", None), paddle.nn.Layer):
+        tops = sorted({n.split(".")[0] for n, _ in model.named_sublayers()})
+        raise ConfigError(
+            f"quant_config.quantize_scope = backbone: {type(model).__name__} has no `backbone` "
+            f"sublayer (its top-level sublayers: {', '.join(tops)}). Use quantize_scope: all with "
+            "skip_layers patterns instead, e.g. skip_layers: ['head.*']")
+    kinds = _quantizable_types(qc)
+    return [n for n, layer in model.named_sublayers()
+            if isinstance(layer, kinds) and not n.startswith("backbone.")]
+
+
+def _quantizable_types(qc):
+    import paddle
+    return tuple(getattr(paddle.nn, t) for t in qc["quantizable_layer_type"])
+
+
+def _mark_skipped(model, qc):
+    """Set ``skip_quant`` on the layers to leave in float; returns their names.
+
+    Those are the sublayers matching a ``skip_layers`` pattern (fnmatch on the
+    layer name, e.g. ``head.*``) and, with ``quantize_scope: backbone``, the
+    quantizable layers outside the backbone.
+    """
+    patterns = qc.get("skip_layers") or []
+    names = [n for n, _ in model.named_sublayers()]
+    skipped = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in skipped)]
     if unmatched:
         raise ConfigError(f"quant_config.skip_layers patterns {unmatched} match no layer of "
                           f"{type(model).__name__}")
-    logger.info("Not quantizing %d layer(s) matching %s", len(skipped), patterns)
+    if patterns:
+        logger.info("Not quantizing %d layer(s) matching %s", len(skipped), patterns)
+    scoped = scope_skips(model, qc)
+    if scoped:
+        logger.info("quantize_scope backbone: %d quantizable layer(s) outside the backbone stay "
+                    "float", len(scoped))
+    skipped += [n for n in scoped if n not in skipped]
+    for name, layer in model.named_sublayers():
+        if name in skipped:
+            layer.skip_quant = True
     return skipped
 
 
-def make_quanter(qc):
+def make_quanter(qc, pact=None):
     from paddleslim import QAT
-    cfg = {k: v for k, v in qc.items() if k != "skip_layers"}
+    cfg = {k: v for k, v in qc.items() if k not in _OWN_KEYS}
     cfg["onnx_format"] = True  # real int8 weights with quantize/dequantize_linear ops
+    if qc.get("pact") if pact is None else pact:
+        cfg["activation_preprocess_type"] = "PACT"
     return QAT(config=cfg)
 
 
-def quantize(model, qc):
-    _mark_skipped(model, qc.get("skip_layers"))
-    quanter = make_quanter(qc)
+def quantize(model, qc, pact=None):
+    """Insert fake-quant layers into ``model`` in place; returns the quanter."""
+    _mark_skipped(model, qc)
+    quanter = make_quanter(qc, pact)
     quanter.quantize(model)
     return quanter
+
+
+def calibrate(model, batches, reset=True):
+    """Update the activation quantizers' moving-average scales on ``batches``.
+
+    Only the quantizers learn (they update in train mode); batch norms stay in
+    eval mode, so the model's own statistics are unchanged. ``reset`` zeroes the
+    moving averages first: paddle starts them at 1, which biases the scales of
+    a short calibration towards 1 (after 3 batches 21% of the scale is that
+    start value).
+    """
+    import paddle
+    if reset:
+        for layer in model.sublayers():
+            for name in ("_state", "_accum"):
+                p = getattr(layer, name, None)
+                if isinstance(p, paddle.Tensor):
+                    p.set_value(paddle.zeros_like(p))
+    model.train()
+    for layer in model.sublayers():
+        if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
+            layer.eval()
+    n = 0
+    with paddle.no_grad():
+        for x in batches:
+            model(x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x))
+            n += 1
+    model.eval()
+    return n
+
+
+def without_pact(cfg, model, qc):
+    """A copy of a PACT-trained QAT ``model`` without the PACT layers, for export.
+
+    PACT clips activations at a learned threshold before their quantizer; the
+    quantizer's scale was learned on the clipped values, so it is at most the
+    threshold and quantization itself clips there. The exported program keeps
+    the scales (the clipping) and drops the PACT ops. paddleslim's own
+    ``save_quantized_model`` does this with the model as it was at quantize()
+    time and silently skips the keys of a wrapped model, so we rebuild it.
+    """
+    import paddle
+    state = {k: v for k, v in model.state_dict().items() if _PACT_KEY_MARK not in k}
+    with paddle.utils.unique_name.guard():
+        plain = builder.build_model(cfg)
+        quanter = quantize(plain, qc, pact=False)
+    own = plain.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if missing or extra:
+        raise RuntimeError(f"PACT removal: state dicts differ (missing {missing[:3]}, extra {extra[:3]})")
+    plain.set_state_dict(state)
+    plain.eval()
+    return plain, quanter
 
 
 def _is_quant_key(k):
@@ -121,14 +265,14 @@ def build_model(cfg, weights=None, quantized=False, stage="train"):
 
 
 def _build_model(cfg, weights, quantized, stage):
-    if stage not in ("train", "eval"):
-        raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
+    if stage not in ("train", "eval", "export"):
+        raise ValueError(f"stage must be 'train', 'eval' or 'export', got {stage!r}")
     model = builder.build_model(cfg)
     if not quantized:
         if weights:
             _load(model, weights, expect_quant=False)
         return model, None
-    qc = quant_settings(cfg)
+    qc = quant_settings(cfg, purpose=stage)
     if stage == "train":
         if not weights:
             raise WeightsError("--model_path is required: QAT starts from trained FP32 weights")
@@ -139,6 +283,9 @@ def _build_model(cfg, weights, quantized, stage):
             raise WeightsError("--model_path is required: the QAT weights (save_dir/best_model/model.pdparams)")
         quanter = quantize(model, qc)
         _load(model, weights, expect_quant=True)
+        if stage == "export" and qc["pact"]:
+            model, quanter = without_pact(cfg, model, qc)
+            logger.info("PACT layers removed for export (their clipping stays in the scales)")
     return model, quanter
 
 
@@ -155,6 +302,14 @@ def _load(model, path, expect_quant):
         except Exception:
             raise e
         has_quant = any(_is_quant_key(k) for k in keys)
+        has_pact = any(_PACT_KEY_MARK in k for k in keys)
+        wants_pact = any(_PACT_KEY_MARK in k for k in model.state_dict())
+        if expect_quant and has_quant and has_pact != wants_pact:
+            raise WeightsError(
+                f"--model_path {path} was trained {'with' if has_pact else 'without'} PACT but the "
+                f"config has quant_config.pact: {str(wants_pact).lower()}; use the config the QAT "
+                f"run wrote (its save_dir/config.yaml) or --opts quant_config.pact="
+                f"{str(has_pact).lower()}") from None
         if expect_quant and not has_quant:
             raise WeightsError(
                 f"--model_path {path} holds FP32 weights (no quantizer scales). This command needs "

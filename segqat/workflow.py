@@ -77,7 +77,7 @@ def run_eval(args, qat=False):
 
 def run_export(args, qat=False):
     cfg = _load_cfg(args)
-    model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")
+    model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="export")
     out = export.export_model(cfg, model, args.save_dir, input_shape=args.input_shape,
                               output_op=args.output_op, quanter=quanter)
     if qat:

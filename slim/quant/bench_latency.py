@@ -68,7 +68,7 @@ def main(args):
             model, _ = quant.build_model(cfg, args.model_path)
             export.export_model(cfg, model, os.path.join(tmp, f"{i}_fp32"), args.input_shape)
             qmodel, _ = quant.build_model(cfg, args.model_path)
-            quanter = quant.quantize(qmodel, quant.quant_settings(cfg))
+            quanter = quant.quantize(qmodel, quant.quant_settings(cfg, purpose="export"))
             qmodel.train()
             with paddle.no_grad():  # calibrate activation scales (moving averages)
                 for _ in range(4):
