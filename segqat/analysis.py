@@ -146,7 +146,7 @@ def _quantized(cfg, model_path, qc, extra_skips, scales=None):
 
 def run_analysis(cfg, model_path, save_dir, opts):
     check_options(opts)
-    cfg.require("train_dataset", "val_dataset")
+    cfg.require("val_dataset")
     qc = quant.quant_settings(cfg, purpose="analysis")
     t_start = time.time()
     layers, quantized_names = candidate_layers(cfg, qc, opts.layers)
@@ -173,8 +173,9 @@ def run_analysis(cfg, model_path, save_dir, opts):
     calib = ptq.Calibration(cfg, ptq.PTQOptions(batch_size=opts.batch_size,
                                                 batch_nums=opts.batch_nums, seed=opts.seed))
     if calib.random:
-        raise ConfigError("analysis needs a train_dataset for calibration (random data would "
-                          "make every sensitivity meaningless)")
+        raise ConfigError(f"analysis needs calibration images: a train_dataset or "
+                          f"quant_config.calibration_list in {cfg.path} (random data would make "
+                          "every sensitivity meaningless)")
     full = _quantized(cfg, model_path, qc, [])
     quant.calibrate(full, (b["x"] for b in calib()))
     scales = {k: v.numpy() for k, v in full.state_dict().items() if quant._is_quant_key(k)}

@@ -60,6 +60,7 @@ _SECTION_KEYS = {
         "quantizable_layer_type": list, "skip_layers": list,
         "fuse_conv_bn": bool, "window_size": int, "dtype": str,
         "weight_granularity": str, "pact": bool, "quantize_scope": str,
+        "calibration_list": str,
     },
 }
 

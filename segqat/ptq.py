@@ -26,7 +26,8 @@ Everything is written into a temporary sibling of ``save_dir`` and renamed
 into place (``engine._atomic_dir_write``): a failed run never damages an
 earlier export.
 
-Calibration data: the train_dataset's images with the *deployment*
+Calibration data: the images of ``quant_config.calibration_list`` (a list
+file, one image per line) or else the train_dataset's images, with the *deployment*
 preprocessing (the transforms written into deploy.yaml, i.e. the val
 transforms; no random augmentation), in an order shuffled by ``seed``;
 ``split`` < 1 keeps a seeded random fraction of the images. Without a
@@ -48,7 +49,7 @@ import numpy as np  # noqa: F401  (before paddle, see compat)
 import yaml
 
 from . import builder, compat, deploy, export, quant
-from .data import to_bgr8
+from .data import DataError, to_bgr8
 from .engine import _atomic_dir_write, log_eval
 from .metrics import ConfusionMatrix, compute_metrics
 
@@ -178,6 +179,32 @@ def input_hw(cfg, opts):
     return DEFAULT_INPUT_HW, "default"
 
 
+def read_calibration_list(cfg, list_path):
+    """Image paths of ``quant_config.calibration_list``.
+
+    One image per line (a second column, e.g. a label, is ignored); paths are
+    relative to the train_dataset's ``dataset_root`` when there is one, else to
+    the list file's folder, or absolute. Every file must exist.
+    """
+    where = f"quant_config.calibration_list in {cfg.where('quant_config')}"
+    if not os.path.isfile(list_path):
+        raise DataError(f"{where}: file not found: {list_path}")
+    root = (cfg.get("train_dataset") or {}).get("dataset_root") or os.path.dirname(list_path)
+    paths = []
+    with open(list_path) as f:
+        for no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
+            if not os.path.isfile(p):
+                raise DataError(f"{where}: {list_path} line {no}: image not found: {p}")
+            paths.append(p)
+    if not paths:
+        raise DataError(f"{where}: {list_path} lists no image")
+    return paths
+
+
 class Calibration:
     """Re-iterable source of ``{"x": batch}`` feeds (PTQ iterates it twice for hist/KL)."""
 
@@ -187,10 +214,13 @@ class Calibration:
         self.fixed_hw = _fixed_hw(opts)
         self._note = []
         has_train = bool(cfg.get("train_dataset"))
-        self.random = bool(opts.random_calibration) or not has_train
+        calib_list = cfg.section("quant_config").get("calibration_list")
+        self.random = bool(opts.random_calibration) or not (has_train or calib_list)
+        self.list_paths = None
         if self.random:
             why = ("--random_calibration" if opts.random_calibration
-                   else f"the config {cfg.path} has no train_dataset")
+                   else f"the config {cfg.path} has no train_dataset and no "
+                        "quant_config.calibration_list")
             self.hw, hw_src = input_hw(cfg, opts)
             self.indices = None
             self.num_images = opts.batch_nums * opts.batch_size
@@ -200,12 +230,18 @@ class Calibration:
             logger.warning(RANDOM_WARNING)
             logger.warning("!!! Calibrating on %s", self.describe)
         else:
-            self.ds = builder.build_dataset(cfg, "train")
-            self.indices, self.subset_size = select_calibration_indices(len(self.ds), opts)
+            if calib_list:
+                self.list_paths = read_calibration_list(cfg, calib_list)
+                n, name = len(self.list_paths), f"calibration_list {calib_list}"
+                self.source = "calibration_list"
+            else:
+                self.ds = builder.build_dataset(cfg, "train")
+                n, name = len(self.ds), self.ds.name
+                self.source = "train_dataset"
+            self.indices, self.subset_size = select_calibration_indices(n, opts)
             self.num_images = len(self.indices)
-            self.source = "train_dataset"
-            self.describe = (f"{self.num_images} train_dataset images ({self.ds.name}; subset of "
-                             f"{self.subset_size}/{len(self.ds)} images, split {opts.split}, "
+            self.describe = (f"{self.num_images} images of the {name} (subset of "
+                             f"{self.subset_size}/{n} images, split {opts.split}, "
                              f"seed {opts.seed}), deploy preprocessing")
             if self.num_images < opts.batch_nums * opts.batch_size:
                 logger.warning("Calibration: only %d images available, fewer than batch_nums x "
@@ -219,6 +255,12 @@ class Calibration:
             rng = np.random.RandomState(self.opts.seed)
             for _ in range(self.num_images):
                 yield rng.randint(0, 256, size=(self.hw[0], self.hw[1], 3)).astype("uint8")
+        elif self.list_paths is not None:
+            for i in self.indices:
+                img = cv2.imread(self.list_paths[i], cv2.IMREAD_COLOR)
+                if img is None:
+                    raise DataError(f"calibration image cannot be read: {self.list_paths[i]}")
+                yield img
         else:
             for i in self.indices:
                 img, _ = self.ds.read(i)

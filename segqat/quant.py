@@ -46,7 +46,7 @@ DEFAULT_QUANT_CONFIG = {
     "quantize_scope": "all",
 }
 # Keys that are ours (not paddleslim's QAT config).
-_OWN_KEYS = ("skip_layers", "pact", "quantize_scope", "weight_granularity")
+_OWN_KEYS = ("skip_layers", "pact", "quantize_scope", "weight_granularity", "calibration_list")
 
 GRANULARITY = {"per_channel": "channel_wise_abs_max", "per_tensor": "abs_max"}
 SCOPES = ("all", "backbone")

@@ -201,3 +201,25 @@ def test_bad_flags_are_argparse_errors(argv, capsys):
 def test_script_algos_match_library():
     from conftest import load_script
     assert tuple(load_script(PTQ).ALGOS) == ptq.ALGOS
+
+
+def test_calibration_list(synth, syn_cfg, fp32_run, tmp_path, caplog):
+    """quant_config.calibration_list: a dedicated list of calibration images."""
+    val_lines = (synth / "val.txt").read_text().splitlines()[:6]
+    lst = tmp_path / "calib.txt"
+    lst.write_text("\n".join(val_lines) + "\n\n")  # "image label" lines: the label is ignored
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"_base_: {syn_cfg}\nquant_config:\n  calibration_list: {lst}\n")
+    out = tmp_path / "ptq_list"
+    run_script(PTQ, ["--config", cfg, "--model_path", fp32_weights(fp32_run), "--save_dir", out,
+                     "--batch_size", 4, "--batch_nums", 100, "--algo", "abs_max", "--cpu_threads", 2])
+    saved = json.loads((out / "ptq_info.json").read_text())
+    assert saved["calibration"] == "calibration_list" and saved["calibration_images"] == 6
+    assert saved["calibration_batches"] == 2 and str(lst) in saved["calibration_detail"]
+    # a missing image is an error naming the list, the line and the path
+    lst.write_text(val_lines[0] + "\nimages/nope.png\n")
+    with pytest.raises(SystemExit):
+        run_script(PTQ, ["--config", cfg, "--model_path", fp32_weights(fp32_run), "--save_dir",
+                         tmp_path / "bad", "--algo", "abs_max"])
+    assert f"{lst} line 2: image not found" in caplog.text and "nope.png" in caplog.text
+    assert not (tmp_path / "bad").exists()
