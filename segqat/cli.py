@@ -44,6 +44,21 @@ def nonneg_float(v):
     return f
 
 
+def fraction(v):
+    """A fraction in (0, 1]."""
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {v!r}")
+    if not 0 < f <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {v!r}")
+    return f
+
+
+# segqat.ptq.ALGOS, here so that scripts' --help does not import paddle (a test checks they agree)
+PTQ_ALGOS = ["abs_max", "avg", "hist", "KL", "mse"]
+
+
 def int_list(n):
     def parse(v):
         try:

@@ -23,17 +23,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from segqat import cli  # noqa: E402
 from tools import export as fp32_export  # noqa: E402
 
-ALGOS = ["abs_max", "avg", "hist", "KL", "mse"]  # segqat.ptq.ALGOS (not imported: keeps --help light)
-
-
-def split_fraction(v):
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {v!r}")
-    if not 0 < f <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {v!r}")
-    return f
+ALGOS = cli.PTQ_ALGOS
 
 
 def get_args_parser():
@@ -47,7 +37,7 @@ def get_args_parser():
                    help="calibration batches (batch_nums x batch_size images at most)")
     g.add_argument("--algo", choices=ALGOS, default="hist",
                    help="activation scale algorithm (default: hist)")
-    g.add_argument("--quantization_split", type=split_fraction, default=1.0, metavar="FRACTION",
+    g.add_argument("--quantization_split", type=cli.fraction, default=1.0, metavar="FRACTION",
                    help="calibrate on a random fraction (0, 1] of the training images, chosen by --seed")
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration image selection")
     g.add_argument("--random_calibration", action="store_true",
