@@ -139,7 +139,9 @@ def _quantized(cfg, model_path, qc, extra_skips, scales=None):
         missing = own - set(scales)
         if missing:
             raise RuntimeError(f"calibrated scales missing for {sorted(missing)[:3]}")
-        model.set_state_dict({k: scales[k] for k in own})
+        state = model.state_dict()  # all keys: a partial dict makes paddle warn per missing key
+        state.update({k: scales[k] for k in own})
+        model.set_state_dict(state)
     model.eval()
     return model
 

@@ -5,7 +5,6 @@ several tests share, so the whole suite stays within a few minutes on 2 CPUs.
 """
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import run_script
-from segqat import builder, deploy, quant
+from segqat import deploy, quant
 from segqat.config import load_config
 from segqat.metrics import agreement
 

@@ -28,7 +28,7 @@ def program_ops(path):
 def test_skip_layers(tmp_path):
     base = load_config(str(SYN_CONFIG))
     skip = load_config(str(write_config(tmp_path / "s.yml", extra="quant_config:\n  skip_layers: ['head.*']\n")))
-    m_all = quantized_export(base, tmp_path / "all")
+    quantized_export(base, tmp_path / "all")
     m_skip = quantized_export(skip, tmp_path / "skip")
     kinds = {n: type(l).__name__ for n, l in m_skip.named_sublayers()}
     assert kinds["head.conv_1x1"] == "Conv2D"                    # left in float

@@ -14,7 +14,6 @@ images: the resulting accuracy is meaningless (footprint / latency only).
 With a val_dataset the INT8 model's mIoU is reported.
 Run it with deploy/python/infer.py --config output/ptq_infer/deploy.yaml --precision int8.
 """
-import argparse
 import os
 import sys
 
