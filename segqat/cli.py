@@ -55,6 +55,8 @@ def fraction(v):
     return f
 
 
+FP32_WEIGHTS_HELP = "FP32 weights (tools/train.py's save_dir/best_model/model.pdparams)"
+
 # segqat.ptq.ALGOS, here so that scripts' --help does not import paddle (a test checks they agree)
 PTQ_ALGOS = ["abs_max", "avg", "hist", "KL", "mse"]
 

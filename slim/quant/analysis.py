@@ -30,7 +30,7 @@ MODES = ["single", "leave_one_out", "both"]  # segqat.analysis.MODES (not import
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Per-layer quantization sensitivity (PaddleSeg flags)")
     cli.add_config_args(parser, model_path_required=True,
-                        model_path_help="FP32 weights (tools/train.py's save_dir/best_model/model.pdparams)")
+                        model_path_help=cli.FP32_WEIGHTS_HELP)
     parser.add_argument("--save_dir", default="./output_quant/analysis", help="where the report goes")
     g = parser.add_argument_group("analysis")
     g.add_argument("--mode", choices=MODES, default="single",
@@ -59,9 +59,8 @@ def main(args):
     if args.skip_top < 0:
         get_args_parser().error(f"--skip_top must be >= 0, got {args.skip_top}")
     cli.setup(args)
-    if not os.path.isfile(args.model_path):
-        from segqat.builder import WeightsError
-        raise WeightsError(f"--model_path: weights file not found: {args.model_path}")
+    from segqat.ptq import check_model_path
+    check_model_path(args.model_path)
     cfg = load_config(args.config, opts=args.opts)
     opts = analysis.AnalysisOptions(
         mode=args.mode, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,

@@ -23,7 +23,7 @@ from segqat import cli  # noqa: E402
 def get_args_parser():
     parser = argparse.ArgumentParser(description="PTQ mIoU against calibration size (PaddleSeg flags)")
     cli.add_config_args(parser, model_path_required=True,
-                        model_path_help="FP32 weights (tools/train.py's save_dir/best_model/model.pdparams)")
+                        model_path_help=cli.FP32_WEIGHTS_HELP)
     parser.add_argument("--save_dir", default="./output_quant/calib_sweep", help="where results go")
     g = parser.add_argument_group("sweep")
     g.add_argument("--fractions", type=cli.fraction, nargs="+", default=[0.01, 0.05, 0.2, 1.0],
@@ -42,9 +42,8 @@ def main(args):
     from segqat import sweep
     from segqat.config import load_config
     cli.setup(args, save_dir=args.save_dir, log_name="sweep.log")
-    if not os.path.isfile(args.model_path):
-        from segqat.builder import WeightsError
-        raise WeightsError(f"--model_path: weights file not found: {args.model_path}")
+    from segqat.ptq import check_model_path
+    check_model_path(args.model_path)
     cfg = load_config(args.config, opts=args.opts)
     opts = sweep.SweepOptions(fractions=args.fractions, seeds=args.seeds, algo=args.algo,
                               batch_size=args.batch_size, cpu_threads=args.cpu_threads or 1)

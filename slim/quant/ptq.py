@@ -27,7 +27,7 @@ ALGOS = cli.PTQ_ALGOS
 
 def get_args_parser():
     parser = fp32_export.get_args_parser(
-        model_path_help="FP32 weights (tools/train.py's save_dir/best_model/model.pdparams)")
+        model_path_help=cli.FP32_WEIGHTS_HELP)
     parser.description = "Post-training quantization to an INT8 inference model (PaddleSeg flags)"
     parser.set_defaults(save_dir="./output_quant/ptq_inference_model")
     g = parser.add_argument_group("post-training quantization")
