@@ -78,6 +78,10 @@ def deploy_transforms(cfg):
 
 def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", quanter=None):
     """Save ``model`` (eval mode) as an inference directory; returns its path."""
+    if quanter is not None and getattr(quanter, "act_preprocess", None) is not None:
+        # paddleslim would strip PACT itself from the model as it was at quantize()
+        # time, silently dropping the weights of a wrapped model: see quant.without_pact
+        raise ValueError("export of a PACT model: remove PACT first (quant.without_pact)")
     input_shape = list(input_shape) if input_shape else [-1, 3, -1, -1]
     if len(input_shape) != 4:
         raise ValueError(f"--input_shape must have 4 values (N C H W), got {input_shape}")

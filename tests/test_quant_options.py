@@ -190,6 +190,9 @@ def test_pact_clipping_reaches_the_exported_scales(tmp_path):
             p.set_value(paddle.full([1], alpha, "float32"))
         quant.calibrate(model, [x] * 3)
         if pact:
+            with pytest.raises(ValueError, match="remove PACT first"):
+                export.export_model(cfg, model, str(tmp_path / "direct"), quanter=quanter)
+            assert not (tmp_path / "direct").exists()
             model, quanter = quant.without_pact(cfg, model, qc)
         dirs[pact] = tmp_path / f"pact{int(pact)}"
         export.export_model(cfg, model, str(dirs[pact]), quanter=quanter)

@@ -68,7 +68,8 @@ def main(args):
             model, _ = quant.build_model(cfg, args.model_path)
             export.export_model(cfg, model, os.path.join(tmp, f"{i}_fp32"), args.input_shape)
             qmodel, _ = quant.build_model(cfg, args.model_path)
-            quanter = quant.quantize(qmodel, quant.quant_settings(cfg, purpose="export"))
+            quanter = quant.quantize(qmodel, quant.quant_settings(cfg, purpose="export"),
+                                     pact=False)  # PACT is removed at export anyway
             qmodel.train()
             with paddle.no_grad():  # calibrate activation scales (moving averages)
                 for _ in range(4):
