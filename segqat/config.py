@@ -59,7 +59,8 @@ _SECTION_KEYS = {
         "weight_bits": int, "activation_bits": int, "moving_rate": float,
         "quantizable_layer_type": list, "skip_layers": list,
         "fuse_conv_bn": bool, "window_size": int, "dtype": str,
-        "weight_granularity": str, "pact": bool, "quantize_scope": str,
+        "weight_granularity": str, "pact": bool, "pact_alpha_init": (float, int),
+        "quantize_scope": str,
         "calibration_list": str,
     },
 }

@@ -43,10 +43,12 @@ DEFAULT_QUANT_CONFIG = {
     "fuse_conv_bn": False,
     "skip_layers": [],
     "pact": False,
+    "pact_alpha_init": 100.0,
     "quantize_scope": "all",
 }
 # Keys that are ours (not paddleslim's QAT config).
-_OWN_KEYS = ("skip_layers", "pact", "quantize_scope", "weight_granularity", "calibration_list")
+_OWN_KEYS = ("skip_layers", "pact", "pact_alpha_init", "quantize_scope", "weight_granularity",
+             "calibration_list")
 
 GRANULARITY = {"per_channel": "channel_wise_abs_max", "per_tensor": "abs_max"}
 SCOPES = ("all", "backbone")
@@ -109,6 +111,8 @@ def quant_settings(cfg, purpose="train"):
                 raise ConfigError(
                     f"quant_config.{key} = {v!r} in {where}: allowed {list(allowed)} (what "
                     "Paddle Inference can run as INT8, plus 16 bits as a diagnostic)")
+    if not float(qc["pact_alpha_init"]) > 0:
+        raise ConfigError(f"quant_config.pact_alpha_init must be > 0, got {qc['pact_alpha_init']}")
     if not 0 < float(qc["moving_rate"]) < 1:
         raise ConfigError(f"quant_config.moving_rate must be in (0, 1), got {qc['moving_rate']}")
     sixteen = [k for k in ("weight_bits", "activation_bits") if int(qc[k]) == 16]
@@ -176,13 +180,38 @@ def _mark_skipped(model, qc):
     return skipped
 
 
+def pact_layer(alpha_init):
+    """paddleslim's PACT layer with a chosen initial clipping threshold.
+
+    Clips activations to [-alpha, alpha] before their quantizer; alpha is
+    learned (learning-rate multiplier 1000, as in paddleslim). paddleslim fixes
+    alpha's start at 100, far above the activations of most models (BiSeNetV2's
+    conv inputs reach about 15), where nothing is clipped and nothing is learned
+    in a short QAT; ``quant_config.pact_alpha_init`` sets it.
+    """
+    import paddle
+
+    class PACT(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.alpha = self.create_parameter(
+                shape=[1], dtype="float32",
+                attr=paddle.ParamAttr(name=self.full_name() + ".pact",
+                                      initializer=paddle.nn.initializer.Constant(float(alpha_init)),
+                                      learning_rate=1000.0))
+
+        def forward(self, x):
+            return x - paddle.nn.functional.relu(x - self.alpha) + paddle.nn.functional.relu(-self.alpha - x)
+
+    return PACT
+
+
 def make_quanter(qc, pact=None):
     from paddleslim import QAT
     cfg = {k: v for k, v in qc.items() if k not in _OWN_KEYS}
     cfg["onnx_format"] = True  # real int8 weights with quantize/dequantize_linear ops
-    if qc.get("pact") if pact is None else pact:
-        cfg["activation_preprocess_type"] = "PACT"
-    return QAT(config=cfg)
+    use_pact = qc.get("pact") if pact is None else pact
+    return QAT(config=cfg, act_preprocess=pact_layer(qc["pact_alpha_init"]) if use_pact else None)
 
 
 def quantize(model, qc, pact=None):
