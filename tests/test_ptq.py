@@ -223,3 +223,34 @@ def test_calibration_list(synth, syn_cfg, fp32_run, tmp_path, caplog):
                          tmp_path / "bad", "--algo", "abs_max"])
     assert f"{lst} line 2: image not found" in caplog.text and "nope.png" in caplog.text
     assert not (tmp_path / "bad").exists()
+
+
+def test_ptq_options_in_program(syn_cfg, fp32_run, tmp_path):
+    """per_tensor weights and skip patterns reach PTQ's exported program too."""
+    from paddle.base import core
+    out = tmp_path / "ptq_opts"
+    run_ptq(syn_cfg, fp32_run, out, "--algo", "abs_max", "--batch_nums", 1, "--opts",
+            "quant_config.weight_granularity=per_tensor", "quant_config.skip_layers=['head.*']")
+    desc = core.ProgramDesc((out / "model.pdmodel").read_bytes())
+    blk = desc.block(0)
+    ops = [blk.op(i) for i in range(blk.op_size())]
+    convs = [op for op in ops if op.type() in ("conv2d", "depthwise_conv2d", "conv2d_transpose")]
+    weight_dequant = [op for op in ops if op.type() == "dequantize_linear"
+                      and blk.var(op.input("X")[0].encode()).persistable()]
+    assert {op.attr("quant_axis") for op in weight_dequant} == {-1}  # one scale per tensor
+    # BiSeNetV2's main head has two convs (head.conv_3x3, head.conv_1x1): left in float
+    assert len(weight_dequant) == len(convs) - 2, (len(weight_dequant), len(convs))
+    info = json.loads((out / "ptq_info.json").read_text())
+    assert info["weight_quantize_type"] == "abs_max" and len(info["skipped_weights"]) == 2
+    pred = deploy.SegPredictor(str(out), precision="int8", cpu_threads=2)
+    assert sum(pred.int8_ops().values()) > 40
+    pred.close()
+
+
+@pytest.mark.parametrize("opt,match", [("quant_config.weight_bits=16", "16 bits is a diagnostic"),
+                                       ("quant_config.pact=true", "PACT learns")])
+def test_ptq_refuses_unsupported_options(syn_cfg, fp32_run, tmp_path, caplog, opt, match):
+    with pytest.raises(SystemExit):
+        run_ptq(syn_cfg, fp32_run, tmp_path / "out", "--opts", opt)
+    assert match in caplog.text
+    assert not (tmp_path / "out").exists()
