@@ -75,8 +75,8 @@ SIXTEEN_BIT_WHY = (
     "16 bits is a diagnostic only: qat_train, qat_val and analysis.py simulate it (fake "
     "quantization in FP32) to show how much of an accuracy loss comes from the 8-bit width. "
     "No back-end here runs 16-bit integer kernels (Paddle Inference: oneDNN and TensorRT run "
-    "INT8; Paddle Lite runs INT8), and paddle's export stores 16-bit weights in an int8 tensor, "
-    "clipped to [-128, 127], which gives a wrong model. Set weight_bits and activation_bits to 8 "
+    "INT8; Paddle Lite runs INT8), and paddle's export stores 16-bit weights in an int8 tensor "
+    "(wrapped around modulo 256), which gives a wrong model. Set weight_bits and activation_bits to 8 "
     "to export")
 
 

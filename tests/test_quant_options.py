@@ -64,7 +64,7 @@ def weight_quant_axes(pdmodel):
 @pytest.mark.parametrize("extra,axes", [
     ("weight_quantize_type: abs_max", {-1}),
     ("weight_granularity: per_tensor", {-1}),
-    ("weight_granularity: per_channel", {0, 1}),   # 0: conv weights, 1: the transposed conv
+    ("weight_granularity: per_channel", {0, 1}),   # 0: output channels of a conv (1 would be a transposed conv's; BiSeNetV2 has none)
 ])
 def test_weight_granularity(tmp_path, extra, axes):
     cfg = load_config(str(write_config(tmp_path / "t.yml", extra=f"quant_config:\n  {extra}\n")))
@@ -157,23 +157,6 @@ def test_quantize_scope_backbone_needs_a_backbone(tmp_path):
         quant.quantize(quant.build_model(cfg)[0], quant.quant_settings(cfg))
 
 
-def conv_input_scales(infer_dir):
-    """Scales of the quantize_linear ops that quantize the input of a convolution."""
-    from segqat import compat
-    exe = paddle.static.Executor(paddle.CPUPlace())
-    with compat.old_ir_static():
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            prog, _, _ = paddle.static.load_inference_model(str(infer_dir / "model"), exe)
-            ops = prog.global_block().ops
-            conv_inputs = {o.input("Input")[0] for o in ops
-                           if o.type in ("conv2d", "depthwise_conv2d", "conv2d_transpose")}
-            dequant_of = {o.input("X")[0]: o.output("Y")[0] for o in ops if o.type == "dequantize_linear"}
-            return [float(np.array(scope.find_var(op.input("Scale")[0]).get_tensor()).max())
-                    for op in ops if op.type == "quantize_linear"
-                    and dequant_of.get(op.output("Y")[0]) in conv_inputs]
-
-
 def test_pact_clipping_reaches_the_exported_scales(tmp_path):
     """PACT clips activations at alpha; the export drops the PACT ops but keeps scales <= alpha."""
     cfg = load_config(str(write_config(tmp_path / "p.yml", extra="quant_config:\n  pact: true\n")))
@@ -199,7 +182,7 @@ def test_pact_clipping_reaches_the_exported_scales(tmp_path):
     ops = [t for t, _ in program_ops(dirs[True] / "model.pdmodel")]
     assert "quantize_linear" in ops and ops.count("relu") == [
         t for t, _ in program_ops(dirs[False] / "model.pdmodel")].count("relu")  # no PACT ops
-    with_pact, plain = conv_input_scales(dirs[True]), conv_input_scales(dirs[False])
+    with_pact, plain = deploy.conv_input_scales(dirs[True]), deploy.conv_input_scales(dirs[False])
     assert len(with_pact) == len(plain) > 20
     clipped = [v <= alpha * 1.001 for v in with_pact]
     # All but the inputs that paddle's export quantizes with the producing conv's
