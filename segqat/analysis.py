@@ -127,21 +127,21 @@ def candidate_layers(cfg, qc, patterns):
     return out, [n for n, _, _ in out]
 
 
-def _quantized(cfg, model_path, qc, extra_skips, scales=None):
-    """FP32 weights, quantized with ``qc`` plus ``extra_skips``; scales from ``scales``."""
+def _quantized(cfg, fp32_state, qc, extra_skips, scales=None):
+    """The FP32 weights ``fp32_state``, quantized with ``qc`` plus ``extra_skips``;
+    quantizer scales from ``scales``."""
     import paddle
     with paddle.utils.unique_name.guard():
-        model, _ = quant.build_model(cfg, model_path, quantized=False)
-        q = dict(qc, skip_layers=list(qc.get("skip_layers") or []) + list(extra_skips))
-        quant.quantize(model, q)
+        model = builder.build_model(cfg)
+        model.set_state_dict(fp32_state)
+        quant.quantize(model, dict(qc, skip_layers=list(qc.get("skip_layers") or []) + list(extra_skips)))
     if scales is not None:
-        own = {k for k in model.state_dict() if quant._is_quant_key(k)}
-        missing = own - set(scales)
+        own = {k: t for k, t in model.state_dict().items() if quant._is_quant_key(k)}
+        missing = set(own) - set(scales)
         if missing:
             raise RuntimeError(f"calibrated scales missing for {sorted(missing)[:3]}")
-        state = model.state_dict()  # all keys: a partial dict makes paddle warn per missing key
-        state.update({k: scales[k] for k in own})
-        model.set_state_dict(state)
+        for k, t in own.items():  # state_dict() holds the model's own tensors
+            t.set_value(scales[k])
     model.eval()
     return model
 
@@ -164,7 +164,8 @@ def run_analysis(cfg, model_path, save_dir, opts):
                 "(seed %d)", len(layers), opts.mode, n, n_all, opts.seed)
 
     # 1. FP32 reference
-    fp32, _ = quant.build_model(cfg, model_path, quantized=False)
+    fp32, _ = quant.build_model(cfg, model_path, quantized=False)  # strict load, once
+    fp32_state = {k: v.numpy() for k, v in fp32.state_dict().items()}
     t0 = time.time()
     ref, ref_preds = _evaluate(fp32, subset, test_cfg)
     t_eval = time.time() - t0
@@ -178,7 +179,7 @@ def run_analysis(cfg, model_path, save_dir, opts):
         raise ConfigError(f"analysis needs calibration images: a train_dataset or "
                           f"quant_config.calibration_list in {cfg.path} (random data would make "
                           "every sensitivity meaningless)")
-    full = _quantized(cfg, model_path, qc, [])
+    full = _quantized(cfg, fp32_state, qc, [])
     quant.calibrate(full, (b["x"] for b in calib()))
     scales = {k: v.numpy() for k, v in full.state_dict().items() if quant._is_quant_key(k)}
     allq, _ = _evaluate(full, subset, test_cfg, ref_preds)
@@ -192,12 +193,10 @@ def run_analysis(cfg, model_path, save_dir, opts):
     runs = len(layers) * len(modes)
     logger.info("%d evaluation(s) of %d image(s); about %.1f s each (FP32 took %.1f s): rough ETA %s",
                 runs, n, t_eval * 1.5 + 1, t_eval, _fmt_eta(runs * (t_eval * 1.5 + 1)))
-    names = quantized_names
     rows = []
-    quiet = [logging.getLogger(m.__name__) for m in (quant, builder)]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.WARNING)
+    quant_log = logging.getLogger(quant.__name__)  # its per-build "Not quantizing ..." lines
+    level = quant_log.level
+    quant_log.setLevel(logging.WARNING)
     t_loop = time.time()
     done = 0
     try:
@@ -205,14 +204,14 @@ def run_analysis(cfg, model_path, save_dir, opts):
             row = {"layer": name, "type": kind, "params": params}
             for mode in modes:
                 if mode == "single":
-                    others = [x for x in names if x != name]
-                    m, _ = _evaluate(_quantized(cfg, model_path, qc, others, scales), subset,
+                    others = [x for x in quantized_names if x != name]
+                    m, _ = _evaluate(_quantized(cfg, fp32_state, qc, others, scales), subset,
                                      test_cfg, ref_preds)
                     row["single_mIoU"] = m["mIoU"]
                     row["single_delta"] = m["mIoU"] - ref["mIoU"]
                     row["single_disagreement"] = m["disagreement"]
                 else:
-                    m, _ = _evaluate(_quantized(cfg, model_path, qc, [name], scales), subset,
+                    m, _ = _evaluate(_quantized(cfg, fp32_state, qc, [name], scales), subset,
                                      test_cfg, ref_preds)
                     row["loo_mIoU"] = m["mIoU"]
                     row["loo_gain"] = m["mIoU"] - allq["mIoU"]
@@ -223,8 +222,7 @@ def run_analysis(cfg, model_path, save_dir, opts):
             logger.info("[ANALYSIS] %d/%d %s: %s | ETA %s", done, runs, name, _row_text(row),
                         _fmt_eta(el / done * (runs - done)))
     finally:
-        for lg, lv in zip(quiet, levels):
-            lg.setLevel(lv)
+        quant_log.setLevel(level)
 
     ranked = rank(rows, modes[0])
     for i, r in enumerate(ranked, 1):

@@ -24,14 +24,22 @@ def str2bool(v):
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
-def positive_int(v):
+def _int_at_least(v, lo, what):
     try:
         i = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    if i <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}")
+    if i < lo:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}")
     return i
+
+
+def positive_int(v):
+    return _int_at_least(v, 1, "a positive integer")
+
+
+def nonneg_int(v):
+    return _int_at_least(v, 0, "an integer >= 0")
 
 
 def nonneg_float(v):
@@ -102,8 +110,12 @@ def add_train_args(parser):
     g.add_argument("--log_iters", type=positive_int, default=10, help="log every N iterations")
     g.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to save_dir/vdl_log")
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentation, init)")
-    g.add_argument("--cpu_threads", type=positive_int, default=None,
-                   help="math-library threads on CPU (default: paddle's, 1)")
+    add_cpu_threads(g)
+
+
+def add_cpu_threads(parser):
+    parser.add_argument("--cpu_threads", type=positive_int, default=None,
+                        help="math-library threads on CPU (default: paddle's, 1)")
 
 
 def add_eval_args(parser):

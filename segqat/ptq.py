@@ -334,8 +334,8 @@ def quantize_static(fp32_dir, out_dir, calib, opts, qc, skip_tensors):
 
 # ---------------------------------------------------------------- evaluation
 
-def evaluate_int8(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference, oneDNN INT8)"):
-    """mIoU & co. of the exported model on every validation image (original size)."""
+def evaluate_predictor(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference, oneDNN INT8)"):
+    """mIoU & co. of a Paddle Inference predictor on every validation image (original size)."""
     cm = ConfusionMatrix(val_ds.num_classes, val_ds.ignore_index)
     n = len(val_ds)
     logger.info("%s: %d images", label, n)
@@ -392,7 +392,7 @@ def run_ptq(cfg, model_path, save_dir, opts):
             pred = deploy.SegPredictor(d, precision="int8", cpu_threads=opts.cpu_threads)
             try:
                 int8_ops = dict(pred.int8_ops())
-                metrics = evaluate_int8(pred, val_ds) if val_ds is not None else None
+                metrics = evaluate_predictor(pred, val_ds) if val_ds is not None else None
             finally:
                 pred.close()
             info.update({

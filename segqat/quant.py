@@ -161,8 +161,8 @@ def _mark_skipped(model, qc):
     quantizable layers outside the backbone.
     """
     patterns = qc.get("skip_layers") or []
-    names = [n for n, _ in model.named_sublayers()]
-    skipped = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    layers = dict(model.named_sublayers())
+    skipped = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in skipped)]
     if unmatched:
         raise ConfigError(f"quant_config.skip_layers patterns {unmatched} match no layer of "
@@ -173,10 +173,10 @@ def _mark_skipped(model, qc):
     if scoped:
         logger.info("quantize_scope backbone: %d quantizable layer(s) outside the backbone stay "
                     "float", len(scoped))
-    skipped += [n for n in scoped if n not in skipped]
-    for name, layer in model.named_sublayers():
-        if name in skipped:
-            layer.skip_quant = True
+    matched = set(skipped)
+    skipped += [n for n in scoped if n not in matched]
+    for name in skipped:
+        layers[name].skip_quant = True
     return skipped
 
 
@@ -303,6 +303,7 @@ def _build_model(cfg, weights, quantized, stage):
         return model, None
     qc = quant_settings(cfg, purpose=stage)
     if stage == "train":
+        logger.info("Quantization settings: %s", qc)
         if not weights:
             raise WeightsError("--model_path is required: QAT starts from trained FP32 weights")
         _load(model, weights, expect_quant=False)

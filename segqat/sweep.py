@@ -77,7 +77,7 @@ def fp32_reference(cfg, model_path, save_dir, cpu_threads):
     export.export_model(cfg, model, d)
     pred = deploy.SegPredictor(d, precision="fp32", cpu_threads=cpu_threads)
     try:
-        m = ptq.evaluate_int8(pred, builder.build_dataset(cfg, "val"),
+        m = ptq.evaluate_predictor(pred, builder.build_dataset(cfg, "val"),
                               label="Evaluate FP32 model (Paddle Inference, oneDNN)")
     finally:
         pred.close()

@@ -33,8 +33,6 @@ def run_training(args, qat=False):
     np.random.seed(args.seed)
 
     model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="train")
-    if qat:
-        logger.info("Quantization settings: %s", quant.quant_settings(cfg))
     if paddle.distributed.get_world_size() > 1:
         if args.device == "gpu":
             model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -49,20 +49,14 @@ def train_fails(cfg, out, caplog, extra=()):
     return caplog.text
 
 
-def test_missing_image_in_list(broken_data, earlier_output, tmp_path, caplog):
+@pytest.mark.parametrize("index,column,message", [(3, 0, "image file of sample 4 not found"),
+                                                   (1, 1, "label file of sample 2 not found")])
+def test_missing_file_in_list(index, column, message, broken_data, earlier_output, tmp_path, caplog):
     root, samples = broken_data
-    (root / samples[3][0]).unlink()
+    (root / samples[index][column]).unlink()
     cfg = write_config(tmp_path / "c.yml", data_root=root)
     msg = train_fails(cfg, earlier_output, caplog)
-    assert "image file of sample 4 not found" in msg and samples[3][0] in msg
-
-
-def test_missing_label_in_list(broken_data, earlier_output, tmp_path, caplog):
-    root, samples = broken_data
-    (root / samples[1][1]).unlink()
-    cfg = write_config(tmp_path / "c.yml", data_root=root)
-    msg = train_fails(cfg, earlier_output, caplog)
-    assert "label file of sample 2 not found" in msg and samples[1][1] in msg
+    assert message in msg and samples[index][column] in msg
 
 
 @pytest.mark.parametrize("kind", ["unreadable", "size", "values"])

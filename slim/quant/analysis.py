@@ -35,29 +35,24 @@ def get_args_parser():
     g = parser.add_argument_group("analysis")
     g.add_argument("--mode", choices=MODES, default="single",
                    help="single: one layer quantized at a time; leave_one_out: all but one; both")
-    g.add_argument("--num_images", type=int, default=16,
+    g.add_argument("--num_images", type=cli.nonneg_int, default=16,
                    help="validation images to evaluate on, chosen by --seed (0: all; default 16)")
     g.add_argument("--seed", type=int, default=0, help="seed of the image selection")
     g.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
                    help="analyse only layers matching these patterns, e.g. 'backbone.*'")
     g.add_argument("--batch_size", type=cli.positive_int, default=4, help="calibration batch size")
     g.add_argument("--batch_nums", type=cli.positive_int, default=8, help="calibration batches")
-    g.add_argument("--skip_top", type=int, default=0, metavar="K",
+    g.add_argument("--skip_top", type=cli.nonneg_int, default=0, metavar="K",
                    help="write a skip list of the K most sensitive layers")
     g.add_argument("--skip_threshold", type=cli.nonneg_float, default=None, metavar="POINTS",
                    help="write a skip list of the layers that cost more than POINTS mIoU points")
-    g.add_argument("--cpu_threads", type=cli.positive_int, default=None,
-                   help="math-library threads on CPU (default: paddle's, 1)")
+    cli.add_cpu_threads(g)
     return parser
 
 
 def main(args):
     from segqat import analysis
     from segqat.config import load_config
-    if args.num_images < 0:
-        get_args_parser().error(f"--num_images must be >= 0 (0: all), got {args.num_images}")
-    if args.skip_top < 0:
-        get_args_parser().error(f"--skip_top must be >= 0, got {args.skip_top}")
     cli.setup(args)
     from segqat.ptq import check_model_path
     check_model_path(args.model_path)

@@ -70,10 +70,8 @@ def main(args):
             qmodel, _ = quant.build_model(cfg, args.model_path)
             quanter = quant.quantize(qmodel, quant.quant_settings(cfg, purpose="export"),
                                      pact=False)  # PACT is removed at export anyway
-            qmodel.train()
-            with paddle.no_grad():  # calibrate activation scales (moving averages)
-                for _ in range(4):
-                    qmodel(paddle.to_tensor(rng.rand(*args.input_shape).astype("float32") * 2 - 1))
+            quant.calibrate(qmodel, [rng.rand(*args.input_shape).astype("float32") * 2 - 1
+                                     for _ in range(4)])
             export.export_model(cfg, qmodel, os.path.join(tmp, f"{i}_int8"), args.input_shape,
                                 quanter=quanter)
             preds = {

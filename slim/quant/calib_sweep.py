@@ -33,8 +33,7 @@ def get_args_parser():
                    help="one PTQ run per seed and fraction (different image subsets)")
     g.add_argument("--algo", choices=cli.PTQ_ALGOS, default="hist", help="activation scale algorithm")
     g.add_argument("--batch_size", type=cli.positive_int, default=4, help="calibration batch size")
-    g.add_argument("--cpu_threads", type=cli.positive_int, default=None,
-                   help="math-library threads on CPU (default: paddle's, 1)")
+    cli.add_cpu_threads(g)
     return parser
 
 

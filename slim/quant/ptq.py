@@ -41,8 +41,7 @@ def get_args_parser():
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration image selection")
     g.add_argument("--random_calibration", action="store_true",
                    help="calibrate on random images (accuracy meaningless: footprint/latency only)")
-    g.add_argument("--cpu_threads", type=cli.positive_int, default=None,
-                   help="math-library threads on CPU (default: paddle's, 1)")
+    cli.add_cpu_threads(g)
     return parser
 
 
