@@ -44,7 +44,8 @@ import yaml
 
 from . import builder, engine, ptq, quant
 from .config import ConfigError
-from .engine import _atomic_dir_write, _fmt_eta
+from . import outputs
+from .engine import _fmt_eta
 from .metrics import ConfusionMatrix, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def run_analysis(cfg, model_path, save_dir, opts):
         if skip is not None:
             write_skip_files(cfg, qc, skip, d)
 
-    _atomic_dir_write(save_dir, write)
+    outputs.atomic_dir_write(save_dir, write, kind="analysis")
     logger.info("Sensitivity analysis done in %s: %s/sensitivity.md (ranked table), "
                 "sensitivity.png%s", _fmt_eta(result["seconds"]["total"]), save_dir,
                 f", skip list of {len(skip)} layer(s) in {save_dir}/config_with_skips.yml"

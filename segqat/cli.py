@@ -5,7 +5,9 @@ from these helpers so the same flag means the same thing everywhere. This is
 the only module of the package that knows about argparse.
 """
 import argparse
+import contextlib
 import logging
+import math
 import os
 import sys
 
@@ -43,12 +45,13 @@ def nonneg_int(v):
 
 
 def nonneg_float(v):
+    """A finite number >= 0 (nan and inf are refused: they would train a NaN model)."""
     try:
         f = float(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}")
-    if f < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v!r}")
+    if not math.isfinite(f) or f < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v!r}")
     return f
 
 
@@ -103,9 +106,11 @@ def add_train_args(parser):
     g.add_argument("--resume_model", default=None,
                    help="checkpoint directory to resume from (save_dir/iter_N)")
     g.add_argument("--save_dir", default="./output", help="where checkpoints and logs go")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace another run's checkpoints in --save_dir (default: refuse)")
     g.add_argument("--keep_checkpoint_max", type=int, default=5,
                    help="keep at most this many iter_N/ checkpoints (<=0: keep all)")
-    g.add_argument("--num_workers", type=int, default=0, help="data loader worker processes")
+    g.add_argument("--num_workers", type=nonneg_int, default=0, help="data loader worker processes")
     g.add_argument("--do_eval", action="store_true", help="evaluate at each save and keep best_model/")
     g.add_argument("--log_iters", type=positive_int, default=10, help="log every N iterations")
     g.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to save_dir/vdl_log")
@@ -146,6 +151,26 @@ def eval_overrides(args):
                                           "scales", "flip_horizontal", "flip_vertical")}
 
 
+def add_overwrite(parser, what="output"):
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an earlier {what} in --save_dir (kept until the new one is "
+                             "complete); without it an existing --save_dir is refused")
+
+
+@contextlib.contextmanager
+def training_dir(args):
+    """Check --save_dir before anything is written there, and hold its lock for the run."""
+    from . import outputs
+    outputs.check_train_dir(args.save_dir, args.resume_model, args.overwrite,
+                            inputs=[args.model_path, args.resume_model])
+    if int(os.environ.get("PADDLE_TRAINER_ID", "0")) != 0:  # rank 0 owns save_dir
+        yield
+        return
+    os.makedirs(args.save_dir, exist_ok=True)
+    with outputs.lock(os.path.join(args.save_dir, outputs.LOCK), f"--save_dir {args.save_dir}"):
+        yield
+
+
 def setup(args=None, save_dir=None, log_name="train.log"):
     """Configure logging (console, and save_dir/log_name on rank 0) and the device."""
     import paddle
@@ -180,15 +205,42 @@ def setup(args=None, save_dir=None, log_name="train.log"):
                 os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _raised_here(e):
+    """True if ``e`` was raised by segqat's own code (a check), not inside paddle & co."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    return path.startswith(_ROOT + os.sep) and os.sep + ".venv" + os.sep not in path
+
+
 def run(main, args):
-    """Run ``main(args)``; user-facing errors print one clear line and exit 1."""
-    from .builder import WeightsError
+    """Run ``main(args)``: a user-facing error prints one clear line and exits 1.
+
+    User-facing: segqat's error classes, missing files, non-finite training,
+    and any ValueError raised by segqat's own checks. A ValueError from inside
+    paddle or another library is unexpected: it is logged with its traceback.
+    """
     from .config import ConfigError
     from .data import DataError
+    from .outputs import OutputError
+    from .weights import WeightsError
+    log = logging.getLogger("segqat")
     try:
         return main(args)
-    except (ConfigError, DataError, WeightsError, FileNotFoundError, FloatingPointError, ValueError) as e:
-        log = logging.getLogger("segqat")
+    except (ConfigError, DataError, WeightsError, OutputError, FileNotFoundError,
+            FloatingPointError) as e:
         log.error("%s: %s", type(e).__name__, e)
-        log.debug("traceback", exc_info=True)
+        sys.exit(1)
+    except ValueError as e:
+        if _raised_here(e):
+            log.error("%s: %s", type(e).__name__, e)
+        else:
+            log.error("Unexpected error (please report it with this traceback): %s: %s",
+                      type(e).__name__, e, exc_info=True)
         sys.exit(1)

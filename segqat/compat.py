@@ -346,3 +346,21 @@ def fix_conv_bias_axis(pdmodel_path):
     with open(pdmodel_path, "wb") as f:
         f.write(desc.serialize_to_string())
     return count
+
+# ---------------------------------------------------------------- reading an export back
+
+def load_old_ir_inference_model(infer_dir):
+    """Load an old-IR inference directory (program + every parameter) into a fresh scope.
+
+    paddle 3.3.1 reads static programs as new IR by default (``model.json``);
+    the old-IR guard makes ``load_inference_model`` read ``model.pdmodel``.
+    Returns the number of ops. Raises whatever paddle raises on a truncated
+    or corrupt file.
+    """
+    import os
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with old_ir_static():
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            prog, _, _ = paddle.static.load_inference_model(os.path.join(str(infer_dir), "model"), exe)
+            return len(prog.global_block().ops)

@@ -12,19 +12,18 @@ temporary directory and renamed into place, so an interrupted save never
 leaves a broken checkpoint where a good one stood.
 """
 import dataclasses
-import glob
 import json
 import logging
 import math
 import os
-import shutil
+import uuid
 import time
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from . import compat
+from . import compat, outputs, weights
 from .builder import build_lr_scheduler, build_optimizer
 from .data import ResumableBatchSampler
 from .metrics import ConfusionMatrix, compute_metrics
@@ -165,48 +164,86 @@ def _fmt_eta(seconds):
 
 # ---------------------------------------------------------------- checkpoints
 
-def _atomic_dir_write(final_dir, write_fn):
-    """Write into a temp dir beside ``final_dir``, then swap it into place."""
-    parent = os.path.dirname(os.path.abspath(final_dir))
-    os.makedirs(parent, exist_ok=True)
-    name = os.path.basename(final_dir.rstrip("/"))
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        write_fn(tmp)
-        for f in os.listdir(tmp):
-            with open(os.path.join(tmp, f), "rb") as fh:
-                os.fsync(fh.fileno())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(final_dir):
-        os.replace(final_dir, old)
-    os.replace(tmp, final_dir)
-    shutil.rmtree(old, ignore_errors=True)
+def non_finite_parameters(model):
+    """Names of the model's parameters and buffers that hold NaN or Inf."""
+    bad = []
+    for name, t in model.state_dict().items():
+        if t.dtype in (paddle.float32, paddle.float64, paddle.float16) and \
+                not bool(paddle.isfinite(t).all()):
+            bad.append(name)
+    return bad
+
+
+def _verify_checkpoint(d, expected_keys):
+    """Read a written checkpoint back (safely) before it replaces anything."""
+    state = weights.load_state(os.path.join(d, "model.pdparams"), what="checkpoint")
+    if set(state) != set(expected_keys):
+        raise outputs.OutputError(f"checkpoint {d}: model.pdparams reads back with {len(state)} "
+                                  f"tensors, expected {len(expected_keys)}")
+    weights.require_finite(state, os.path.join(d, "model.pdparams"), what="checkpoint")
+    if os.path.isfile(os.path.join(d, "model.pdopt")):
+        weights.load_state(os.path.join(d, "model.pdopt"), what="checkpoint")
+    if os.path.isfile(os.path.join(d, "state.json")):
+        with open(os.path.join(d, "state.json")) as f:
+            json.load(f)
 
 
 def save_checkpoint(path, model, optimizer=None, state=None):
+    """Write ``path/`` (model.pdparams, model.pdopt, state.json) atomically, verified."""
+    sd = model.state_dict()
+
     def write(d):
-        paddle.save(model.state_dict(), os.path.join(d, "model.pdparams"))
+        paddle.save(sd, os.path.join(d, "model.pdparams"))
         if optimizer is not None:
             paddle.save(optimizer.state_dict(), os.path.join(d, "model.pdopt"))
         if state is not None:
             with open(os.path.join(d, "state.json"), "w") as f:
                 json.dump(state, f, indent=2)
-    _atomic_dir_write(path, write)
+    outputs.atomic_dir_write(path, write, kind="train", marker=False,
+                             verify=lambda d: _verify_checkpoint(d, sd.keys()))
 
 
-def _prune_checkpoints(save_dir, keep):
+def _run_of(ckpt):
+    try:
+        with open(os.path.join(ckpt, "state.json")) as f:
+            return json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _prune_checkpoints(save_dir, keep, run_id):
+    """Keep this run's newest ``keep`` iter_N/ (another run's are never touched)."""
     if keep is None or keep <= 0:
         return
-    dirs = sorted(glob.glob(os.path.join(save_dir, "iter_*")),
-                  key=lambda p: int(p.rsplit("_", 1)[-1]) if p.rsplit("_", 1)[-1].isdigit() else -1)
-    dirs = [d for d in dirs if d.rsplit("_", 1)[-1].isdigit()]
-    for d in dirs[:-keep]:
-        shutil.rmtree(d, ignore_errors=True)
+    own = [d for d in outputs.checkpoint_dirs(save_dir) if _run_of(d) == run_id]
+    for d in own[:-keep]:
+        outputs.remove_dir(d)
+
+
+def _adopt(ckpt, run_id):
+    p = os.path.join(ckpt, "state.json")
+    with open(p) as f:
+        st = json.load(f)
+    st["run_id"] = run_id
+    with open(p + ".tmp", "w") as f:
+        json.dump(st, f, indent=2)
+    os.replace(p + ".tmp", p)
+
+
+def _last_saved(save_dir, run_id):
+    own = [d for d in outputs.checkpoint_dirs(save_dir) if _run_of(d) == run_id]
+    return f"the last checkpoint is {own[-1]}" if own else "no checkpoint was written"
+
+
+def _remove_other_runs(save_dir, run_id):
+    """--overwrite: the checkpoints of earlier runs give way to this run's first one."""
+    old = [d for d in outputs.checkpoint_dirs(save_dir) + [os.path.join(save_dir, "best_model")]
+           if os.path.isdir(d) and _run_of(d) != run_id]
+    for d in old:
+        outputs.remove_dir(d)
+    if old:
+        logger.warning("--overwrite: removed %d checkpoint(s) of an earlier run from %s: %s",
+                       len(old), save_dir, ", ".join(os.path.basename(d) for d in old))
 
 
 class ResumeError(ValueError):
@@ -221,13 +258,17 @@ def load_resume(resume_dir, model, optimizer):
         if not os.path.isfile(p):
             raise ResumeError(f"--resume_model {resume_dir}: {os.path.basename(p)} not found "
                               f"(expected a checkpoint directory like save_dir/iter_N)")
-    from .builder import load_weights
-    load_weights(model, pdparams, what="--resume_model")
-    optimizer.set_state_dict(paddle.load(pdopt))
+    weights.load_weights(model, pdparams, what="--resume_model")
+    optimizer.set_state_dict(weights.to_tensors(weights.load_state(pdopt, what="--resume_model")))
     state_path = os.path.join(resume_dir, "state.json")
     if os.path.isfile(state_path):
-        with open(state_path) as f:
-            state = json.load(f)
+        try:
+            with open(state_path) as f:
+                state = json.load(f)
+            int(state["iter"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ResumeError(f"--resume_model {resume_dir}: {state_path} is damaged "
+                              f"({type(e).__name__}: {e}); resume from another checkpoint") from None
     else:  # a PaddleSeg checkpoint: iteration from the directory name
         tail = os.path.basename(os.path.normpath(resume_dir)).rsplit("_", 1)[-1]
         if not tail.isdigit():
@@ -253,6 +294,7 @@ class TrainOptions:
     log_iters: int = 10
     use_vdl: bool = False
     seed: int = 0
+    overwrite: bool = False  # replace another run's checkpoints in save_dir (at the first save)
     label: str = "Evaluate"  # how eval lines are labelled ("Evaluate QAT model")
 
 
@@ -298,9 +340,11 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     optimizer = build_optimizer(cfg, model, lr_sched)
 
     start_iter, best_miou, best_iter = 0, -1.0, -1
+    run_id = uuid.uuid4().hex[:12]
     if opts.resume_model:
         state = load_resume(opts.resume_model, model, optimizer)
         start_iter = state["iter"]
+        run_id = state.get("run_id") or run_id
         best_miou, best_iter = state.get("best_mIoU", -1.0), state.get("best_iter", -1)
         if start_iter >= opts.iters:
             raise ResumeError(f"--resume_model {opts.resume_model} is at iteration {start_iter}, "
@@ -318,6 +362,12 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
         writer = LogWriter(os.path.join(opts.save_dir, "vdl_log"))
     if is_main:
         os.makedirs(opts.save_dir, exist_ok=True)
+        outputs.clean_stale(opts.save_dir)
+    if opts.resume_model and _run_of(opts.resume_model) is None:
+        # a checkpoint from before run ids: its folder's checkpoints are this run's
+        for d in outputs.checkpoint_dirs(opts.save_dir):
+            if _run_of(d) is None and os.path.isfile(os.path.join(d, "state.json")):
+                _adopt(d, run_id)
 
     model.train()
     it = start_iter
@@ -345,8 +395,10 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
             loss = _loss(losses, logits_list, label)
             loss_value = compat.scalar(loss)
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"Loss is {loss_value} at iteration {it}; stopping. "
-                                         "Lower --learning_rate or check the labels.")
+                raise FloatingPointError(
+                    f"Loss is {loss_value} at iteration {it}; stopping, nothing saved from it "
+                    f"({_last_saved(opts.save_dir, run_id)}). Lower --learning_rate (it was "
+                    f"{optimizer.get_lr():g}) or check the labels.")
             loss.backward()
             optimizer.step()
             lr = optimizer.get_lr()
@@ -372,15 +424,27 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                 reader_cost = batch_cost = 0.0
                 samples = since_log = 0
 
-            if it % opts.save_interval == 0 or it == opts.iters:
+            saving = it % opts.save_interval == 0 or it == opts.iters
+            if saving or it % opts.log_iters == 0:
+                bad = non_finite_parameters(model)
+                if bad:
+                    raise FloatingPointError(
+                        f"Weights became non-finite (NaN/Inf) by iteration {it} ({len(bad)} tensors, "
+                        f"e.g. {', '.join(bad[:3])}); stopping, nothing saved from them "
+                        f"({_last_saved(opts.save_dir, run_id)}). Lower --learning_rate (it was "
+                        f"{lr:g}) or check the data.")
+            if saving:
                 if is_main and not config_saved:
                     # Written with the first checkpoint: a run that fails before it
                     # leaves an earlier run's save_dir as it was.
+                    if opts.overwrite:
+                        _remove_other_runs(opts.save_dir, run_id)
                     cfg.save(os.path.join(opts.save_dir, "config.yaml"))
+                    outputs.write_marker(opts.save_dir, "train")
                     config_saved = True
                 if is_main:
                     state = {"iter": it, "epoch": epoch, "best_mIoU": best_miou,
-                             "best_iter": best_iter, "seed": opts.seed}
+                             "best_iter": best_iter, "seed": opts.seed, "run_id": run_id}
                     if opts.do_eval and val_ds is not None:
                         m = evaluate(model, val_ds, test_cfg, label=opts.label)
                         model.train()
@@ -395,7 +459,7 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                         logger.info("[EVAL] The model with the best validation mIoU (%.4f) "
                                     "was saved at iter %d.", best_miou, best_iter)
                     save_checkpoint(os.path.join(opts.save_dir, f"iter_{it}"), model, optimizer, state)
-                    _prune_checkpoints(opts.save_dir, opts.keep_checkpoint_max)
+                    _prune_checkpoints(opts.save_dir, opts.keep_checkpoint_max, run_id)
                 if world > 1:
                     paddle.distributed.barrier()
             if it >= opts.iters:

@@ -12,8 +12,10 @@ Paddle Lite can run it, see compat) and ``deploy.yaml`` in PaddleSeg's schema:
       output_dtype: int32        # int32 labels, or float32 scores
       precision: int8            # ours: fp32 | int8 (what the weights are)
 
-The directory is written to a temporary sibling and renamed into place: a
-failed export never damages an earlier one.
+The directory is written to a temporary sibling, verified (the program and
+every parameter are read back) and only then swapped into place
+(``outputs.atomic_dir_write``): a failed export never damages an earlier one,
+and ``outputs.check_save_dir`` refuses a save_dir that holds anything else.
 """
 import logging
 import os
@@ -25,7 +27,7 @@ import paddle.nn.functional as F
 import yaml
 
 from . import compat
-from .engine import _atomic_dir_write
+from . import outputs
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,46 @@ class SegHead(nn.Layer):
         return logit
 
 
+def in_channels(cfg):
+    """Channels the model takes: model.in_channels / img_channels, else 3 (PaddleSeg's default)."""
+    m = cfg.get("model") or {}
+    for key in ("in_channels", "img_channels", "input_channels"):
+        if isinstance(m.get(key), int):
+            return m[key]
+    return 3
+
+
+def check_input_shape(cfg, input_shape):
+    """``--input_shape N C H W``: each -1 (dynamic) or positive, C the model's channels."""
+    shape = list(input_shape) if input_shape else [-1, in_channels(cfg), -1, -1]
+    allowed = "4 values N C H W, each -1 (any size) or > 0"
+    if len(shape) != 4:
+        raise ValueError(f"--input_shape must be {allowed}, got {shape}")
+    for name, v in zip("NCHW", shape):
+        if v == 0 or v < -1:
+            raise ValueError(f"--input_shape {' '.join(map(str, shape))}: {name} is {v}; "
+                             f"allowed: {allowed}")
+    if shape[1] not in (-1, in_channels(cfg)):
+        raise ValueError(f"--input_shape {' '.join(map(str, shape))}: C is {shape[1]} but the model "
+                         f"takes {in_channels(cfg)} channels ({cfg.path})")
+    return shape
+
+
+def verify_inference_dir(d):
+    """Read back a written inference directory: the program and every parameter.
+
+    paddle's C++ savers do not report a failed write (a file-size limit left a
+    truncated ``model.pdiparams`` behind an exit code 0), so this loads both.
+    """
+    outputs.check_files_written(d, ["model.pdmodel", "model.pdiparams", "deploy.yaml"])
+    try:
+        compat.load_old_ir_inference_model(d)
+    except Exception as e:
+        raise outputs.OutputError(f"the inference model written to {d} does not read back "
+                                  f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}): "
+                                  "disk full or a file-size limit?") from e
+
+
 def deploy_transforms(cfg):
     exp = cfg.get("export") or {}
     if exp.get("transforms"):
@@ -82,9 +124,7 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
         # paddleslim would strip PACT itself from the model as it was at quantize()
         # time, silently dropping the weights of a wrapped model: see quant.without_pact
         raise ValueError("export of a PACT model: remove PACT first (quant.without_pact)")
-    input_shape = list(input_shape) if input_shape else [-1, 3, -1, -1]
-    if len(input_shape) != 4:
-        raise ValueError(f"--input_shape must have 4 values (N C H W), got {input_shape}")
+    input_shape = check_input_shape(cfg, input_shape)
     model.eval()
     head = SegHead(model, output_op)  # built outside the old-IR guard (see compat)
     head.eval()
@@ -119,7 +159,7 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
         with open(os.path.join(d, "deploy.yaml"), "w") as f:
             yaml.safe_dump(deploy, f, sort_keys=False, default_flow_style=None)
 
-    _atomic_dir_write(save_dir, write)
+    outputs.atomic_dir_write(save_dir, write, kind="export", verify=verify_inference_dir)
     size = os.path.getsize(os.path.join(save_dir, "model.pdiparams"))
     logger.info("Exported %s model (%s, output_op %s, params %.2f MB) to %s",
                 deploy["Deploy"]["precision"].upper(), type(model).__name__, output_op,

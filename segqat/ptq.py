@@ -23,8 +23,9 @@ Route: paddleslim's static PTQ (``quant_post_static``, i.e. paddle's
 5. ``deploy.yaml`` (precision: int8) and ``ptq_info.json`` are written.
 
 Everything is written into a temporary sibling of ``save_dir`` and renamed
-into place (``engine._atomic_dir_write``): a failed run never damages an
-earlier export.
+into place (``outputs.atomic_dir_write``): a failed run never damages an
+earlier export. The FP32 export PTQ starts from is made inside that temporary
+folder, so a killed run leaves nothing behind that the next run does not remove.
 
 Calibration data: the images of ``quant_config.calibration_list`` (a list
 file, one image per line) or else the train_dataset's images, with the *deployment*
@@ -40,7 +41,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,9 +48,9 @@ import cv2
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import yaml
 
-from . import builder, compat, deploy, export, quant
+from . import builder, compat, deploy, export, outputs, quant
 from .data import DataError, to_bgr8
-from .engine import _atomic_dir_write, log_eval
+from .engine import log_eval
 from .metrics import ConfusionMatrix, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -359,9 +359,59 @@ def run_ptq(cfg, model_path, save_dir, opts):
     skip_tensors = skip_weight_names(model, qc)
     calib = Calibration(cfg, opts)
     val_ds = builder.build_dataset(cfg, "val") if cfg.get("val_dataset") else None
-    work = tempfile.mkdtemp(prefix="segqat_ptq_")
     info = {}
-    try:
+
+    def _quantize_and_check(d, fp32_dir, fp32_size, dep):
+        logger.info("PTQ: algo %s, %d batch(es) of %d, weights %s, ops %s",
+                    opts.algo, calib.num_batches, opts.batch_size, qc["weight_quantize_type"],
+                    quantizable_op_types(qc))
+        ops = quantize_static(fp32_dir, d, calib, opts, qc, skip_tensors)
+        for name in ("model.pdmodel", "model.pdiparams"):
+            if not os.path.isfile(os.path.join(d, name)):
+                raise RuntimeError(f"PTQ wrote no {name} in {d}")
+        # The FP32 input was already rewritten; again in case the passes re-created the form.
+        n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
+        logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
+        counts = program_op_counts(os.path.join(d, "model.pdmodel"))
+        if not counts.get("quantize_linear") or not counts.get("dequantize_linear"):
+            raise RuntimeError("PTQ produced no quantize_linear/dequantize_linear ops "
+                               f"(op types: {dict(counts)})")
+        with open(os.path.join(d, "deploy.yaml"), "w") as f:
+            yaml.safe_dump(dep, f, sort_keys=False, default_flow_style=None)
+        int8_size = os.path.getsize(os.path.join(d, "model.pdiparams"))
+        # Load it as a user would (refuses a program without INT8 kernels), evaluate.
+        pred = deploy.SegPredictor(d, precision="int8", cpu_threads=opts.cpu_threads)
+        try:
+            int8_ops = dict(pred.int8_ops())
+            metrics = evaluate_predictor(pred, val_ds) if val_ds is not None else None
+        finally:
+            pred.close()
+        info.update({
+            "method": "PTQ (paddleslim quant_post_static, onnx_format)",
+            "algo": opts.algo, "batch_nums": opts.batch_nums, "batch_size": opts.batch_size,
+            "calibration_batches": calib.num_batches,
+            "calibration_images": calib.num_images,
+            "split": float(opts.split), "seed": opts.seed,
+            "calibration": calib.source, "calibration_detail": calib.describe,
+            "accuracy_meaningful": not calib.random,
+            "model_path": os.path.abspath(model_path), "config": os.path.abspath(cfg.path),
+            "weight_quantize_type": qc["weight_quantize_type"],
+            "quantizable_op_type": ops, "skipped_weights": skip_tensors,
+            "quantize_linear_ops": counts.get("quantize_linear", 0),
+            "dequantize_linear_ops": counts.get("dequantize_linear", 0),
+            "onednn_int8_ops": int8_ops,
+            "params_mb": int8_size / 2 ** 20, "fp32_params_mb": fp32_size / 2 ** 20,
+            "mIoU": metrics["mIoU"] if metrics else None,
+            "metrics": ({k: metrics[k] for k in ("mIoU", "Acc", "Kappa", "Dice", "class_IoU",
+                                                 "num_images")} if metrics else None),
+        })
+        if calib.random:
+            info["warning"] = RANDOM_WARNING
+        with open(os.path.join(d, "ptq_info.json"), "w") as f:
+            json.dump(info, f, indent=2)
+
+    def write(d):
+        work = os.path.join(d, ".work")  # inside the temp folder: cleaned with it
         fp32_dir = os.path.join(work, "fp32")
         export.export_model(cfg, model, fp32_dir, input_shape=opts.input_shape,
                             output_op=opts.output_op)
@@ -369,59 +419,12 @@ def run_ptq(cfg, model_path, save_dir, opts):
         with open(os.path.join(fp32_dir, "deploy.yaml")) as f:
             dep = yaml.safe_load(f)
         dep["Deploy"]["precision"] = "int8"
+        try:
+            _quantize_and_check(d, fp32_dir, fp32_size, dep)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
-        def write(d):
-            logger.info("PTQ: algo %s, %d batch(es) of %d, weights %s, ops %s",
-                        opts.algo, calib.num_batches, opts.batch_size, qc["weight_quantize_type"],
-                        quantizable_op_types(qc))
-            ops = quantize_static(fp32_dir, d, calib, opts, qc, skip_tensors)
-            for name in ("model.pdmodel", "model.pdiparams"):
-                if not os.path.isfile(os.path.join(d, name)):
-                    raise RuntimeError(f"PTQ wrote no {name} in {d}")
-            # The FP32 input was already rewritten; again in case the passes re-created the form.
-            n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
-            logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
-            counts = program_op_counts(os.path.join(d, "model.pdmodel"))
-            if not counts.get("quantize_linear") or not counts.get("dequantize_linear"):
-                raise RuntimeError("PTQ produced no quantize_linear/dequantize_linear ops "
-                                   f"(op types: {dict(counts)})")
-            with open(os.path.join(d, "deploy.yaml"), "w") as f:
-                yaml.safe_dump(dep, f, sort_keys=False, default_flow_style=None)
-            int8_size = os.path.getsize(os.path.join(d, "model.pdiparams"))
-            # Load it as a user would (refuses a program without INT8 kernels), evaluate.
-            pred = deploy.SegPredictor(d, precision="int8", cpu_threads=opts.cpu_threads)
-            try:
-                int8_ops = dict(pred.int8_ops())
-                metrics = evaluate_predictor(pred, val_ds) if val_ds is not None else None
-            finally:
-                pred.close()
-            info.update({
-                "method": "PTQ (paddleslim quant_post_static, onnx_format)",
-                "algo": opts.algo, "batch_nums": opts.batch_nums, "batch_size": opts.batch_size,
-                "calibration_batches": calib.num_batches,
-                "calibration_images": calib.num_images,
-                "split": float(opts.split), "seed": opts.seed,
-                "calibration": calib.source, "calibration_detail": calib.describe,
-                "accuracy_meaningful": not calib.random,
-                "model_path": os.path.abspath(model_path), "config": os.path.abspath(cfg.path),
-                "weight_quantize_type": qc["weight_quantize_type"],
-                "quantizable_op_type": ops, "skipped_weights": skip_tensors,
-                "quantize_linear_ops": counts.get("quantize_linear", 0),
-                "dequantize_linear_ops": counts.get("dequantize_linear", 0),
-                "onednn_int8_ops": int8_ops,
-                "params_mb": int8_size / 2 ** 20, "fp32_params_mb": fp32_size / 2 ** 20,
-                "mIoU": metrics["mIoU"] if metrics else None,
-                "metrics": ({k: metrics[k] for k in ("mIoU", "Acc", "Kappa", "Dice", "class_IoU",
-                                                     "num_images")} if metrics else None),
-            })
-            if calib.random:
-                info["warning"] = RANDOM_WARNING
-            with open(os.path.join(d, "ptq_info.json"), "w") as f:
-                json.dump(info, f, indent=2)
-
-        _atomic_dir_write(save_dir, write)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    outputs.atomic_dir_write(save_dir, write, kind="export", verify=export.verify_inference_dir)
     logger.info("Exported PTQ INT8 model (%s, algo %s, params %.2f MB vs FP32 %.2f MB, oneDNN INT8 "
                 "ops %s) to %s", type(model).__name__, opts.algo, info["params_mb"],
                 info["fp32_params_mb"], info["onednn_int8_ops"], save_dir)
@@ -433,8 +436,8 @@ def run_ptq(cfg, model_path, save_dir, opts):
 
 
 def check_model_path(model_path):
-    """A clear error before any work when --model_path is missing (builder.load_weights style)."""
-    from .builder import WeightsError
+    """A clear error before any work when --model_path is missing (weights.load_state style)."""
+    from .weights import WeightsError
     if not model_path:
         raise WeightsError("--model_path is required: PTQ quantizes trained FP32 weights")
     if not os.path.isfile(model_path):

@@ -25,7 +25,8 @@ import logging
 import numpy as np  # noqa: F401  (before paddle, see compat)
 
 from . import builder
-from .builder import WeightsError
+from . import weights
+from .weights import WeightsError
 from .config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -320,17 +321,12 @@ def _build_model(cfg, weights, quantized, stage):
 
 
 def _load(model, path, expect_quant):
+    """Load weights (read once, safely); say what kind of weights a mismatch means."""
+    state = weights.load_state(path)
     try:
-        builder.load_weights(model, path)
+        weights.load_into(model, state, path)
     except WeightsError as e:
-        import paddle
-        import os
-        if not os.path.isfile(path):
-            raise
-        try:
-            keys = list(paddle.load(path).keys())
-        except Exception:
-            raise e
+        keys = list(state)
         has_quant = any(_is_quant_key(k) for k in keys)
         has_pact = any(_PACT_KEY_MARK in k for k in keys)
         wants_pact = any(_PACT_KEY_MARK in k for k in model.state_dict())

@@ -11,7 +11,7 @@ import os
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import paddle
 
-from . import builder, engine, export, quant
+from . import builder, engine, export, outputs, quant
 from .config import load_config
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def run_training(args, qat=False):
         save_interval=args.save_interval, resume_model=args.resume_model,
         keep_checkpoint_max=args.keep_checkpoint_max, num_workers=args.num_workers,
         do_eval=args.do_eval, log_iters=args.log_iters, use_vdl=args.use_vdl, seed=args.seed,
+        overwrite=args.overwrite,
         label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
     return engine.train(cfg, model, train_ds, val_ds, losses, opts, builder.test_config(cfg))
 
@@ -74,7 +75,9 @@ def run_eval(args, qat=False):
 
 
 def run_export(args, qat=False):
+    outputs.check_save_dir(args.save_dir, "export", overwrite=args.overwrite, inputs=[args.model_path])
     cfg = _load_cfg(args)
+    export.check_input_shape(cfg, args.input_shape)
     model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="export")
     out = export.export_model(cfg, model, args.save_dir, input_shape=args.input_shape,
                               output_op=args.output_op, quanter=quanter)

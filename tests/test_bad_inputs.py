@@ -37,10 +37,11 @@ def earlier_output(tmp_path):
 
 
 def train_fails(cfg, out, caplog, extra=()):
+    """The run fails; --overwrite deletes nothing before this run's first checkpoint."""
     caplog.set_level(logging.ERROR)
     with pytest.raises(SystemExit) as e:
         run_script("tools/train.py", ["--config", cfg, "--iters", 2, "--batch_size", 2,
-                                      "--save_dir", out, *extra])
+                                      "--save_dir", out, "--overwrite", *extra])
     assert e.value.code == 1
     assert (out / "iter_2" / "model.pdparams").read_bytes() == b"previous checkpoint"
     assert (out / "config.yaml").read_text() == "previous: config\n"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import run_script
-from segqat import engine
+from segqat import engine, outputs
 from segqat.metrics import ConfusionMatrix, agreement, compute_metrics
 
 
@@ -117,7 +117,7 @@ def test_atomic_checkpoint_keeps_old_one(tmp_path):
         raise KeyboardInterrupt  # interrupted mid-save
 
     with pytest.raises(KeyboardInterrupt):
-        engine._atomic_dir_write(str(target), broken)
+        outputs.atomic_dir_write(str(target), broken, kind="train")
     assert (target / "model.pdparams").read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["best_model"]  # no temp dir left behind
 

@@ -23,6 +23,7 @@ def get_args_parser(model_path_help="FP32 weights (.pdparams)"):
     cli.add_config_args(parser, model_path_required=True, model_path_help=model_path_help)
     parser.add_argument("--save_dir", default="./output/inference_model",
                         help="inference directory to write")
+    cli.add_overwrite(parser, "export")
     parser.add_argument("--input_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
                         help="input shape, -1 for dynamic (default: -1 3 -1 -1)")
     parser.add_argument("--output_op", choices=["argmax", "softmax", "none"], default=None,

@@ -26,8 +26,9 @@ def get_args_parser(model_path_required=False,
 
 def main(args):
     from segqat import workflow
-    cli.setup(args, args.save_dir)
-    return workflow.run_training(args)
+    with cli.training_dir(args):
+        cli.setup(args, args.save_dir)
+        return workflow.run_training(args)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def get_args_parser():
     cli.add_config_args(parser, model_path_required=True,
                         model_path_help=cli.FP32_WEIGHTS_HELP)
     parser.add_argument("--save_dir", default="./output_quant/analysis", help="where the report goes")
+    cli.add_overwrite(parser, "analysis")
     g = parser.add_argument_group("analysis")
     g.add_argument("--mode", choices=MODES, default="single",
                    help="single: one layer quantized at a time; leave_one_out: all but one; both")
@@ -56,6 +57,8 @@ def main(args):
     cli.setup(args)
     from segqat.ptq import check_model_path
     check_model_path(args.model_path)
+    from segqat.outputs import check_save_dir
+    check_save_dir(args.save_dir, "analysis", overwrite=args.overwrite, inputs=[args.model_path])
     cfg = load_config(args.config, opts=args.opts)
     opts = analysis.AnalysisOptions(
         mode=args.mode, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,

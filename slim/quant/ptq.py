@@ -46,12 +46,14 @@ def get_args_parser():
 
 
 def main(args):
-    from segqat import ptq
+    from segqat import export, outputs, ptq
     from segqat.config import load_config
     fp32_export.resolve_output_op(get_args_parser(), args)
     cli.setup(args)
     ptq.check_model_path(args.model_path)
+    outputs.check_save_dir(args.save_dir, "export", overwrite=args.overwrite, inputs=[args.model_path])
     cfg = load_config(args.config, opts=args.opts)
+    export.check_input_shape(cfg, args.input_shape)
     opts = ptq.PTQOptions(
         algo=args.algo, batch_size=args.batch_size, batch_nums=args.batch_nums,
         split=args.quantization_split, seed=args.seed, random_calibration=args.random_calibration,

@@ -30,8 +30,9 @@ def get_args_parser():
 
 def main(args):
     from segqat import workflow
-    cli.setup(args, args.save_dir)
-    return workflow.run_training(args, qat=True)
+    with cli.training_dir(args):
+        cli.setup(args, args.save_dir)
+        return workflow.run_training(args, qat=True)
 
 
 if __name__ == "__main__":

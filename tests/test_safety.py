@@ -1,0 +1,342 @@
+"""Fault injection: nothing a user owns is destroyed, no NaN model is saved, no weights file runs code.
+
+Each test is one way of losing data that was measured on an earlier version
+(export wiping its save_dir, NaN checkpoints, a pickle payload, a truncated
+export reported as success, kill -9 during saves, two runs on one folder).
+The kill and file-size tests run the real scripts in child processes.
+"""
+import json
+import logging
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_script
+from segqat import outputs, weights
+
+PY = sys.executable
+
+
+def fails(script, argv, caplog):
+    caplog.clear()
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(SystemExit) as e:
+        run_script(script, argv)
+    assert e.value.code == 1
+    return caplog.text
+
+
+def tree(path):
+    """{relative path: bytes} of every file under ``path``."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, path)] = fh.read()
+    return out
+
+
+def child(argv, limit_bytes=None, **kw):
+    """A script in a child process (optionally with a file-size limit)."""
+    def pre():
+        if limit_bytes:
+            import resource
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return subprocess.Popen([PY, *map(str, argv)], cwd=ROOT, preexec_fn=pre,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finished(p, timeout=600):
+    out, _ = p.communicate(timeout=timeout)
+    return p.returncode, out
+
+
+# ---------------------------------------------------------------- export / PTQ save_dir
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """A training run's folder as a user has it (checkpoints, config, log)."""
+    run = tmp_path / "out_fp32"
+    for d in ("iter_2", "iter_4", "best_model"):
+        (run / d).mkdir(parents=True)
+        (run / d / "model.pdparams").write_bytes(b"weights " + d.encode())
+    (run / "config.yaml").write_text("batch_size: 2\n")
+    (run / "train.log").write_text("log\n")
+    return run
+
+
+@pytest.mark.parametrize("script", ["tools/export.py", "slim/quant/ptq.py"])
+def test_export_never_destroys_save_dir(script, syn_cfg, fp32_run, fake_run, tmp_path, caplog,
+                                        monkeypatch):
+    weights_file = fp32_run / "best_model" / "model.pdparams"
+    before = tree(fake_run)
+    # 1. into the training run's folder, reading weights from it
+    msg = fails(script, ["--config", syn_cfg, "--model_path", fake_run / "iter_4" / "model.pdparams",
+                         "--save_dir", fake_run], caplog)
+    assert "contains the input" in msg and str(fake_run) in msg
+    # 2. into a training run's folder (weights elsewhere), even with --overwrite
+    msg = fails(script, ["--config", syn_cfg, "--model_path", weights_file, "--save_dir", fake_run,
+                         "--overwrite"], caplog)
+    assert "segqat did not write" in msg
+    assert tree(fake_run) == before
+    # 3. a folder of unrelated files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    msg = fails(script, ["--config", syn_cfg, "--model_path", weights_file, "--save_dir", mine,
+                         "--overwrite"], caplog)
+    assert "notes.txt" in msg and (mine / "notes.txt").read_text() == "my notes"
+    # 4. an existing file
+    f = tmp_path / "a_file"
+    f.write_text("keep me")
+    msg = fails(script, ["--config", syn_cfg, "--model_path", weights_file, "--save_dir", f], caplog)
+    assert "is an existing file" in msg and f.read_text() == "keep me"
+    # 5. the current folder
+    monkeypatch.chdir(mine)
+    msg = fails(script, ["--config", syn_cfg, "--model_path", weights_file, "--save_dir", "."], caplog)
+    assert "current" in msg
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "mine", "out_fp32"]  # no temp folder anywhere
+
+
+def test_export_overwrite_is_explicit(syn_cfg, fp32_run, exports, tmp_path, caplog):
+    import shutil
+    weights_file = fp32_run / "best_model" / "model.pdparams"
+    out = tmp_path / "fp32_infer"
+    shutil.copytree(exports / "fp32", out)
+    assert outputs.kind_of(out) == "export"
+    before = tree(out)
+    msg = fails("tools/export.py", ["--config", syn_cfg, "--model_path", weights_file,
+                                    "--save_dir", out], caplog)
+    assert "--overwrite" in msg and tree(out) == before
+    # a failing --overwrite export (bad input shape) leaves the old one
+    fails("tools/export.py", ["--config", syn_cfg, "--model_path", weights_file, "--save_dir", out,
+                              "--overwrite", "--input_shape", 1, 3, 0, 0], caplog)
+    assert tree(out) == before
+    run_script("tools/export.py", ["--config", syn_cfg, "--model_path", weights_file, "--save_dir", out,
+                                   "--overwrite", "--output_op", "softmax"])
+    assert "output_op: softmax" in (out / "deploy.yaml").read_text()
+    assert sorted(os.listdir(tmp_path)) == ["fp32_infer"]
+
+
+@pytest.mark.parametrize("shape,why", [((1, 3, 0, 0), "H is 0"), ((1, 3, -5, 64), "H is -5"),
+                                       ((1, 1, 64, 64), "C is 1 but the model takes 3")])
+def test_bad_input_shape(shape, why, syn_cfg, fp32_run, tmp_path, caplog):
+    msg = fails("tools/export.py", ["--config", syn_cfg, "--model_path",
+                                    fp32_run / "best_model" / "model.pdparams",
+                                    "--save_dir", tmp_path / "x", "--input_shape", *shape], caplog)
+    assert why in msg and not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- training save_dir
+
+def test_second_run_refused_overwrite_replaces(syn_cfg, tmp_path, caplog):
+    out = tmp_path / "run"
+    base = ["--config", syn_cfg, "--batch_size", 2, "--save_interval", 2, "--log_iters", 2,
+            "--save_dir", out, "--keep_checkpoint_max", 1]
+    run_script("tools/train.py", base + ["--iters", 4])
+    assert sorted(p for p in os.listdir(out) if p.startswith("iter_")) == ["iter_4"]
+    first = tree(out / "iter_4")
+    msg = fails("tools/train.py", base + ["--iters", 2], caplog)
+    assert "holds another run's checkpoints" in msg and "--resume_model" in msg
+    assert tree(out / "iter_4") == first
+    # resuming the run that lives there is allowed
+    run_script("tools/train.py", base + ["--iters", 6, "--resume_model", out / "iter_4"])
+    assert sorted(p for p in os.listdir(out) if p.startswith("iter_")) == ["iter_6"]
+    # --overwrite: the earlier run's checkpoints give way at this run's first save
+    run_script("tools/train.py", base + ["--iters", 2, "--overwrite"])
+    assert sorted(p for p in os.listdir(out) if p.startswith("iter_")) == ["iter_2"]
+    assert not [p for p in os.listdir(out) if p.startswith(".") and p != outputs.MARKER]
+
+
+def test_parser_rejects_non_finite_learning_rate(syn_cfg, tmp_path):
+    for bad in ("nan", "inf", "-1"):
+        with pytest.raises(SystemExit) as e:
+            run_script("tools/train.py", ["--config", syn_cfg, "--learning_rate", bad,
+                                          "--save_dir", tmp_path / "x"])
+        assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        run_script("tools/train.py", ["--config", syn_cfg, "--num_workers", "-1",
+                                      "--save_dir", tmp_path / "x"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("lr", [".nan", "1.0e+6"])
+def test_no_non_finite_checkpoint(lr, syn_cfg, tmp_path, caplog):
+    out = tmp_path / "run"
+    msg = fails("tools/train.py", ["--config", syn_cfg, "--iters", 8, "--batch_size", 2,
+                                   "--save_interval", 1, "--log_iters", 1, "--save_dir", out,
+                                   "--opts", f"lr_scheduler.learning_rate={lr}"], caplog)
+    assert "at iteration" in msg or "by iteration" in msg
+    assert "Lower --learning_rate" in msg
+    for d in outputs.checkpoint_dirs(out) + [out / "best_model"]:
+        if os.path.isdir(d):
+            assert not weights.non_finite(weights.load_state(os.path.join(d, "model.pdparams"))), d
+
+
+def test_non_finite_weights_refused(syn_cfg, fp32_run, tmp_path, caplog):
+    state = weights.load_state(fp32_run / "best_model" / "model.pdparams")
+    name = next(k for k, v in state.items() if v.dtype == np.float32 and v.size > 1)
+    state[name] = state[name].copy()
+    state[name][0] = np.nan
+    import paddle
+    bad = tmp_path / "nan.pdparams"
+    paddle.save(state, str(bad))
+    for script, extra in (("tools/val.py", []), ("tools/export.py", ["--save_dir", tmp_path / "e"]),
+                          ("slim/quant/qat_train.py", ["--save_dir", tmp_path / "q", "--iters", 1])):
+        msg = fails(script, ["--config", syn_cfg, "--model_path", bad, *extra], caplog)
+        assert "non-finite" in msg and str(bad) in msg and name in msg
+    msg = fails("tools/train.py", ["--config", syn_cfg, "--resume_model", tmp_path / "missing",
+                                   "--save_dir", tmp_path / "r"], caplog)
+    assert "not found" in msg
+
+
+# ---------------------------------------------------------------- weights files that run code
+
+class _Payload:
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return (exec, (f"open({self.flag!r}, 'w').write('ran')",))
+
+
+def test_payload_pdparams_does_not_run(syn_cfg, fp32_run, tmp_path, caplog):
+    state = weights.load_state(fp32_run / "best_model" / "model.pdparams")
+    flag = tmp_path / "PAYLOAD_RAN"
+    state["zz_extra"] = _Payload(str(flag))
+    evil = tmp_path / "evil.pdparams"
+    with open(evil, "wb") as f:
+        pickle.dump(state, f, protocol=4)
+    for script, extra in (("tools/val.py", []), ("tools/export.py", ["--save_dir", tmp_path / "e"]),
+                          ("slim/quant/qat_train.py", ["--save_dir", tmp_path / "q"])):
+        msg = fails(script, ["--config", syn_cfg, "--model_path", evil, *extra], caplog)
+        assert "not a plain weights file" in msg and "builtins.exec" in msg and str(evil) in msg
+    assert not flag.exists()
+    # the same loader reads genuine files exactly like paddle.load
+    import paddle
+    genuine = paddle.load(str(fp32_run / "best_model" / "model.pdparams"))
+    safe = weights.load_state(fp32_run / "best_model" / "model.pdparams")
+    assert set(genuine) == set(safe)
+    assert all(np.array_equal(genuine[k].numpy(), safe[k]) for k in safe)
+
+
+def test_damaged_resume_files(syn_cfg, fp32_run, tmp_path, caplog):
+    import shutil
+    src = fp32_run / "iter_150"
+    for what, damage, expect in (("model.pdopt", b"", "is empty (0 bytes)"),
+                                 ("state.json", b'{"iter": 1', "state.json is damaged")):
+        ck = tmp_path / what / "iter_150"
+        shutil.copytree(src, ck)
+        (ck / what).write_bytes(damage)
+        msg = fails("tools/train.py", ["--config", syn_cfg, "--iters", 160, "--batch_size", 2,
+                                       "--resume_model", ck, "--save_dir", ck.parent], caplog)
+        assert expect in msg and str(ck) in msg
+
+
+# ---------------------------------------------------------------- failed writes
+
+def test_write_failure_is_an_error(syn_cfg, fp32_run, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) in the child: export and training fail clearly, leave nothing."""
+    out = tmp_path / "infer"
+    code, log = finished(child(["tools/export.py", "--config", syn_cfg, "--model_path",
+                                fp32_run / "best_model" / "model.pdparams", "--save_dir", out],
+                               limit_bytes=1 << 20))
+    assert code == 1, log
+    assert "does not read back" in log or "file too large" in log, log
+    assert not out.exists() and os.listdir(tmp_path) == []
+    run = tmp_path / "run"
+    code, log = finished(child(["tools/train.py", "--config", syn_cfg, "--iters", 2, "--batch_size", 2,
+                                "--save_interval", 1, "--save_dir", run], limit_bytes=1 << 20))
+    assert code == 1, log
+    assert "file too large" in log and "Traceback" not in log, log
+    assert outputs.checkpoint_dirs(run) == []
+    assert not [p for p in os.listdir(run) if p.startswith(".iter") or p.startswith(".best")]
+
+
+# ---------------------------------------------------------------- kill -9 and two runs
+
+def _train_cmd(cfg, out, iters, extra=()):
+    return ["tools/train.py", "--config", cfg, "--iters", iters, "--batch_size", 2, "--save_interval", 1,
+            "--log_iters", 1, "--keep_checkpoint_max", 2, "--save_dir", out, *extra]
+
+
+def _wait_for(pred, timeout=120):
+    t = time.time()
+    while not pred():
+        if time.time() - t > timeout:
+            raise TimeoutError
+        time.sleep(0.05)
+
+
+def test_kill_during_checkpoint_saves_then_resume(syn_cfg, tmp_path):
+    """kill -9 at random moments of a run that saves every iteration; every checkpoint loads."""
+    rng = random.Random(0)
+    out = tmp_path / "run"
+    for trial in range(3):
+        last = outputs.checkpoint_dirs(out)
+        extra = ["--resume_model", last[-1]] if last else []
+        p = child(_train_cmd(syn_cfg, out, 400, extra))
+        _wait_for(lambda: len(outputs.checkpoint_dirs(out)) > 0 and
+                  os.path.basename(outputs.checkpoint_dirs(out)[-1]) != (
+                      os.path.basename(last[-1]) if last else None))
+        time.sleep(rng.uniform(0.0, 1.5))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        for d in outputs.checkpoint_dirs(out) + [str(out / "best_model")]:
+            if os.path.isdir(d):
+                files = sorted(os.listdir(d))
+                assert files == ["model.pdopt", "model.pdparams", "state.json"], (trial, d, files)
+                weights.load_state(os.path.join(d, "model.pdparams"))
+                weights.load_state(os.path.join(d, "model.pdopt"))
+                with open(os.path.join(d, "state.json")) as f:
+                    json.load(f)
+    # the next run resumes and removes what the killed ones left
+    last = outputs.checkpoint_dirs(out)[-1]
+    it = int(os.path.basename(last)[5:])
+    code, log = finished(child(_train_cmd(syn_cfg, out, it + 1, ["--resume_model", last])))
+    assert code == 0, log
+    left = [p for p in os.listdir(out) if p.startswith(".") and p != outputs.MARKER]
+    assert left == [], left
+
+
+def test_kill_during_export(syn_cfg, fp32_run, tmp_path):
+    rng = random.Random(1)
+    out = tmp_path / "infer"
+    argv = ["tools/export.py", "--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
+            "--save_dir", out, "--overwrite"]
+    for trial in range(3):
+        p = child(argv)
+        time.sleep(rng.uniform(2.0, 8.0))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert not out.exists() or outputs.kind_of(out) == "export"  # all of one, never half
+    code, log = finished(child(argv))
+    assert code == 0, log
+    assert sorted(os.listdir(tmp_path)) == ["infer"], os.listdir(tmp_path)
+    assert set(os.listdir(out)) >= {"model.pdmodel", "model.pdiparams", "deploy.yaml"}
+
+
+def test_two_runs_on_one_save_dir(syn_cfg, tmp_path, caplog):
+    out = tmp_path / "run"
+    first = child(_train_cmd(syn_cfg, out, 400))
+    try:
+        _wait_for(lambda: (out / outputs.LOCK).exists())
+        msg = fails("tools/train.py", ["--config", syn_cfg, "--iters", 2, "--save_dir", out], caplog)
+        assert "in use by another run" in msg and str(first.pid) in msg
+        _wait_for(lambda: outputs.checkpoint_dirs(out))
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    # the dead run's lock is cleared by the next run (which resumes it)
+    last = outputs.checkpoint_dirs(out)[-1]
+    run_script("tools/train.py", ["--config", syn_cfg, "--iters", int(os.path.basename(last)[5:]) + 1,
+                                  "--batch_size", 2, "--save_dir", out, "--resume_model", last])
+    assert not (out / outputs.LOCK).exists()
