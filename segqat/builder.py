@@ -8,7 +8,6 @@ valid ones; an argument the component does not take is an error naming it.
 import copy
 import inspect
 import logging
-import os
 
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import paddle
@@ -16,7 +15,7 @@ from paddleseg.cvlibs import manager
 
 from . import compat
 from .config import ConfigError
-from .data import CheckedDataset
+from .data import CheckedDataset, check_list_file
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +114,10 @@ def build_dataset(cfg, split, seed=0):
     cfg.require(key)
     ds_cfg = cfg.section(key)
     ds_cfg.setdefault("mode", "train" if split == "train" else "val")
+    list_key = {"train": "train_path", "val": "val_path"}.get(ds_cfg["mode"])
+    if isinstance(ds_cfg.get(list_key), str):  # paddleseg's error names neither file nor line
+        check_list_file(ds_cfg[list_key], ds_cfg.get("separator", " "),
+                        where=f"{cfg.where(key)}: {key}.{list_key}")
     inner = build_component(ds_cfg, "dataset", f"{cfg.where(key)}: {key}")
     return CheckedDataset(inner, name=f"{key} ({cfg.path})", seed=seed)
 
@@ -182,44 +185,3 @@ def test_config(cfg, **flag_overrides):
         if v is not None:
             tc[k] = v
     return tc
-
-
-# ---------------------------------------------------------------- weights
-
-class WeightsError(ValueError):
-    """Weights that are missing or do not fit the model."""
-
-
-def load_weights(model, path, what="--model_path"):
-    """Load a .pdparams file strictly: every key present, every shape equal."""
-    if not path:
-        raise WeightsError(f"{what} is required")
-    if not os.path.isfile(path):
-        raise WeightsError(f"{what}: weights file not found: {path}")
-    try:
-        state = paddle.load(path)
-    except Exception as e:
-        raise WeightsError(f"{what}: cannot read weights file {path}: {e}") from e
-    if not isinstance(state, dict):
-        raise WeightsError(f"{what}: {path} does not hold a state dict")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [(k, list(state[k].shape), list(own[k].shape))
-                  for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
-    if missing or unexpected or mismatched:
-        lines = [f"{what}: weights in {path} do not fit the configured model "
-                 f"({type(model).__name__}, {len(own)} tensors; file has {len(state)})."]
-        if mismatched:
-            lines.append("Shape mismatches (name: file vs model): " + "; ".join(
-                f"{k}: {a} vs {b}" for k, a, b in mismatched[:5])
-                + (f" ... and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""))
-        if missing:
-            lines.append(f"Missing in file ({len(missing)}): {', '.join(missing[:5])}"
-                         + (" ..." if len(missing) > 5 else ""))
-        if unexpected:
-            lines.append(f"Not in model ({len(unexpected)}): {', '.join(unexpected[:5])}"
-                         + (" ..." if len(unexpected) > 5 else ""))
-        raise WeightsError("\n".join(lines))
-    model.set_state_dict(state)
-    logger.info("Loaded %d tensors from %s", len(state), path)

@@ -215,8 +215,11 @@ def _raised_here(e):
         tb = tb.tb_next
     if tb is None:
         return False
+    import linecache
     path = os.path.abspath(tb.tb_frame.f_code.co_filename)
-    return path.startswith(_ROOT + os.sep) and os.sep + ".venv" + os.sep not in path
+    ours = path.startswith(_ROOT + os.sep) and os.sep + ".venv" + os.sep not in path
+    # a `raise` of ours, not a library's C code failing under one of our lines
+    return ours and linecache.getline(path, tb.tb_lineno).lstrip().startswith("raise")
 
 
 def run(main, args):

@@ -16,12 +16,63 @@ import random
 import cv2
 import numpy as np
 import paddle
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
     """Bad data: a missing or unreadable file, or labels that do not fit."""
+
+
+def check_list_file(path, separator=" ", needs_label=True, where="dataset"):
+    """Every line of a PaddleSeg list file: ``image label`` (or ``image`` where no label is needed).
+
+    paddleseg raises ``File list format incorrect!`` without a file or line;
+    this names both, shows the line and says what is allowed.
+    """
+    sep_name = "a space" if separator == " " else repr(separator)
+    allowed = (f"'image{separator}label' (two paths separated by {sep_name}; paths may not "
+               "contain it)")
+    if not os.path.isfile(path):
+        raise DataError(f"{where}: list file not found: {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    for no, line in enumerate(lines, 1):
+        parts = line.strip().split(separator)
+        if not line.strip():
+            raise DataError(f"{path}, line {no}: empty line; each line must be {allowed}")
+        if "\t" in line and separator != "\t":
+            raise DataError(f"{path}, line {no}: {line!r} contains a tab; each line must be {allowed}")
+        if len(parts) > 2 or (needs_label and len(parts) != 2):
+            raise DataError(f"{path}, line {no}: {line!r} has {len(parts)} field(s); each line must "
+                            f"be {allowed}")
+
+
+def is_truncated_jpeg(path):
+    """A JPEG file that does not end with its end-of-image marker (OpenCV decodes it silently)."""
+    if os.path.splitext(path)[1].lower() not in (".jpg", ".jpeg"):
+        return False
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(size - 64, 0))
+        tail = f.read().rstrip(b"\x00\r\n ")
+    return not tail.endswith(b"\xff\xd9")
+
+
+def read_label(path):
+    """A label image as class indices, through Pillow as PaddleSeg reads it: a palette PNG
+    gives its indices, and PNG, BMP, TIFF and GIF are read alike. None if unreadable."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "L", "1", "I", "I;16"):
+                return np.asarray(im.convert("L") if im.mode == "1" else im)
+            return np.asarray(im)  # colour: reported by the caller
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 class CheckedDataset(paddle.io.Dataset):
@@ -61,9 +112,13 @@ class CheckedDataset(paddle.io.Dataset):
         if img is None:
             raise DataError(f"{self.name}: cannot read image file {img_path} "
                             "(not an image, or corrupt)")
-        label = cv2.imread(lab_path, cv2.IMREAD_UNCHANGED)
+        if is_truncated_jpeg(img_path):
+            raise DataError(f"{self.name}: image file {img_path} is a truncated JPEG (no end-of-image "
+                            "marker): re-copy or re-encode it")
+        label = read_label(lab_path)
         if label is None:
-            raise DataError(f"{self.name}: cannot read label file {lab_path}")
+            raise DataError(f"{self.name}: cannot read label file {lab_path} (not an image Pillow "
+                            "reads, or corrupt)")
         if label.ndim == 3:
             raise DataError(f"{self.name}: label file {lab_path} has {label.shape[2]} channels; "
                             "labels must be single-channel class-index images")

@@ -57,6 +57,9 @@ def run_training(args, qat=False):
 
 def run_eval(args, qat=False):
     from . import cli
+    if args.save_metrics and os.path.isdir(args.save_metrics):
+        raise ValueError(f"--save_metrics {args.save_metrics} is a folder; give a file name, "
+                         f"e.g. {os.path.join(args.save_metrics, 'metrics.json')}")
     cfg = _load_cfg(args)
     cfg.require("val_dataset")
     model, _ = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")

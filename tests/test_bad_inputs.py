@@ -107,3 +107,82 @@ def test_real_process_exit_code(syn_cfg, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "--config", str(syn_cfg),
                         "--iters", "0"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--iters" in r.stderr
+
+
+@pytest.mark.parametrize("breakage,expect", [
+    (lambda ln: ln + " extra.png", "has 3 field(s)"),
+    (lambda ln: ln.replace(" ", "\t"), "contains a tab"),
+    (lambda ln: ln.replace("images/", "my images/"), "has 3 field(s)"),
+    (lambda ln: "", "empty line"),
+])
+def test_list_file_lines(breakage, expect, broken_data, earlier_output, tmp_path, caplog):
+    root, samples = broken_data
+    lines = (root / "train.txt").read_text().splitlines()
+    lines[3] = breakage(lines[3])
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    cfg = write_config(tmp_path / "c.yml", data_root=root)
+    msg = train_fails(cfg, earlier_output, caplog)
+    assert f"{root / 'train.txt'}, line 4" in msg and expect in msg
+
+
+def test_truncated_jpeg_and_palette_labels(broken_data, earlier_output, tmp_path, caplog):
+    from PIL import Image
+    root, samples = broken_data
+    # palette-mode PNG labels are read as indices (as PaddleSeg does), so training runs
+    for _, lab in samples:
+        arr = np.asarray(Image.open(root / lab))
+        im = Image.fromarray(arr.astype(np.uint8), mode="L").convert("P")
+        im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+        im.save(root / lab)
+        assert Image.open(root / lab).mode == "P"
+    from segqat.data import read_label
+    assert read_label(str(root / samples[0][1])).ndim == 2
+    cfg = write_config(tmp_path / "c.yml", data_root=root)
+    run_script("tools/train.py", ["--config", cfg, "--iters", 1, "--batch_size", 2,
+                                  "--save_dir", tmp_path / "ok"])
+    # a truncated JPEG image is an error naming it (OpenCV would decode it silently)
+    img = root / samples[0][0]
+    jpg = img.with_suffix(".jpg")
+    cv2.imwrite(str(jpg), cv2.imread(str(img)))
+    jpg.write_bytes(jpg.read_bytes()[:-200])
+    lines = (root / "train.txt").read_text().replace(samples[0][0], samples[0][0][:-4] + ".jpg")
+    (root / "train.txt").write_text(lines)
+    msg = train_fails(cfg, earlier_output, caplog, ["--iters", 3])
+    assert f"image file {jpg} is a truncated JPEG" in msg
+
+
+def test_flags_named_in_errors(syn_cfg, fp32_run, exports, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    for script, argv, expect in (
+            ("deploy/python/benchmark.py", ["--config", syn_cfg, "--fp32", tmp_path / "nope",
+                                            "--int8", exports / "int8", "--save_dir", tmp_path / "b"],
+             f"--fp32 {tmp_path / 'nope'}: no inference directory"),
+            ("tools/pipeline.py", ["--config", syn_cfg, "--fp32_model_path", tmp_path / "w.pdparams",
+                                   "--save_dir", tmp_path / "p"], "--fp32_model_path: weights file not found"),
+            ("tools/val.py", ["--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
+                              "--save_metrics", tmp_path], "is a folder; give a file name")):
+        caplog.clear()
+        with pytest.raises(SystemExit) as e:
+            run_script(script, argv)
+        assert e.value.code == 1 and expect in caplog.text, (script, caplog.text)
+        assert "Traceback" not in caplog.text
+
+
+def test_unexpected_error_shows_traceback(caplog):
+    """A ValueError from inside a library is a bug: its traceback is shown, not one line."""
+    from segqat import cli
+    caplog.set_level(logging.ERROR)
+
+    def main(_):
+        np.zeros(3).reshape(2, 2)  # raises inside numpy
+
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, None)
+    assert e.value.code == 1 and "Unexpected error" in caplog.text and "Traceback" in caplog.text
+
+    def ours(_):
+        raise ValueError("--x 3: allowed 1 or 2")
+    caplog.clear()
+    with pytest.raises(SystemExit):
+        cli.run(ours, None)
+    assert "--x 3: allowed" in caplog.text and "Traceback" not in caplog.text

@@ -38,7 +38,7 @@ def get_args_parser():
     p.add_argument("--save_interval", type=cli.positive_int, default=None,
                    help="evaluate/save every N iterations (default: iters / 4)")
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
-    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--num_workers", type=cli.nonneg_int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="benchmark timing repeats")
     p.add_argument("--ptq_algo", default="hist", choices=["none", "abs_max", "avg", "hist", "KL", "mse"],
@@ -62,6 +62,8 @@ def step(rel, argv, commands):
 
 def main(args):
     from segqat.config import load_config
+    if args.fp32_model_path and not os.path.isfile(args.fp32_model_path):
+        raise FileNotFoundError(f"--fp32_model_path: weights file not found: {args.fp32_model_path}")
     cfg = load_config(args.config, opts=args.opts)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = os.path.join(args.save_dir, stamp)

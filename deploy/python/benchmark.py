@@ -45,6 +45,10 @@ def main(args):
                                       [f"INT8 {os.path.basename(os.path.normpath(d))}" for d in args.int8])
     if len(names) != len(dirs):
         raise ValueError(f"--names has {len(names)} entries for {len(dirs)} models")
+    for flag, d in [("--fp32", args.fp32)] + [("--int8", d) for d in args.int8]:
+        if not os.path.isfile(os.path.join(d, "deploy.yaml")):
+            raise FileNotFoundError(f"{flag} {d}: no inference directory there (no deploy.yaml); "
+                                    "give a folder written by tools/export.py, qat_export.py or ptq.py")
     cli.setup(None, args.save_dir, "benchmark.log")
     cfg = load_config(args.config, opts=args.opts)
     res = report.run_benchmark(cfg, dict(zip(names, dirs)), args.save_dir, args.qat_model_path,
