@@ -30,12 +30,15 @@ def check_checkpoints(out):
         if not os.path.isdir(d):
             continue
         files = sorted(os.listdir(d))
-        if files != ["model.pdopt", "model.pdparams", "state.json"]:
+        expected = (["model.pdparams", "state.json"] if d.endswith("best_model")  # no optimizer state
+                    else ["model.pdopt", "model.pdparams", "state.json"])
+        if files != expected:
             bad.append(f"{d}: {files}")
             continue
         try:
             weights.load_state(os.path.join(d, "model.pdparams"))
-            weights.load_state(os.path.join(d, "model.pdopt"))
+            if "model.pdopt" in expected:
+                weights.load_state(os.path.join(d, "model.pdopt"))
             with open(os.path.join(d, "state.json")) as f:
                 json.load(f)
         except Exception as e:  # noqa: BLE001  (counted, reported)
