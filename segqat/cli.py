@@ -115,6 +115,8 @@ def add_train_args(parser):
     g.add_argument("--log_iters", type=positive_int, default=10, help="log every N iterations")
     g.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to save_dir/vdl_log")
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentation, init)")
+    g.add_argument("--allow_absent_classes", action="store_true",
+                   help="train although a class never occurs in the training labels (a warning)")
     add_cpu_threads(g)
 
 

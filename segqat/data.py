@@ -149,6 +149,109 @@ class CheckedDataset(paddle.io.Dataset):
         return data["img"], data["label"].astype("int64")
 
 
+def label_census(dataset, max_files=None):
+    """Pixel counts per class, of the ignore value and of other values over the label files,
+    plus the files whose image and label sizes differ. Sizes are read from file headers."""
+    n = len(dataset.file_list)
+    step = max(n // max_files, 1) if max_files else 1
+    counts = np.zeros(256 * 256, np.int64)
+    files_with = {}
+    size_mismatch = []
+    for i in range(0, n, step):
+        img_path, lab_path = dataset.file_list[i]
+        lab = read_label(lab_path)
+        if lab is None:
+            raise DataError(f"{dataset.name}: cannot read label file {lab_path} (not an image "
+                            "Pillow reads, or corrupt)")
+        if lab.ndim == 3:
+            raise DataError(f"{dataset.name}: label file {lab_path} has {lab.shape[2]} channels; labels "
+                            "must be single-channel class-index images (convert colour masks with "
+                            "tools/data/convert_masks.py)")
+        try:
+            with Image.open(img_path) as im:
+                w, h = im.size
+        except OSError:
+            w, h = None, None
+        if w is not None and (h, w) != lab.shape[:2]:
+            size_mismatch.append((img_path, (w, h), lab_path, lab.shape[1::-1]))
+        vals, cnt = np.unique(lab, return_counts=True)
+        for v, c in zip(vals.tolist(), cnt.tolist()):
+            counts[v] += c
+            files_with.setdefault(v, lab_path)
+    return {"counts": counts, "example": files_with, "size_mismatch": size_mismatch,
+            "files": len(range(0, n, step))}
+
+
+def read_class_names(dataset):
+    """Class names from ``labels.txt`` in the dataset_root (one per line), if there is one."""
+    root = getattr(getattr(dataset, "inner", dataset), "dataset_root", None)
+    path = os.path.join(root, "labels.txt") if root else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def check_labels(dataset, allow_absent_classes=False, class_names=None, max_ignore_share=0.5):
+    """Catch, before training, label sets that would train silently to nothing.
+
+    Errors (each names a file and says what to do): values that are neither a
+    class nor the ignore value; masks whose only values are 0 and the ignore
+    value (0/255 masks: every foreground pixel would be ignored); an ignore
+    value covering more than ``max_ignore_share`` of the pixels; image and
+    label sizes that differ; a class that never occurs (a warning with
+    ``allow_absent_classes``). Logs a class-frequency table. Returns the census.
+    """
+    census = label_census(dataset)
+    counts, ignore, k = census["counts"], dataset.ignore_index, dataset.num_classes
+    name = dataset.name
+    if census["size_mismatch"]:
+        img, isz, lab, lsz = census["size_mismatch"][0]
+        raise DataError(f"{name}: image {img} is {isz[0]}x{isz[1]} but label {lab} is "
+                        f"{lsz[0]}x{lsz[1]}; they must match ({len(census['size_mismatch'])} "
+                        "pair(s) differ)")
+    present = [v for v in np.nonzero(counts)[0].tolist()]
+    outside = [v for v in present if v >= k and v != ignore]
+    total = int(counts.sum())
+    n_ignore = int(counts[ignore]) if 0 <= ignore < counts.size else 0
+    labelled = total - n_ignore
+    if outside:
+        first = census["example"][outside[0]]
+        hint = ""
+        if set(present) <= {0, 255} and ignore != 255:
+            hint = " Masks look like 0/255: map 255 to 1 (tools/data/convert_masks.py --map 255:1)."
+        raise DataError(f"{name}: label file {first} has values {outside[:10]} that are neither "
+                        f"classes (0..{k - 1}) nor the ignore_index {ignore}.{hint}")
+    if k >= 2 and set(present) <= {0, ignore} and n_ignore > 0:
+        raise DataError(
+            f"{name}: the labels hold only 0 and the ignore_index {ignore} (e.g. "
+            f"{census['example'][ignore]}): every non-zero pixel would be ignored and the model "
+            f"would learn nothing. Masks look like 0/{ignore}: map {ignore} to 1 "
+            f"(tools/data/convert_masks.py --map {ignore}:1)")
+    if total and n_ignore / total > max_ignore_share:
+        raise DataError(
+            f"{name}: the ignore_index {ignore} covers {100 * n_ignore / total:.1f}% of the label "
+            f"pixels (more than {100 * max_ignore_share:.0f}%; e.g. {census['example'][ignore]}); "
+            f"if {ignore} marks a class, map it to a class index (tools/data/convert_masks.py "
+            f"--map {ignore}:<class>)")
+    names = class_names or read_class_names(dataset) or [str(c) for c in range(k)]
+    names = (list(names) + [str(c) for c in range(len(names), k)])[:k]
+    lines = [f"Class frequency over {census['files']} label files ({total} pixels, "
+             f"{100 * n_ignore / max(total, 1):.1f}% ignored):"]
+    for c in range(k):
+        lines.append(f"  {c:>3} {names[c][:20]:<20} {int(counts[c]):>12} px "
+                     f"{100 * counts[c] / max(labelled, 1):6.2f}%")
+    logger.info("\n".join(lines))
+    absent = [c for c in range(k) if counts[c] == 0]
+    if absent:
+        msg = (f"{name}: class(es) {absent} never occur in the labels of {census['files']} files "
+               f"(num_classes is {k}): check num_classes and the label values")
+        if not allow_absent_classes:
+            raise DataError(msg + "; pass --allow_absent_classes to train anyway")
+        logger.warning(msg)
+    return census
+
+
 def to_bgr8(img):
     """A ``CheckedDataset.read`` image as the 3-channel uint8 image a predictor takes."""
     img = np.asarray(img)

@@ -11,7 +11,7 @@ import os
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import paddle
 
-from . import builder, engine, export, outputs, quant
+from . import builder, data, engine, export, outputs, quant
 from .config import load_config
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def run_training(args, qat=False):
             # BatchNorm statistics; rank 0's are saved.
             logger.warning("CPU: BatchNorm statistics are per process (no SyncBatchNorm on CPU)")
     train_ds = builder.build_dataset(cfg, "train", seed=args.seed)
+    data.check_labels(train_ds, allow_absent_classes=args.allow_absent_classes)
     val_ds = builder.build_dataset(cfg, "val") if args.do_eval else None
     losses = builder.build_losses(cfg)
     opts = engine.TrainOptions(

@@ -186,3 +186,35 @@ def test_unexpected_error_shows_traceback(caplog):
     with pytest.raises(SystemExit):
         cli.run(ours, None)
     assert "--x 3: allowed" in caplog.text and "Traceback" not in caplog.text
+
+
+def _masks(root, samples, fn):
+    from PIL import Image
+    for _, lab in samples:
+        arr = np.asarray(Image.open(root / lab))
+        Image.fromarray(fn(arr).astype(np.uint8)).save(root / lab)
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("zero_255", "Masks look like 0/255: map 255 to 1"),
+    ("absent_class", "class(es) [3] never occur"),
+    ("mostly_ignored", "covers"),
+])
+def test_label_sets_that_train_to_nothing(case, expect, broken_data, earlier_output, tmp_path, caplog):
+    """Caught before training: 0/255 masks, a class that never occurs, mostly-ignored labels."""
+    root, samples = broken_data
+    if case == "zero_255":
+        _masks(root, samples, lambda a: np.where(a > 0, 255, 0))
+    elif case == "absent_class":
+        _masks(root, samples, lambda a: np.where(a == 3, 0, a))
+    else:
+        _masks(root, samples, lambda a: np.where(np.arange(a.size).reshape(a.shape) % 10 < 7, 255, a))
+    cfg = write_config(tmp_path / "c.yml", data_root=root)
+    msg = train_fails(cfg, earlier_output, caplog)
+    assert expect in msg and str(root / "labels") in msg or case == "absent_class" and expect in msg
+    if case == "absent_class":
+        caplog.clear()
+        caplog.set_level(logging.INFO)
+        run_script("tools/train.py", ["--config", cfg, "--iters", 1, "--batch_size", 2,
+                                      "--save_dir", tmp_path / "ok", "--allow_absent_classes"])
+        assert "never occur" in caplog.text and "Class frequency over 6 label files" in caplog.text
