@@ -11,6 +11,7 @@ import logging
 
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import paddle
+import paddle.nn as nn
 from paddleseg.cvlibs import manager
 
 from . import compat
@@ -89,23 +90,18 @@ def build_component(cfg, kind="any", where="config"):
 # ---------------------------------------------------------------- pieces
 
 def num_classes(cfg):
-    for key in ("model", "train_dataset", "val_dataset"):
-        n = (cfg.get(key) or {}).get("num_classes")
-        if n is not None:
-            return int(n)
-    raise ConfigError(f"{cfg.path}: no num_classes in model, train_dataset or val_dataset")
+    if cfg.num_classes is None:
+        raise ConfigError(f"{cfg.path}: no num_classes in model, train_dataset or val_dataset, "
+                          "and no dataset type that defines NUM_CLASSES")
+    return int(cfg.num_classes)
 
 
 def build_model(cfg):
+    """The model of ``cfg``; num_classes was synced with the datasets when the config loaded."""
     cfg.require("model")
     model_cfg = cfg.section("model")
     if "num_classes" not in model_cfg:
         model_cfg["num_classes"] = num_classes(cfg)
-    for key in ("train_dataset", "val_dataset"):
-        n = (cfg.get(key) or {}).get("num_classes")
-        if n is not None and n != model_cfg["num_classes"]:
-            raise ConfigError(f"{cfg.path}: model.num_classes is {model_cfg['num_classes']} but "
-                              f"{key}.num_classes is {n}; they must match")
     return build_component(model_cfg, "model", f"{cfg.where('model')}: model")
 
 
@@ -122,19 +118,51 @@ def build_dataset(cfg, split, seed=0):
     return CheckedDataset(inner, name=f"{key} ({cfg.path})", seed=seed)
 
 
+class SummedMixedLoss(nn.Layer):
+    """A MixedLoss whose output is the sum of its (already weighted) parts.
+
+    paddleseg's ``MixedLoss.forward`` returns a list (one weighted loss per
+    part) and its trainer adds ``coef * part`` for each; our trainer computes
+    ``coef * loss(logit, label)`` for one tensor per output, so the parts are
+    summed here: same total, same gradients.
+    """
+
+    def __init__(self, mixed):
+        super().__init__()
+        self.mixed = mixed
+
+    def forward(self, logit, label):
+        return paddle.add_n(self.mixed(logit, label))
+
+
+def _with_ignore_index(item, ignore, where):
+    """``item`` with the data's ignore_index where the loss takes one (PaddleSeg's rule)."""
+    item = dict(item)
+    if "ignore_index" not in item:
+        cls = _lookup(item.get("type"), "loss", where)
+        if "ignore_index" in inspect.signature(cls).parameters:
+            item["ignore_index"] = ignore
+    return item
+
+
 def build_losses(cfg):
     cfg.require("loss")
     loss_cfg = cfg.section("loss")
     where = cfg.where("loss")
-    ignore = (cfg.get("train_dataset") or {}).get("ignore_index", 255)
+    ignore = 255 if cfg.ignore_index is None else cfg.ignore_index
     types = []
     for i, item in enumerate(loss_cfg.get("types", [])):
-        item = dict(item)
-        if item.get("type") != "MixedLoss" and "ignore_index" not in item:
-            cls = _lookup(item.get("type"), "loss", f"{where}: loss.types[{i}]")
-            if "ignore_index" in inspect.signature(cls).parameters:
-                item["ignore_index"] = ignore
-        types.append(build_component(item, "loss", f"{where}: loss.types[{i}]"))
+        at = f"{where}: loss.types[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at} must be a mapping with a 'type' key, got {item!r}")
+        if item.get("type") == "MixedLoss":
+            item = dict(item)
+            item["losses"] = [_with_ignore_index(sub, ignore, f"{at}.losses[{j}]")
+                              if isinstance(sub, dict) else sub
+                              for j, sub in enumerate(item.get("losses") or [])]
+            types.append(SummedMixedLoss(build_component(item, "loss", at)))
+        else:
+            types.append(build_component(_with_ignore_index(item, ignore, at), "loss", at))
     return {"types": types, "coef": [float(c) for c in loss_cfg.get("coef", [])]}
 
 

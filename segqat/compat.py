@@ -13,8 +13,14 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   fails under the new IR. Under ``paddle.pir_utils``' old-IR switch, paddle
   3.3 still binds ``paddle.sigmoid``, ``argmax``, ``multiply``, ``sum``, ...
   straight to new-IR ops (``generated_tensor_methods_patch.py``), which fails
-  with ``sigmoid(): argument (position 1) must be Value, but got Variable``.
-  Inside the guard those names are routed to legacy old-IR ops.
+  with ``sigmoid(): argument (position 1) must be Value, but got Variable``
+  (DANet, EMANet: ``bmm``). Inside the guard every such name, taken from
+  paddle's own binding tables, builds its legacy op generically (paddle's
+  signature + the legacy OpProto + paddle's op_compat name map), with a
+  small commented table of exceptions; ``F.normalize``'s broken old-IR
+  branch is replaced; the rerouted functions are ``not_to_static`` (else
+  dy2static deadlocks on its own cache lock: the DNLNet hang); a watchdog
+  bounds the export and errors name the layer and op being traced.
 * ``CrossEntropyLoss``: paddleseg 2.8's ``_post_process_loss`` multiplies a
   float loss by an int64 mask, which paddle 3.x rejects ("Type promotion only
   support calculations between floating-point numbers"). ``LOSS_OVERRIDES``
@@ -48,143 +54,439 @@ def set_cpu_threads(n):
 
 # ---------------------------------------------------------------- old-IR export
 
-def _helper(op_type):
-    from paddle.base.layer_helper import LayerHelper
-    return LayerHelper(op_type)
+class ExportError(RuntimeError):
+    """A model that cannot be written as an old-IR program; says which layer and op."""
 
 
-def _legacy_unary(op_type):
-    def fn(x, name=None, **kwargs):
-        helper = _helper(op_type)
-        out = helper.create_variable_for_type_inference(dtype=x.dtype)
-        helper.append_op(type=op_type, inputs={"X": x}, outputs={"Out": out})
-        return out
-    fn.__name__ = f"legacy_{op_type}"
-    return fn
+def _new_ir_only_names():
+    """API names paddle 3.3.1 binds straight to C++ ops that take no old-IR ``Variable``.
+
+    Derived from paddle itself: the tables ``monkey_patch_generated_methods_for_tensor``
+    applies (``methods_map``/``funcs_map``/``nn_funcs_map`` in
+    ``paddle/base/dygraph/generated_tensor_methods_patch.py``) plus any public
+    ``paddle``/``paddle.tensor``/``paddle.nn.functional`` name that *is* a
+    ``paddle._C_ops`` builtin (``from paddle._C_ops import bmm`` in
+    ``paddle/tensor/linalg.py``). In 3.3.1 both give the same 53 names.
+    """
+    import paddle.tensor
+    from paddle import _C_ops
+    from paddle.base.dygraph import generated_tensor_methods_patch as gen
+    names = {n for table in (gen.methods_map, gen.funcs_map, gen.nn_funcs_map) for n, _ in table}
+    for module in (paddle, paddle.tensor, F):
+        for n, v in vars(module).items():
+            if not n.startswith("_") and callable(v) and getattr(_C_ops, n, None) is v:
+                names.add(n)
+    return sorted(names)
 
 
-def _legacy_binary(op_type, out_bool=False):
-    def fn(x, y, name=None, **kwargs):
-        helper = _helper(op_type)
-        if not isinstance(y, paddle.base.framework.Variable):
-            y = paddle.full([1], y, dtype=x.dtype)
-        dtype = paddle.bool if out_bool else x.dtype
-        out = helper.create_variable_for_type_inference(dtype=dtype)
-        attrs = {} if op_type.startswith("logical") or out_bool else {"axis": -1}
-        helper.append_op(type=op_type, inputs={"X": x, "Y": y},
-                         outputs={"Out": out}, attrs=attrs)
-        return out
-    fn.__name__ = f"legacy_{op_type}"
-    return fn
+@functools.lru_cache(maxsize=None)
+def _phi_to_legacy():
+    """phi (new-IR) op name -> (legacy op type, its name map), from paddle's op_compat table.
 
-
-def _legacy_logical_not(x, name=None, **kwargs):
-    helper = _helper("logical_not")
-    out = helper.create_variable_for_type_inference(dtype=paddle.bool)
-    helper.append_op(type="logical_not", inputs={"X": x}, outputs={"Out": out})
+    ``paddle/incubate/autograd/phi_ops_map.py`` is generated from paddle's
+    ``op_compat.yaml`` and ships in the wheel: ``multiply`` -> ``elementwise_mul``,
+    ``sum`` -> ``reduce_sum`` with ``axis`` -> ``dim`` and ``keepdim`` -> ``keep_dim``, ...
+    Only legacy types with a registered OpProto (a kernel the old IR can run) count.
+    """
+    from paddle.base.framework import OpProtoHolder
+    from paddle.incubate.autograd.phi_ops_map import op_map
+    protos = OpProtoHolder.instance().op_proto_map
+    out = {}
+    for legacy, entry in op_map.items():
+        if legacy in protos:
+            out.setdefault(entry.get("phi_name", legacy), (legacy, entry))
     return out
 
 
-def _legacy_arg(op_type):
-    def fn(x, axis=None, keepdim=False, dtype="int64", name=None):
-        from paddle.base.framework import convert_np_dtype_to_dtype_
-        helper = _helper(op_type)
-        var_dtype = convert_np_dtype_to_dtype_(dtype)
-        out = helper.create_variable_for_type_inference(var_dtype)
-        helper.append_op(
-            type=op_type, inputs={"X": x}, outputs={"Out": [out]},
-            attrs={"keepdims": keepdim, "axis": 0 if axis is None else axis,
-                   "flatten": axis is None, "dtype": var_dtype})
-        out.stop_gradient = True
-        return out
-    fn.__name__ = f"legacy_{op_type}"
-    return fn
+# The genuine exceptions: phi arguments whose legacy form differs by more than a
+# name. Each adapter rewrites the bound arguments (a dict) in place.
+def _reduce_axis(args, axis_key="axis", all_key="reduce_all"):
+    # phi: axis None / [] means all axes; legacy reduce_*: dim=[] + reduce_all=True, as
+    # paddle 2.6's static branch wrote it (its kernel mapping ignores reduce_all when
+    # dim is given: amin(dim=[0], reduce_all=True) reduced axis 0 only)
+    axis = args.get(axis_key)
+    if axis is None or (isinstance(axis, (list, tuple)) and len(axis) == 0):
+        args[axis_key], args[all_key] = [], True
+    else:
+        args[axis_key] = [axis] if isinstance(axis, int) else list(axis)
+        args[all_key] = False
 
 
-def _legacy_reduce(op_type):
-    def fn(x, axis=None, dtype=None, keepdim=False, name=None):
-        if isinstance(dtype, bool):  # paddle.any/all(x, axis, keepdim)
-            dtype, keepdim = None, dtype
-        if axis is None or axis == []:
-            axis, reduce_all = [0], True
-        else:
-            axis, reduce_all = ([axis] if isinstance(axis, int) else list(axis)), False
-        helper = _helper(op_type)
-        out = helper.create_variable_for_type_inference(dtype=x.dtype)
-        helper.append_op(type=op_type, inputs={"X": x}, outputs={"Out": out},
-                         attrs={"dim": axis, "keep_dim": keepdim, "reduce_all": reduce_all})
-        return out
-    fn.__name__ = f"legacy_{op_type}"
-    return fn
+def _adapt_reduce(args):
+    _reduce_axis(args)
+    if args.get("dtype") is not None:  # sum(dtype=...): legacy out_dtype is a VarType
+        args["dtype"] = _var_type(args["dtype"])
+    elif "dtype" in args:
+        del args["dtype"]
 
 
-def _legacy_matmul(x, y, transpose_x=False, transpose_y=False, name=None):
-    helper = _helper("matmul_v2")
-    out = helper.create_variable_for_type_inference(dtype=x.dtype)
-    helper.append_op(type="matmul_v2", inputs={"X": x, "Y": y}, outputs={"Out": out},
-                     attrs={"trans_x": transpose_x, "trans_y": transpose_y})
-    return out
+def _adapt_logsumexp(args):
+    # legacy logsumexp names its axis attribute ``axis`` (not ``dim``), same all-axes rule
+    _reduce_axis(args)
 
 
-# The names paddle 3.3.1 binds to new-IR-only ops (methods_map / funcs_map /
-# nn_funcs_map in paddle/base/dygraph/generated_tensor_methods_patch.py) that
-# segmentation models call, with their legacy op equivalents.
-_LEGACY_OPS = {
-    **{n: _legacy_unary(n) for n in (
-        "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "abs", "floor",
-        "ceil", "round", "sin", "cos", "sign", "gelu", "softplus")},
-    "multiply": _legacy_binary("elementwise_mul"),
-    "maximum": _legacy_binary("elementwise_max"),
-    "minimum": _legacy_binary("elementwise_min"),
-    "greater_than": _legacy_binary("greater_than", out_bool=True),
-    "logical_and": _legacy_binary("logical_and", out_bool=True),
-    "logical_or": _legacy_binary("logical_or", out_bool=True),
-    "logical_xor": _legacy_binary("logical_xor", out_bool=True),
-    "logical_not": _legacy_logical_not,
-    "argmax": _legacy_arg("arg_max"),
-    "argmin": _legacy_arg("arg_min"),
-    "sum": _legacy_reduce("reduce_sum"),
-    "amax": _legacy_reduce("reduce_max"),
-    "amin": _legacy_reduce("reduce_min"),
-    "matmul": _legacy_matmul,
+def _adapt_arg_max(args):
+    # phi argmax(axis=None) flattens; legacy arg_max has flatten/axis/keepdims/dtype attrs
+    args["flatten"] = args.get("axis") is None
+    args["axis"] = 0 if args.get("axis") is None else args["axis"]
+    args["keepdims"] = args.pop("keepdim", False)
+    args["dtype"] = _var_type(args.get("dtype") or "int64")
+
+
+def _adapt_roll(args):
+    shifts = args.get("shifts")
+    args["shifts"] = [shifts] if isinstance(shifts, int) else shifts
+    axis = args.get("axis")
+    args["axis"] = [] if axis is None else ([axis] if isinstance(axis, int) else list(axis))
+
+
+def _adapt_isclose(args):
+    # legacy isclose keeps rtol/atol as string attributes (op_compat: data_type std::string)
+    for k in ("rtol", "atol"):
+        if not isinstance(args.get(k), paddle.base.framework.Variable):
+            args[k] = str(args[k])
+
+
+def _adapt_expand_as(args):
+    # legacy expand_as_v2 infers its shape from a target_shape attribute (paddle 2.6's
+    # static branch set it from y.shape), not from Y
+    args["target_shape"] = list(args["y"].shape)
+
+
+def _adapt_gelu(args):
+    # phi gelu takes approximate='tanh'/'none' or a bool; the legacy attr is a bool
+    args["approximate"] = args.get("approximate") in (True, "tanh")
+
+
+_ADAPTERS = {
+    "sum": _adapt_reduce, "all": _adapt_reduce, "any": _adapt_reduce,
+    "amax": _adapt_reduce, "amin": _adapt_reduce,
+    "logsumexp": _adapt_logsumexp,
+    "argmax": _adapt_arg_max, "argmin": _adapt_arg_max,
+    "roll": _adapt_roll, "isclose": _adapt_isclose, "gelu": _adapt_gelu,
+    "expand_as": _adapt_expand_as,
+}
+# phi ops whose legacy op is a different op with a fixed attribute (op_compat has
+# no entry: ``tril``/``triu`` became one legacy ``tril_triu`` with ``lower``).
+_LEGACY_SPECIAL = {
+    "tril": ("tril_triu", {"lower": True}),
+    "triu": ("tril_triu", {"lower": False}),
 }
 
 
+def _var_type(dtype):
+    from paddle.base.framework import convert_np_dtype_to_dtype_
+    return convert_np_dtype_to_dtype_(dtype) if not isinstance(dtype, paddle.base.core.VarDesc.VarType) \
+        else dtype
+
+
+def _api_signature(name):
+    """The documented signature of ``paddle.<name>`` (paddle sets ``__signature__`` on its builtins)."""
+    import inspect
+    for obj in (paddle, F, paddle.Tensor):
+        f = getattr(obj, name, None)
+        if f is not None:
+            try:
+                return inspect.signature(f)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+class _Tracing:
+    """Which layer the old-IR export is tracing (forward pre/post hooks), for error messages."""
+
+    def __init__(self):
+        self.stack = []
+        self.last_op = None
+
+    def enter(self, label):
+        def hook(layer, inputs):
+            self.stack.append(label)  # returns None: the inputs stay as they are
+        return hook
+
+    def leave(self, layer, inputs, outputs):
+        if self.stack:
+            self.stack.pop()  # returns None: the outputs stay as they are
+
+    def where(self):
+        layer = self.stack[-1] if self.stack else "the exported model"
+        op = f", last op built: {self.last_op}" if self.last_op else ""
+        return f"layer {layer}{op}"
+
+
+_TRACING = _Tracing()
+
+
+def _legacy_op(name, original):
+    """A function that appends the legacy op for API ``name`` when given old-IR Variables.
+
+    Built generically: the arguments are bound to paddle's documented signature,
+    tensor arguments go to the legacy OpProto's input slots and the others to its
+    attributes through paddle's op_compat name map; ``_ADAPTERS`` and
+    ``_LEGACY_SPECIAL`` cover the few that differ by more than a name. Anything
+    else (dygraph tensors, PIR values) goes to paddle's own function.
+    """
+    from paddle.base.framework import OpProtoHolder, Variable
+    from paddle.base.layer_helper import LayerHelper
+
+    sig = _api_signature(name)
+    if name in _LEGACY_SPECIAL:
+        op_type, fixed = _LEGACY_SPECIAL[name]
+        entry = {}
+    else:
+        op_type, entry = _phi_to_legacy().get(name, (name, {}))
+        fixed = {}
+    protos = OpProtoHolder.instance().op_proto_map
+    proto = protos.get(op_type)
+    in_map, attr_map = entry.get("inputs", {}), dict(entry.get("attrs", {}))
+    tensor_attr = {k: v["tensor_name"] for kind in ("scalar", "int_array")
+                   for k, v in entry.get(kind, {}).items() if "tensor_name" in v}
+    if name in ("sum", "all", "any", "amax", "amin"):
+        attr_map.setdefault("axis", "dim")
+        attr_map.setdefault("keepdim", "keep_dim")
+        attr_map.setdefault("dtype", "out_dtype")
+
+    def unsupported(why):
+        raise ExportError(f"old-IR export: {name}() at {_TRACING.where()} has no legacy op: {why}")
+
+    @paddle.jit.not_to_static  # run as-is: see "DNLNet hang" in old_ir_export
+    def fn(*args, **kwargs):
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Variable)]
+        if not tensors:
+            return original(*args, **kwargs)
+        _TRACING.last_op = f"paddle.{name} -> legacy {op_type}"
+        if proto is None:
+            unsupported(f"no legacy OpProto '{op_type}' is registered in paddle {PADDLE_VERSION}")
+        if sig is None:
+            unsupported("paddle gives no signature for it")
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            unsupported(f"arguments do not fit {name}{sig}: {e}")
+        bound.apply_defaults()
+        vals = {k: v for k, v in bound.arguments.items() if k not in ("name", "out")}
+        if bound.arguments.get("out") is not None:
+            unsupported("out= is not supported in a static program")
+        if name in _ADAPTERS:
+            _ADAPTERS[name](vals)
+        slots = {i.name: i for i in proto.inputs}
+        lower_slots = {s.lower(): s for s in slots}
+        attr_names = {a.name for a in proto.attrs}
+        first = tensors[0]
+        inputs, attrs = {}, dict(fixed)
+        for arg, v in vals.items():
+            # a tensor slot: op_compat says so, or paddle's signature types the argument
+            # as a Tensor and the OpProto has a slot of that name (isclose's ``atol`` is a
+            # float argument although the legacy op also has an ``Atol`` tensor slot)
+            slot = in_map.get(arg) or (lower_slots.get(arg.lower()) if "Tensor" in str(
+                getattr(sig.parameters.get(arg), "annotation", "")) else None)
+            if slot in slots:
+                if not isinstance(v, Variable) and not (
+                        isinstance(v, (list, tuple)) and v and all(isinstance(t, Variable) for t in v)):
+                    if v is None:
+                        continue
+                    # a Python number where the op takes a tensor (paddle.multiply(x, 2))
+                    v = paddle.full([1], v, dtype=first.dtype)
+                inputs[slot] = v
+                continue
+            if isinstance(v, Variable) and tensor_attr.get(arg) in slots:
+                inputs[tensor_attr[arg]] = v  # e.g. roll(shifts=<tensor>) -> ShiftsTensor
+                continue
+            attr = attr_map.get(arg, arg)
+            if attr in attr_names:
+                if isinstance(v, str) and attr in ("dtype", "out_dtype"):
+                    v = _var_type(v)
+                attrs[attr] = v
+            elif v is not None and v is not False and getattr(sig.parameters.get(arg), "default", None) != v:
+                unsupported(f"argument {arg}={v!r} has no attribute in legacy {op_type} "
+                            f"(attributes: {', '.join(sorted(a for a in attr_names if not a.startswith('op_')))})")
+        helper = LayerHelper(op_type)
+        outputs = {o.name: helper.create_variable_for_type_inference(dtype=first.dtype)
+                   for o in proto.outputs if not o.dispensable and not o.extra}
+        try:
+            helper.append_op(type=op_type, inputs=inputs, outputs=outputs, attrs=attrs)
+        except Exception as e:
+            raise ExportError(f"old-IR export: legacy {op_type} for paddle.{name} at "
+                              f"{_TRACING.where()} failed: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:300]}") from e
+        out_slot = (entry.get("outputs") or {}).get("out") or next(iter(outputs))
+        out = outputs[out_slot]
+        if name in ("argmax", "argmin"):
+            out.stop_gradient = True
+        return out
+
+    fn.__name__ = f"legacy_{name}"
+    fn.__qualname__ = fn.__name__
+    return fn
+
+
+def _broken_old_ir_branches():
+    """Paddle functions whose own old-IR branch is broken in 3.3.1, with a working one.
+
+    ``F.normalize`` (paddle/nn/functional/norm.py): the static branch builds the
+    result in ``out`` and then runs ``paddle.assign(ret, out)`` with ``ret``
+    unset: ``UnboundLocalError: cannot access local variable 'ret'`` (EMANet's
+    EMAU). The replacement appends the same p_norm / maximum / divide ops.
+    """
+    from paddle.base.framework import Variable
+    from paddle.base.layer_helper import LayerHelper
+    original = F.normalize
+
+    @paddle.jit.not_to_static
+    def normalize(x, p=2, axis=1, epsilon=1e-12, name=None, out=None):
+        if not isinstance(x, Variable):
+            return original(x, p=p, axis=axis, epsilon=epsilon, name=name, out=out)
+        _TRACING.last_op = "F.normalize -> legacy p_norm, elementwise_max, elementwise_div"
+        helper = LayerHelper("p_norm")
+        norm = helper.create_variable_for_type_inference(dtype=x.dtype)
+        helper.append_op(type="p_norm", inputs={"X": x}, outputs={"Out": norm},
+                         attrs={"axis": axis, "porder": float(p), "keepdim": True,
+                                "epsilon": epsilon})
+        eps = paddle.full(shape=[1], fill_value=epsilon, dtype=x.dtype)
+        return paddle.divide(x, paddle.maximum(norm, eps))
+
+    return {"normalize": (original, normalize)}
+
+
+def _module_refs(originals):
+    """(holder, attribute) pairs in loaded modules that point at one of ``originals``.
+
+    Modules bind these functions under their own names (``from paddle._C_ops
+    import bmm`` in ``paddle/tensor/linalg.py``, ``from paddle import sigmoid`` in
+    a model file); each such reference must be rerouted, not only ``paddle.X``.
+    """
+    import sys
+    skip = {"paddle._C_ops", "paddle.base.dygraph.generated_tensor_methods_patch",
+            "paddle._paddle_docs", __name__}
+    refs = []
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or mod_name in skip or mod_name.startswith("paddle.base.core"):
+            continue
+        try:
+            items = list(vars(mod).items())
+        except TypeError:
+            continue
+        for attr, value in items:
+            target = originals.get(id(value))
+            if target is not None and value is target[1]:
+                refs.append((mod, attr, target[0]))
+    return refs
+
+
 @contextlib.contextmanager
-def old_ir_export():
+def _watchdog(seconds):
+    """Raise ExportError in the main thread after ``seconds`` (SIGALRM; POSIX main thread only).
+
+    Lock waits are interruptible in Python 3, so even a deadlock inside
+    dy2static ends with an error naming the layer being traced. Elsewhere
+    (another thread, Windows) there is no watchdog and a warning says so.
+    """
+    import signal
+    import threading
+    if not seconds or threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "SIGALRM"):
+        if seconds:
+            logger.warning("old-IR export runs without its %s s watchdog (not the main thread)", seconds)
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise ExportError(f"old-IR export did not finish within {seconds} s; it was tracing "
+                          f"{_TRACING.where()}")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+EXPORT_TIMEOUT_S = 900  # the largest registry model (HRNet-W48 OCRNet, QAT) takes minutes here
+
+
+@contextlib.contextmanager
+def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
     """Build and save static programs in the old IR (``model.pdmodel``).
 
     Workaround for PaddlePaddle/Paddle#79749 (oneDNN cannot run new-IR
-    programs with bilinear_interp) and for the new-IR-only bindings of
-    ``paddle.sigmoid`` & co. in paddle 3.x. Create the wrapper layers before
-    entering; call ``paddle.jit.save`` (or paddleslim's
-    ``save_quantized_model``) inside.
+    programs with bilinear_interp) and for paddle 3.x binding ``paddle.bmm``,
+    ``sigmoid``, ``sum``, ``argmax`` & co. straight to C++ ops that reject an
+    old-IR Variable (``bmm(): argument (position 1) must be Value, but got
+    Variable``). Inside the guard every such name (``_new_ir_only_names``:
+    module functions, ``Tensor``/``Variable`` methods and every module-level
+    reference to them) builds its legacy op instead (``_legacy_op``). Create
+    the wrapper layers before entering; call ``paddle.jit.save`` (or
+    paddleslim's ``save_quantized_model``) inside.
+
+    DNLNet hang (fixed here): dy2static's AST pass evaluates callee
+    expressions such as ``_jst.Call(paddle.matmul)`` while it holds its
+    non-reentrant ``_CACHE_LOCK`` (``program_translator.convert_to_static``).
+    A plain Python function on ``paddle.matmul`` made that ``convert_call``
+    convert it, taking the same lock: a self-deadlock at 0% CPU. The legacy
+    functions are ``paddle.jit.not_to_static``, so ``convert_call`` returns
+    them untouched. ``timeout`` (seconds, main thread) bounds any other hang
+    with an ExportError naming the layer being traced; ``model``'s layers are
+    hooked so that errors name the layer.
     """
     from paddle.base import framework
     from paddle.pir_utils import _switch_to_old_ir_, _switch_to_pir_
 
-    targets = [paddle, paddle.tensor, F, paddle.base.core.eager.Tensor]
+    names = _new_ir_only_names()
+    originals, legacy = {}, {}
+    for n in names:
+        orig = getattr(paddle, n, None) or getattr(F, n, None) or getattr(paddle.Tensor, n, None)
+        legacy[n] = _legacy_op(n, orig)
+        for holder in (paddle, paddle.tensor, F, paddle.Tensor, paddle._C_ops):
+            v = getattr(holder, n, None)
+            if v is not None:
+                originals[id(v)] = (legacy[n], v)
+        # the wrappers ``_bmm`` & co. that paddle put on paddle.X / Tensor.X
+    from paddle.base.dygraph import generated_tensor_methods_patch as gen
+    for table in (gen.methods_map, gen.funcs_map, gen.nn_funcs_map):
+        for n, f in table:
+            if n in legacy:
+                originals[id(f)] = (legacy[n], f)
+    for orig, fixed in _broken_old_ir_branches().values():
+        originals[id(orig)] = (fixed, orig)
+
     saved = []
+    hooks = []
     pir_flag = paddle.get_flags("FLAGS_enable_pir_api")["FLAGS_enable_pir_api"]
     if pir_flag:
         paddle.set_flags({"FLAGS_enable_pir_api": False})
         _switch_to_old_ir_()
+    _TRACING.stack, _TRACING.last_op = [], None
     try:
-        for module in targets:
-            for name, legacy in _LEGACY_OPS.items():
-                if hasattr(module, name):
-                    saved.append((module, name, getattr(module, name)))
-                    setattr(module, name, legacy)
-        # Variable methods (x.sum(), x.sigmoid()) come from the same table.
-        for name, legacy in _LEGACY_OPS.items():
-            if hasattr(framework.Variable, name):
-                saved.append((framework.Variable, name, getattr(framework.Variable, name)))
-                setattr(framework.Variable, name,
-                        lambda self, *a, _f=legacy, **k: _f(self, *a, **k))
-        yield
+        for mod, attr, fn in _module_refs(originals):
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, fn)
+        # methods: x.sum(), x.bmm(y) on a Variable (old IR) or eager Tensor
+        for cls in (framework.Variable, paddle.base.core.eager.Tensor):
+            for n, fn in legacy.items():
+                if n in vars(cls) or hasattr(cls, n):
+                    saved.append((cls, n, cls.__dict__.get(n, getattr(cls, n))))
+                    setattr(cls, n, fn)
+        if model is not None:
+            for lname, layer in model.named_sublayers(include_self=True):
+                label = f"{lname or type(model).__name__} ({type(layer).__name__})"
+                hooks.append(layer.register_forward_pre_hook(_TRACING.enter(label)))
+                hooks.append(layer.register_forward_post_hook(_TRACING.leave))
+        with _watchdog(timeout):
+            try:
+                yield
+            except ExportError:
+                raise
+            except Exception as e:
+                raise ExportError(f"old-IR export failed at {_TRACING.where()}: {type(e).__name__}: "
+                                  f"{str(e).strip()[:2000]}") from e
     finally:
-        for module, name, orig in reversed(saved):
-            setattr(module, name, orig)
+        for h in hooks:
+            h.remove()
+        for holder, attr, orig in reversed(saved):
+            setattr(holder, attr, orig)
         if pir_flag:
             paddle.set_flags({"FLAGS_enable_pir_api": True})
             _switch_to_pir_()
@@ -346,6 +648,7 @@ def fix_conv_bias_axis(pdmodel_path):
     with open(pdmodel_path, "wb") as f:
         f.write(desc.serialize_to_string())
     return count
+
 
 # ---------------------------------------------------------------- reading an export back
 

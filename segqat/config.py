@@ -15,6 +15,24 @@ Rules (PaddleSeg's, plus strictness):
   missing files are errors that name the key, the file and what is allowed.
   Arguments of components (``type:`` dicts) are checked against the
   component's signature when it is built (see ``builder``).
+
+PaddleSeg 2.8's own rules (``paddleseg/cvlibs/config_checker.py`` and
+``SegBuilder.model`` / ``_build_loss`` in ``paddleseg/cvlibs/builder.py``),
+which its shipped configs rely on, applied when a config is resolved:
+
+* ``loss`` (and ``distill_loss``) with one entry in ``types`` and several
+  in ``coef`` repeats that type over ``coef`` (ANN, GCNet, PSPNet, U2Net...).
+* ``num_classes``, ``ignore_index`` and the image channels come from the
+  dataset sections (``num_classes``/``ignore_index``/``img_channels`` of the
+  generic ``Dataset``) or, for a named data set, from its class in paddleseg's
+  DATASETS registry (``Cityscapes.NUM_CLASSES`` = 19, ``IGNORE_INDEX``,
+  ``IMG_CHANNELS``). Every place that states one must agree (model, each
+  dataset section, each dataset class, each loss's ``ignore_index``), else a
+  ConfigError names the file, keys and values. ``num_classes`` is then
+  written into ``model`` (as PaddleSeg does) and the others are exposed as
+  ``cfg.num_classes``, ``cfg.ignore_index``, ``cfg.img_channels``.
+* A top-level ``learning_rate`` (PaddleSeg <= 2.2's schema, still in its
+  GloRe config) is ignored by PaddleSeg 2.8; here too, with a warning.
 """
 import copy
 import logging
@@ -52,8 +70,12 @@ _SECTION_KEYS = {
     "loss": {"types": list, "coef": list},
     "test_config": {"is_slide": bool, "crop_size": list, "stride": list,
                     "aug_eval": bool, "scales": (list, float, int),
-                    "flip_horizontal": bool, "flip_vertical": bool},
+                    "flip_horizontal": bool, "flip_vertical": bool,
+                    # PaddleSeg's val computes AUC-ROC with it (its DRIVE/STARE/
+                    # HRF/CHASE_DB1 configs set it); accepted, not computed here
+                    "auc_roc": bool},
     "export": {"transforms": list},
+    "distill_loss": {"types": list, "coef": list},
     "quant_config": {
         "weight_quantize_type": str, "activation_quantize_type": str,
         "weight_bits": int, "activation_bits": int, "moving_rate": float,
@@ -177,7 +199,13 @@ class Config:
         self.dic = dic
         self.path = path
         self._origins = origins or {}
+        if "learning_rate" in self.dic:
+            logger.warning("Ignoring top-level 'learning_rate' in %s: PaddleSeg <= 2.2's schema, "
+                           "which PaddleSeg 2.8 ignores too; set lr_scheduler.learning_rate "
+                           "and lr_scheduler.end_lr instead", self.where("learning_rate"))
+            del self.dic["learning_rate"]
         self.validate()
+        self.num_classes, self.ignore_index, self.img_channels = _sync_dataset_values(self)
 
     # -- access -----------------------------------------------------------
     def get(self, key, default=None):
@@ -237,13 +265,19 @@ class Config:
                     raise ConfigError(
                         f"Config key '{section}.{k}' in {self.where(section)} must be "
                         f"{_type_name(t)}, got {type(v).__name__} ({v!r})")
-        loss = self.dic.get("loss")
-        if loss:
+        for name in ("loss", "distill_loss"):
+            loss = self.dic.get(name)
+            if not loss:
+                continue
             types, coef = loss.get("types", []), loss.get("coef", [])
-            if len(types) != len(coef):
+            if len(types) == 1 and len(coef) > 1:
+                # PaddleSeg's DefaultLossRule: one type stands for every coef
+                loss["types"] = [copy.deepcopy(types[0]) for _ in coef]
+            elif len(types) != len(coef):
                 raise ConfigError(
-                    f"loss.types has {len(types)} entries but loss.coef has {len(coef)} "
-                    f"in {self.where('loss')}; they must have the same length")
+                    f"{name}.types has {len(types)} entries but {name}.coef has {len(coef)} "
+                    f"in {self.where(name)}; give one type per coef, or a single type "
+                    f"to use for every coef")
         for name in ("model", "train_dataset", "val_dataset", "optimizer", "lr_scheduler"):
             sec = self.dic.get(name)
             if sec and "type" not in sec:
@@ -265,6 +299,100 @@ class Config:
             f.write(self.to_yaml())
         os.replace(tmp, path)
         logger.info("Full config saved to %s", path)
+
+
+# ---------------------------------------------------------------- PaddleSeg's sync rules
+
+_DATASET_SECTIONS = ("train_dataset", "val_dataset", "test_dataset")
+# (dataset section key, dataset class attribute) per synced value
+_DATASET_VALUES = {"num_classes": ("num_classes", "NUM_CLASSES"),
+                   "ignore_index": ("ignore_index", "IGNORE_INDEX"),
+                   "img_channels": ("img_channels", "IMG_CHANNELS")}
+
+
+def _registry_class(registry, type_name):
+    """A class from paddleseg's registry, or None (the builder reports unknown names)."""
+    from paddleseg.cvlibs import manager  # imported on use: loading YAML needs no paddle
+    return getattr(manager, registry).components_dict.get(type_name)
+
+
+def _accepts(cls, arg):
+    import inspect
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return arg in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _default(cls, arg):
+    import inspect
+    try:
+        p = inspect.signature(cls).parameters.get(arg)
+    except (TypeError, ValueError):
+        return None
+    return None if p is None or p.default is p.empty else p.default
+
+
+def _sync_dataset_values(cfg):
+    """Apply PaddleSeg's num_classes / ignore_index / in_channels rules to ``cfg.dic``.
+
+    Returns (num_classes, ignore_index, img_channels); each is None when no
+    section states it. Raises ConfigError listing every source when they differ.
+    """
+    dic, found = cfg.dic, {v: [] for v in _DATASET_VALUES}
+    for sec in _DATASET_SECTIONS:
+        ds = dic.get(sec)
+        if not ds:
+            continue
+        cls = _registry_class("DATASETS", ds.get("type"))
+        for value, (key, attr) in _DATASET_VALUES.items():
+            if ds.get(key) is not None:
+                found[value].append((f"{sec}.{key}", ds[key], cfg.where(sec)))
+            elif getattr(cls, attr, None) is not None:
+                found[value].append((f"{sec}: {ds['type']}.{attr}", getattr(cls, attr),
+                                     "paddleseg's DATASETS registry"))
+            elif _default(cls, key) is not None:  # e.g. Dataset(ignore_index=255)
+                found[value].append((f"{sec}: {ds['type']}({key}={_default(cls, key)!r}) default",
+                                     _default(cls, key), "paddleseg's DATASETS registry"))
+    model = dic.get("model") or {}
+    if model.get("num_classes") is not None:
+        found["num_classes"].append(("model.num_classes", model["num_classes"], cfg.where("model")))
+    # the input channels are the backbone's when there is one (paddleseg utils.get_in_channels)
+    chan_owner = model["backbone"] if isinstance(model.get("backbone"), dict) else model
+    chan_key = "model.backbone.in_channels" if chan_owner is not model else "model.in_channels"
+    if chan_owner.get("in_channels") is not None:
+        found["img_channels"].append((chan_key, chan_owner["in_channels"], cfg.where("model")))
+    for name in ("loss", "distill_loss"):
+        for i, item in enumerate((dic.get(name) or {}).get("types", [])):
+            subs = [(f"{name}.types[{i}]", item)]
+            if isinstance(item, dict) and isinstance(item.get("losses"), list):  # MixedLoss
+                subs += [(f"{name}.types[{i}].losses[{j}]", s) for j, s in enumerate(item["losses"])]
+            for where, d in subs:
+                if isinstance(d, dict) and d.get("ignore_index") is not None:
+                    found["ignore_index"].append((f"{where}.ignore_index", d["ignore_index"],
+                                                  cfg.where(name)))
+    resolved = {}
+    for value, sources in found.items():
+        distinct = {v for _, v, _ in sources}
+        if len(distinct) > 1:
+            listing = "; ".join(f"{k} = {v!r} ({w})" for k, v, w in sources)
+            raise ConfigError(f"{value} disagrees in {cfg.path}: {listing}. "
+                              f"Set the same {value} everywhere")
+        resolved[value] = sources[0][1] if sources else None
+    if model and model.get("num_classes") is None and resolved["num_classes"] is not None:
+        model["num_classes"] = resolved["num_classes"]  # as PaddleSeg's SegBuilder.model does
+    # PaddleSeg writes the dataset's channels into the model; we only do it where the
+    # component takes ``in_channels`` (3 is every model's default: nothing to write then)
+    chans = resolved["img_channels"]
+    if model and chans is not None and chan_owner.get("in_channels") is None and chans != 3:
+        registry = "BACKBONES" if chan_owner is not model else "MODELS"
+        cls = _registry_class(registry, chan_owner.get("type"))
+        if cls is not None and not _accepts(cls, "in_channels"):
+            raise ConfigError(f"{cfg.path}: the data has {chans} image channels but "
+                              f"{chan_owner.get('type')} ({chan_key}) takes no in_channels")
+        chan_owner["in_channels"] = chans
+    return resolved["num_classes"], resolved["ignore_index"], chans
 
 
 def load_config(path, opts=None, overrides=None):

@@ -146,7 +146,7 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
 
     def write(d):
         prefix = os.path.join(d, "model")
-        with compat.old_ir_export():
+        with compat.old_ir_export(head):
             if quanter is not None:
                 quanter.save_quantized_model(head, prefix, input_spec=spec)
             else:

@@ -80,7 +80,10 @@ def test_missing_files(tmp_path):
 
 
 def test_loss_types_and_coef_lengths(tmp_path):
-    c = w(tmp_path / "c.yml", "loss: {types: [{type: CrossEntropyLoss}], coef: [1, 1]}\n")
+    # PaddleSeg's rule: one type stands for every coef; otherwise the lengths must match
+    c = w(tmp_path / "c.yml", "loss: {types: [{type: CrossEntropyLoss}], coef: [1, 0.4]}\n")
+    assert load_config(str(c))["loss"]["types"] == [{"type": "CrossEntropyLoss"}] * 2
+    c = w(tmp_path / "d.yml", "loss: {types: [{type: CrossEntropyLoss}, {type: DiceLoss}], coef: [1, 1, 1]}\n")
     with pytest.raises(ConfigError, match="loss.coef"):
         load_config(str(c))
 
