@@ -1,14 +1,17 @@
 # Set-up, tests and the demo. Each target creates .venv and installs what is missing.
 #   make demo   synthetic data -> FP32 train -> QAT -> INT8 export -> INT8 inference
-#   make test   the test suite (CPU, a few minutes)
+#   make test   the test suite (CPU, a few minutes); make test-slow: the slow rest
+#   make zoo    every configs/zoo/ model: FP32 -> QAT -> INT8 export -> INT8 inference (resumes);
+#               ZOO_ARGS="--phase latency" times them (2 threads) afterwards on an idle machine
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 DEMO    ?= output/demo
 CONFIG  ?= configs/bisenetv2/bisenetv2_synthetic_64x64.yml
+ZOO_ARGS ?= --phase build --cpu_threads 1
 
-.PHONY: venv test demo clean-demo
+.PHONY: venv test test-slow demo clean-demo zoo
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,9 +24,16 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
+# tests marked slow (the tutorial's ResNet50 models end to end, ~15 min) run with test-slow
 test: venv
-	$(BIN)/python -m pytest -q --durations=10 tests
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow" tests
+
+test-slow: venv
+	$(BIN)/python -m pytest -q --durations=10 -m slow tests
 
 demo: venv
 	$(BIN)/python tools/pipeline.py --config $(CONFIG) --fp32_iters 300 --qat_iters 100 \
 	    --save_dir $(DEMO)
+
+zoo: venv
+	$(BIN)/python tools/zoo.py $(ZOO_ARGS)

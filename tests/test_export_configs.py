@@ -15,7 +15,10 @@ def test_there_are_shipped_configs():
     assert "bisenetv2" in names and "pp_liteseg" in names and len(CONFIGS) >= 6
 
 
-@pytest.mark.parametrize("path", CONFIGS)
+# The zoo's configs are exported, quantized and run by `make zoo` (tools/zoo.py); here only
+# with `make test-slow`, to keep the default suite within its time budget.
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.startswith("configs/zoo/")
+                                  else p for p in CONFIGS])
 def test_export_fp32_and_int8(path, tmp_path):
     cfg = load_config(str(ROOT / path))
     model, _ = quant.build_model(cfg)

@@ -1,0 +1,111 @@
+"""tools/zoo.py on two tiny entries: one that builds, one that fails; resume; timeouts."""
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, run_script
+
+
+def _entry(path, data_root, extra=""):
+    path.write_text(
+        f"_base_: {ROOT / 'configs' / 'zoo' / 'pp_humanseg_lite.yml'}\nbatch_size: 2\n"
+        f"train_dataset:\n  dataset_root: {data_root}\n  train_path: {data_root}/train.txt\n"
+        f"val_dataset:\n  dataset_root: {data_root}\n  val_path: {data_root}/val.txt\n" + extra)
+
+
+def test_zoo_build_resume_and_failures(tmp_path):
+    from segqat import datagen
+    data = tmp_path / "data"
+    datagen.make_synthetic(str(data), num_train=8, num_val=2, size=64, num_classes=4, seed=0)
+    cfgs = tmp_path / "configs"
+    cfgs.mkdir()
+    _entry(cfgs / "tiny.yml", data)
+    _entry(cfgs / "broken.yml", data, "model:\n  no_such_arg: 1\n")
+    _entry(cfgs / "slow.yml", data)
+    work, out = tmp_path / "work", tmp_path / "out"
+    common = ["--config_dir", cfgs, "--work_dir", work, "--out_dir", out, "--fp32_iters", 2, "--qat_iters", 1]
+
+    rows = run_script("tools/zoo.py", common + ["--models", "tiny", "broken"])
+    by = {r["model"]: r for r in rows}
+    tiny, broken = by["tiny"], by["broken"]
+    # tiny: every build step ran; INT8 kernels proven; the row's mark follows the 99% rule
+    assert tiny["int8_convs"] > 0 and tiny["int8_convs"] <= tiny["all_convs"]
+    assert 0 < tiny["params_ratio"] < 0.5
+    assert tiny["num_classes"] == 4 and 0 < tiny["majority_class_mIoU"] < 0.25 and tiny["num_images"] == 2
+    assert tiny["status"] == "✓" or tiny["status"] == "✗" and tiny["reason"]
+    # broken: ✗ at its first step, with the real error (the bad argument) as the reason
+    assert broken["status"] == "✗" and broken["failed_step"] == "fp32_train"
+    assert "no_such_arg" in broken["reason"] and "PPHumanSegLite" in broken["reason"]
+    assert by["slow"]["status"] == "…" and by["slow"]["reason"] == "not built yet"
+
+    md = (out / "zoo.md").read_text()
+    assert "| broken (PPHumanSegLite) | ✗ |" in md and "no_such_arg" in md and "not measured" in md
+    saved = json.loads((out / "zoo.json").read_text())
+    assert [r["model"] for r in saved["rows"]] == ["broken", "slow", "tiny"]
+    assert (out / "zoo.png").stat().st_size > 10000
+
+    # resume: finished steps (ok or failed) are skipped, nothing is re-run
+    state1 = json.loads((work / "state.json").read_text())
+    log_mtime = os.path.getmtime(work / "tiny" / "evaluate.log")
+    run_script("tools/zoo.py", common + ["--models", "tiny", "broken"])
+    assert json.loads((work / "state.json").read_text()) == state1
+    assert os.path.getmtime(work / "tiny" / "evaluate.log") == log_mtime
+
+    # a second zoo run on the same work dir is refused while one holds it
+    from segqat.zoo import _lock_work_dir
+    held = _lock_work_dir(str(work))
+    with pytest.raises(SystemExit):
+        run_script("tools/zoo.py", common + ["--models", "tiny"])
+    held.close()
+
+    # a step over its time limit is killed and recorded as such; the zoo goes on
+    rows = run_script("tools/zoo.py", common + ["--models", "slow", "--train_timeout", 1])
+    slow = {r["model"]: r for r in rows}["slow"]
+    assert slow["status"] == "✗" and slow["reason"].startswith("fp32_train timed out after 1 s")
+
+
+def test_error_reason_picks_the_exception_and_its_frame():
+    from segqat.zoo import error_reason
+    log = ("noise\nTraceback (most recent call last):\n"
+           '  File "/x/site-packages/paddleseg/models/sfnet.py", line 222, in flow_warp\n'
+           "    grid = grid + flow / norm\n"
+           "TypeError: (InvalidType) Type promotion only support calculations\n")
+    assert error_reason(log) == ("TypeError: (InvalidType) Type promotion only support calculations "
+                                 "(at paddleseg/models/sfnet.py:222 in flow_warp)")
+    assert error_reason("2026 [ERROR] ConfigError: Unknown argument(s) ['a']\n") == \
+        "ConfigError: Unknown argument(s) ['a']"
+    assert error_reason("all fine\n") is None
+    dy2static = ("segqat.compat.ExportError: failed at layer model.head: ValueError: In transformed code:\n\n"
+                 "    File \"isanet.py\", line 131, in forward\n"
+                 "    ValueError: (InvalidArgument) The axis is expected to be in range of [0, 0), but got 0\n")
+    assert error_reason(dy2static) == (
+        "segqat.compat.ExportError: failed at layer model.head: ValueError: "
+        "(InvalidArgument) The axis is expected to be in range of [0, 0), but got 0")
+
+
+def test_row_marks():
+    """✓ needs INT8 convolutions, >= 99% agreement and a model clearly better than the majority class."""
+    from segqat.zoo import entry_row
+    ev = {"int8_convs": 50, "all_convs": 52, "agreement_int8_vs_fake_quant": 0.995, "fp32_mIoU": 0.6,
+          "majority_class_mIoU": 0.214, "num_classes": 4, "predicted_classes_fp32": 4,
+          "predicted_classes_int8": 4}
+    ok = {"status": "ok", "seconds": 1.0}
+
+    def row(**changes):
+        steps = {s: dict(ok) for s in ("fp32_train", "qat_train", "fp32_export", "int8_export")}
+        steps["evaluate"] = dict(ok, result=dict(ev, **changes))
+        return entry_row("m", {"fp32_iters": 20, "qat_iters": 5, "batch_size": 2, "steps": steps})
+
+    assert row()["status"] == "✓" and row()["reason"] is None and row()["build_seconds"] == 5.0
+    low = row(agreement_int8_vs_fake_quant=0.985)
+    assert low["status"] == "✗" and "98.50% of pixels (< 99%)" in low["reason"]
+    flat = row(fp32_mIoU=0.30, predicted_classes_fp32=2, agreement_int8_vs_fake_quant=1.0)
+    assert flat["status"] == "✗"
+    assert "after 20 iterations FP32 mIoU 30.0 is not 10 points above" in flat["reason"]
+    assert row(fp32_mIoU=0.32)["status"] == "✓"
+    assert "no convolution runs INT8" in row(int8_convs=0)["reason"]
+    failed = entry_row("m", {"steps": {"fp32_train": dict(ok), "qat_train": {
+        "status": "failed", "seconds": 2.0, "reason": "qat_train: TypeError: boom"}}})
+    assert failed["status"] == "✗" and failed["failed_step"] == "qat_train"
+    assert failed["reason"] == "qat_train: TypeError: boom"
