@@ -174,6 +174,46 @@ _LEGACY_SPECIAL = {
 }
 
 
+def _producer(var):
+    """The op in ``var``'s block that last wrote ``var`` (None for feeds and parameters)."""
+    for op in reversed(var.block.ops):
+        if var.name in op.output_arg_names:
+            return op
+    return None
+
+
+def _fold_reshape_transpose(args):
+    """matmul(transpose(reshape(a), perm swapping the last two axes), b) -> matmul(reshape(a), b, transpose_x).
+
+    Workaround for a Paddle Inference 3.3.1 bug: ``reshape_transpose_matmul_onednn_fuse_pass``
+    (in the default CPU pass list, with or without ``enable_onednn``) turns reshape2 ->
+    transpose2 -> matmul_v2 into one ``fused_matmul`` with ``fused_reshape_X`` /
+    ``fused_transpose_X``, which reads a convolution's output wrongly: conv ->
+    reshape([0, C, -1]) -> transpose([0, 2, 1]) -> matmul was up to 25 off at C=16, and ANN's
+    AFNB/APNB query path (logits 1834 off, 70% argmax agreement). The program the old-IR
+    executor runs is right; only the fused op is wrong. Folding the transpose into the
+    matmul's own transpose flag (same result) leaves no transpose2 for the pass to match;
+    the orphaned transpose2 is pruned by the inference-model save.
+    """
+    from paddle.base.framework import Variable
+    for arg, flag in (("x", "transpose_x"), ("y", "transpose_y")):
+        v = args.get(arg)
+        if not isinstance(v, Variable) or len(v.shape) < 2:
+            continue
+        op = _producer(v)
+        if op is None or op.type != "transpose2":
+            continue
+        n = len(v.shape)
+        if list(op.attr("axis")) != list(range(n - 2)) + [n - 1, n - 2]:
+            continue
+        src = op.block._find_var_recursive(op.input("X")[0])
+        src_op = _producer(src) if src is not None else None
+        if src_op is None or src_op.type != "reshape2":
+            continue  # only the pattern the broken pass fuses
+        args[arg] = src
+        args[flag] = not bool(args.get(flag))
+
+
 def _var_type(dtype):
     from paddle.base.framework import convert_np_dtype_to_dtype_
     return convert_np_dtype_to_dtype_(dtype) if not isinstance(dtype, paddle.base.core.VarDesc.VarType) \
@@ -270,6 +310,8 @@ def _legacy_op(name, original):
             unsupported("out= is not supported in a static program")
         if name in _ADAPTERS:
             _ADAPTERS[name](vals)
+        if name == "matmul":
+            _fold_reshape_transpose(vals)
         slots = {i.name: i for i in proto.inputs}
         lower_slots = {s.lower(): s for s in slots}
         attr_names = {a.name for a in proto.attrs}
@@ -667,3 +709,24 @@ def load_old_ir_inference_model(infer_dir):
         with paddle.static.scope_guard(scope):
             prog, _, _ = paddle.static.load_inference_model(os.path.join(str(infer_dir), "model"), exe)
             return len(prog.global_block().ops)
+
+
+# ---------------------------------------------------------------- inference passes
+
+# Paddle Inference passes that compute wrong results on paddle 3.3.1, deleted from
+# every predictor segqat creates:
+# * reshape_transpose_matmul_onednn_fuse_pass (in the default CPU pass list, with or
+#   without oneDNN) merges reshape2 -> transpose2 -> matmul_v2 into fused_matmul,
+#   which then reads a convolution's output wrongly: conv -> reshape([0,C,-1]) ->
+#   transpose([0,2,1]) -> matmul was 18-25 off at C=16, and ANN's logits up to 1838
+#   off (70% of labels right). Our own exports avoid the pattern (see
+#   _fold_reshape_transpose); this also covers programs written elsewhere and
+#   transposes that cannot become a matmul flag ([0,2,1,3], SegFormer).
+BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass",)
+
+
+def configure_inference(config):
+    """Apply this Paddle version's fixes to a ``paddle.inference.Config``."""
+    for name in BROKEN_INFERENCE_PASSES:
+        config.delete_pass(name)
+

@@ -111,6 +111,7 @@ class SegPredictor:
                  cpu_threads=1, batch_size=1, use_trt=False, trt_min_shape=None,
                  trt_opt_shape=None, trt_max_shape=None, optim_dir=None):
         from paddle import inference as pi
+        from . import compat
         self.dep = load_deploy_config(deploy_path)
         if precision not in PRECISIONS:
             raise DeployError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
@@ -141,6 +142,7 @@ class SegPredictor:
         if old_ir:
             cfg.enable_new_ir(False)
         cfg.disable_glog_info()
+        compat.configure_inference(cfg)
         self._optim_dir = None
         if device == "gpu":
             cfg.enable_use_gpu(256, 0)

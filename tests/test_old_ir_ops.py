@@ -22,6 +22,7 @@ BOOL = A > 0
 BOOL2 = B > 0
 GRID = (R.rand(2, 3, 4, 2).astype("float32") * 2 - 1)
 IMG = R.randn(2, 3, 5, 6).astype("float32")
+W30 = R.randn(2, 30, 4).astype("float32")
 
 CASES = {
     "bmm": (lambda x, y: paddle.bmm(x, y), [A, M]),
@@ -74,6 +75,14 @@ CASES = {
     "gelu_tanh": (lambda x: F.gelu(x, approximate=True), [A]),
     "softplus": (lambda x: F.softplus(x, beta=2.0), [A]),
     "grid_sample": (lambda x, g: F.grid_sample(x, g, align_corners=False), [IMG, GRID]),
+    # reshape -> transpose(last two) -> matmul is folded into transpose_x / transpose_y
+    # (compat._fold_reshape_transpose, ANN's AFNB query path); same values either way
+    "matmul_reshape_transpose_x": (lambda x, y: paddle.matmul(
+        paddle.transpose(paddle.reshape(x, [0, 3, -1]), [0, 2, 1]), y), [IMG, A]),
+    "matmul_reshape_transpose_x_t": (lambda x, y: paddle.matmul(
+        paddle.reshape(x, [0, 3, -1]).transpose([0, 2, 1]), y, transpose_x=True), [IMG, W30]),
+    "matmul_reshape_transpose_y": (lambda x, y: x.matmul(
+        paddle.transpose(paddle.reshape(y, [0, 3, -1]), [0, 2, 1]), transpose_y=True), [A.transpose(0, 2, 1).copy(), IMG]),
 }
 
 
@@ -191,3 +200,80 @@ def test_normalize_old_ir_branch_fixed():
         got, op_types = _run_old_ir(fn, [A])
         assert "p_norm" in op_types
         np.testing.assert_allclose(got, fn(paddle.to_tensor(A)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _ConvReshapeTransposeMatmul(paddle.nn.Layer):
+    """ANN's AFNB/APNB query path: conv -> reshape([0, C, -1]) -> transpose([0, 2, 1]) -> matmul."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.c = c
+        self.conv = paddle.nn.Conv2D(c, c, 1)
+
+    def forward(self, x, key):
+        q = paddle.reshape(self.conv(x), shape=(0, self.c, -1))
+        q = paddle.transpose(q, perm=(0, 2, 1))
+        return (self.c ** -.5) * paddle.matmul(q, key)
+
+
+def test_conv_reshape_transpose_matmul_in_paddle_inference(tmp_path):
+    """Paddle Inference 3.3.1's reshape_transpose_matmul_onednn_fuse_pass (default CPU passes,
+    with or without enable_onednn) fuses the three ops into a fused_matmul that reads the
+    conv output wrongly (25 off here; ANN logits 1834 off). The export folds the transpose
+    into the matmul's transpose flag, so the pass finds nothing to fuse."""
+    from paddle import inference as pi
+    paddle.seed(0)
+    layer = _ConvReshapeTransposeMatmul()
+    layer.eval()
+    r = np.random.RandomState(1)
+    x, key = r.randn(1, 16, 8, 8).astype("float32"), r.randn(1, 16, 5).astype("float32")
+    want = layer(paddle.to_tensor(x), paddle.to_tensor(key)).numpy()
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(tmp_path / "m"), input_spec=[
+            paddle.static.InputSpec([-1, 16, -1, -1], "float32", "x"),
+            paddle.static.InputSpec([-1, 16, 5], "float32", "key")])
+    for onednn in (False, True):
+        cfg = pi.Config(str(tmp_path / "m.pdmodel"), str(tmp_path / "m.pdiparams"))
+        cfg.enable_new_ir(False)
+        cfg.disable_gpu()
+        cfg.disable_glog_info()
+        cfg.set_cpu_math_library_num_threads(1)
+        if onednn:
+            cfg.enable_onednn()
+        pred = pi.create_predictor(cfg)
+        for name, a in zip(pred.get_input_names(), (x, key)):
+            pred.get_input_handle(name).copy_from_cpu(a)
+        pred.run()
+        got = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"onednn={onednn}")
+
+
+def test_ann_fp32_export_matches_dygraph(tmp_path):
+    """ANN (ResNet50_vd, random init, 4 classes): the FP32 export run by Paddle Inference
+    (default passes, oneDNN on and off) matches dygraph; before the reshape/transpose/matmul
+    fold its logits were 1834 off (largest 4021) and 70% of labels agreed."""
+    from paddle import inference as pi
+    from paddleseg.models import ANN
+    from paddleseg.models.backbones import ResNet50_vd
+    from segqat import export
+    paddle.seed(0)
+    model = ANN(4, ResNet50_vd(output_stride=8))
+    model.eval()
+    x = np.random.RandomState(0).randn(1, 3, 64, 64).astype("float32")
+    want = model(paddle.to_tensor(x))[0].numpy()
+    d = export.export_model({"model": {"num_classes": 4}}, model, str(tmp_path / "ann"), output_op="none")
+    for onednn in (False, True):
+        cfg = pi.Config(f"{d}/model.pdmodel", f"{d}/model.pdiparams")
+        cfg.enable_new_ir(False)
+        cfg.disable_gpu()
+        cfg.disable_glog_info()
+        cfg.set_cpu_math_library_num_threads(1)
+        if onednn:
+            cfg.enable_onednn()
+        pred = pi.create_predictor(cfg)
+        pred.get_input_handle(pred.get_input_names()[0]).copy_from_cpu(x)
+        pred.run()
+        got = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+        scale = np.abs(want).max()
+        assert np.abs(got - want).max() < 1e-4 * scale, (onednn, np.abs(got - want).max(), scale)
+        assert (got.argmax(1) == want.argmax(1)).mean() > 0.999
