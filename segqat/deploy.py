@@ -106,6 +106,24 @@ def conv_input_scales(infer_dir):
                     and dequant_of.get(op.output("Y")[0]) in conv_inputs]
 
 
+def _optim_cache_dir():
+    """A temp folder for Paddle's optimized-program cache, named by process; the folders
+    of dead processes (killed before ``close``) are removed here, and ours at exit."""
+    import atexit
+    import glob
+    import re
+    from .outputs import pid_alive
+    for old in glob.glob(os.path.join(tempfile.gettempdir(), "segqat_optim_*")):
+        m = re.match(r"segqat_optim_(\d+)_", os.path.basename(old))
+        stale = (not pid_alive(m.group(1))) if m else \
+            time.time() - os.path.getmtime(old) > 3600  # named before pids were in names
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+    d = tempfile.mkdtemp(prefix=f"segqat_optim_{os.getpid()}_")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 class SegPredictor:
     def __init__(self, deploy_path, device="cpu", precision="fp32", enable_mkldnn=True,
                  cpu_threads=1, batch_size=1, use_trt=False, trt_min_shape=None,
@@ -165,7 +183,7 @@ class SegPredictor:
                 cfg.enable_onednn()
                 if precision == "int8":
                     cfg.enable_onednn_int8(ONEDNN_INT8_OPS)
-                    self._optim_dir = optim_dir or tempfile.mkdtemp(prefix="segqat_optim_")
+                    self._optim_dir = optim_dir or _optim_cache_dir()
                     cfg.enable_save_optim_model(True)
                     cfg.set_optim_cache_dir(self._optim_dir)
         self.device, self.precision, self.cpu_threads = device, precision, cpu_threads
