@@ -278,10 +278,47 @@ class Config:
                     f"{name}.types has {len(types)} entries but {name}.coef has {len(coef)} "
                     f"in {self.where(name)}; give one type per coef, or a single type "
                     f"to use for every coef")
+        self._check_numbers()
         for name in ("model", "train_dataset", "val_dataset", "optimizer", "lr_scheduler"):
             sec = self.dic.get(name)
             if sec and "type" not in sec:
                 raise ConfigError(f"Config section '{name}' in {self.where(name)} has no 'type'")
+
+    # Numbers that YAML can hold as strings ("0.01", '255'), which paddle then rejects
+    # deep inside with a traceback: checked here, with the key and the file.
+    _NUMBERS = {
+        "lr_scheduler": {"learning_rate": float, "end_lr": float, "power": float,
+                         "warmup_start_lr": float, "warmup_iters": int, "decay_steps": int},
+        "optimizer": {"momentum": float},
+        "train_dataset": {"ignore_index": int, "num_classes": int},
+        "val_dataset": {"ignore_index": int, "num_classes": int},
+        "model": {"num_classes": int},
+    }
+
+    def _check_numbers(self):
+        import math
+        for section, keys in self._NUMBERS.items():
+            sec = self.dic.get(section)
+            if not isinstance(sec, dict):
+                continue
+            for k, t in keys.items():
+                if k not in sec:
+                    continue
+                v = sec[k]
+                ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and (t is float or isinstance(v, int)))
+                if ok and t is float and not math.isfinite(v):
+                    ok = False
+                if not ok:
+                    what = "an integer" if t is int else "a finite number"
+                    hint = " (written in quotes?)" if isinstance(v, str) else ""
+                    raise ConfigError(f"Config key '{section}.{k}' in {self.where(section)} must be "
+                                      f"{what}, got {type(v).__name__} ({v!r}){hint}")
+        wd = (self.dic.get("optimizer") or {}).get("weight_decay")
+        if wd is not None and not isinstance(wd, dict) and (
+                isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd)):
+            raise ConfigError(f"Config key 'optimizer.weight_decay' in {self.where('optimizer')} must be "
+                              f"a finite number or a regularizer mapping, got {type(wd).__name__} ({wd!r})")
 
     def require(self, *keys):
         for key in keys:

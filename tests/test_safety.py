@@ -168,12 +168,21 @@ def test_parser_rejects_non_finite_learning_rate(syn_cfg, tmp_path):
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("lr", [".nan", "1.0e+6"])
-def test_no_non_finite_checkpoint(lr, syn_cfg, tmp_path, caplog):
+def test_non_finite_or_quoted_numbers_in_yaml(syn_cfg, tmp_path, caplog):
+    for opt, expect in (("lr_scheduler.learning_rate=.nan", "must be a finite number, got float (nan)"),
+                        ("lr_scheduler.learning_rate='0.01'", "(written in quotes?)"),
+                        ("train_dataset.ignore_index='255'", "'train_dataset.ignore_index'")):
+        msg = fails("tools/train.py", ["--config", syn_cfg, "--iters", 2, "--save_dir", tmp_path / "x",
+                                       "--opts", opt], caplog)
+        assert expect in msg and "Traceback" not in msg
+    assert not (tmp_path / "x").exists() or not outputs.checkpoint_dirs(tmp_path / "x")
+
+
+def test_no_non_finite_checkpoint(syn_cfg, tmp_path, caplog):
     out = tmp_path / "run"
     msg = fails("tools/train.py", ["--config", syn_cfg, "--iters", 8, "--batch_size", 2,
                                    "--save_interval", 1, "--log_iters", 1, "--save_dir", out,
-                                   "--opts", f"lr_scheduler.learning_rate={lr}"], caplog)
+                                   "--opts", "lr_scheduler.learning_rate=1.0e+6"], caplog)
     assert "at iteration" in msg or "by iteration" in msg
     assert "Lower --learning_rate" in msg
     for d in outputs.checkpoint_dirs(out) + [out / "best_model"]:
