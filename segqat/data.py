@@ -165,8 +165,8 @@ def label_census(dataset, max_files=None):
                             "Pillow reads, or corrupt)")
         if lab.ndim == 3:
             raise DataError(f"{dataset.name}: label file {lab_path} has {lab.shape[2]} channels; labels "
-                            "must be single-channel class-index images (convert colour masks with "
-                            "tools/data/convert_masks.py)")
+                            "must be single-channel class-index images (map each colour to its class index "
+                            "and save as a one-channel PNG)")
         try:
             with Image.open(img_path) as im:
                 w, h = im.size
@@ -219,21 +219,21 @@ def check_labels(dataset, allow_absent_classes=False, class_names=None, max_igno
         first = census["example"][outside[0]]
         hint = ""
         if set(present) <= {0, 255} and ignore != 255:
-            hint = " Masks look like 0/255: map 255 to 1 (tools/data/convert_masks.py --map 255:1)."
+            hint = (" Masks look like 0/255: map 255 to 1 and save them as PNG (in numpy: "
+                    "np.where(mask == 255, 1, mask)).")
         raise DataError(f"{name}: label file {first} has values {outside[:10]} that are neither "
                         f"classes (0..{k - 1}) nor the ignore_index {ignore}.{hint}")
     if k >= 2 and set(present) <= {0, ignore} and n_ignore > 0:
         raise DataError(
             f"{name}: the labels hold only 0 and the ignore_index {ignore} (e.g. "
             f"{census['example'][ignore]}): every non-zero pixel would be ignored and the model "
-            f"would learn nothing. Masks look like 0/{ignore}: map {ignore} to 1 "
-            f"(tools/data/convert_masks.py --map {ignore}:1)")
+            f"would learn nothing. Masks look like 0/{ignore}: map {ignore} to 1 and save them as "
+            f"PNG (in numpy: np.where(mask == {ignore}, 1, mask))")
     if total and n_ignore / total > max_ignore_share:
         raise DataError(
             f"{name}: the ignore_index {ignore} covers {100 * n_ignore / total:.1f}% of the label "
             f"pixels (more than {100 * max_ignore_share:.0f}%; e.g. {census['example'][ignore]}); "
-            f"if {ignore} marks a class, map it to a class index (tools/data/convert_masks.py "
-            f"--map {ignore}:<class>)")
+            f"if {ignore} marks a class, map it to that class's index in the label files")
     names = class_names or read_class_names(dataset) or [str(c) for c in range(k)]
     names = (list(names) + [str(c) for c in range(len(names), k)])[:k]
     lines = [f"Class frequency over {census['files']} label files ({total} pixels, "
