@@ -44,7 +44,9 @@ def fp32_labels(synth, exports):
         pred.close()
 
 
-@pytest.mark.parametrize("algo", ptq.ALGOS)
+# KL calibration alone takes ~3 min here: it runs with `make test-slow`.
+@pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.slow) if a == "KL" else a
+                                  for a in ptq.ALGOS])
 def test_ptq_int8_export_agrees_with_fp32(algo, syn_cfg, synth, fp32_run, exports, fp32_labels,
                                           tmp_path, caplog):
     caplog.set_level(logging.INFO)
