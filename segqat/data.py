@@ -75,6 +75,19 @@ def read_label(path):
         return None
 
 
+def read_index_label(path, where):
+    """``read_label`` for training: a single-channel class-index image, else a DataError."""
+    label = read_label(path)
+    if label is None:
+        raise DataError(f"{where}: cannot read label file {path} (not an image Pillow reads, or "
+                        "corrupt)")
+    if label.ndim == 3:
+        raise DataError(f"{where}: label file {path} has {label.shape[2]} channels; labels must be "
+                        "single-channel class-index images (map each colour to its class index and "
+                        "save as a one-channel PNG)")
+    return label
+
+
 class CheckedDataset(paddle.io.Dataset):
     def __init__(self, inner, name="dataset", seed=0):
         if not hasattr(inner, "file_list") or not hasattr(inner, "transforms"):
@@ -115,13 +128,7 @@ class CheckedDataset(paddle.io.Dataset):
         if is_truncated_jpeg(img_path):
             raise DataError(f"{self.name}: image file {img_path} is a truncated JPEG (no end-of-image "
                             "marker): re-copy or re-encode it")
-        label = read_label(lab_path)
-        if label is None:
-            raise DataError(f"{self.name}: cannot read label file {lab_path} (not an image Pillow "
-                            "reads, or corrupt)")
-        if label.ndim == 3:
-            raise DataError(f"{self.name}: label file {lab_path} has {label.shape[2]} channels; "
-                            "labels must be single-channel class-index images")
+        label = read_index_label(lab_path, self.name)
         if img.shape[:2] != label.shape[:2]:
             raise DataError(f"{self.name}: image {img_path} is {img.shape[1]}x{img.shape[0]} but "
                             f"label {lab_path} is {label.shape[1]}x{label.shape[0]}; they must match")
@@ -159,14 +166,7 @@ def label_census(dataset, max_files=None):
     size_mismatch = []
     for i in range(0, n, step):
         img_path, lab_path = dataset.file_list[i]
-        lab = read_label(lab_path)
-        if lab is None:
-            raise DataError(f"{dataset.name}: cannot read label file {lab_path} (not an image "
-                            "Pillow reads, or corrupt)")
-        if lab.ndim == 3:
-            raise DataError(f"{dataset.name}: label file {lab_path} has {lab.shape[2]} channels; labels "
-                            "must be single-channel class-index images (map each colour to its class index "
-                            "and save as a one-channel PNG)")
+        lab = read_index_label(lab_path, dataset.name)
         try:
             with Image.open(img_path) as im:
                 w, h = im.size

@@ -216,12 +216,29 @@ class _ConvReshapeTransposeMatmul(paddle.nn.Layer):
         return (self.c ** -.5) * paddle.matmul(q, key)
 
 
+def _paddle_inference(prefix, inputs, onednn):
+    """Run an old-IR program with Paddle Inference's default passes (not segqat's predictor,
+    which deletes the broken fuse pass: these tests check the exports avoid it themselves)."""
+    from paddle import inference as pi
+    cfg = pi.Config(f"{prefix}.pdmodel", f"{prefix}.pdiparams")
+    cfg.enable_new_ir(False)
+    cfg.disable_gpu()
+    cfg.disable_glog_info()
+    cfg.set_cpu_math_library_num_threads(1)
+    if onednn:
+        cfg.enable_onednn()
+    pred = pi.create_predictor(cfg)
+    for name, a in zip(pred.get_input_names(), inputs):
+        pred.get_input_handle(name).copy_from_cpu(a)
+    pred.run()
+    return pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+
+
 def test_conv_reshape_transpose_matmul_in_paddle_inference(tmp_path):
     """Paddle Inference 3.3.1's reshape_transpose_matmul_onednn_fuse_pass (default CPU passes,
     with or without enable_onednn) fuses the three ops into a fused_matmul that reads the
     conv output wrongly (25 off here; ANN logits 1834 off). The export folds the transpose
     into the matmul's transpose flag, so the pass finds nothing to fuse."""
-    from paddle import inference as pi
     paddle.seed(0)
     layer = _ConvReshapeTransposeMatmul()
     layer.eval()
@@ -233,18 +250,7 @@ def test_conv_reshape_transpose_matmul_in_paddle_inference(tmp_path):
             paddle.static.InputSpec([-1, 16, -1, -1], "float32", "x"),
             paddle.static.InputSpec([-1, 16, 5], "float32", "key")])
     for onednn in (False, True):
-        cfg = pi.Config(str(tmp_path / "m.pdmodel"), str(tmp_path / "m.pdiparams"))
-        cfg.enable_new_ir(False)
-        cfg.disable_gpu()
-        cfg.disable_glog_info()
-        cfg.set_cpu_math_library_num_threads(1)
-        if onednn:
-            cfg.enable_onednn()
-        pred = pi.create_predictor(cfg)
-        for name, a in zip(pred.get_input_names(), (x, key)):
-            pred.get_input_handle(name).copy_from_cpu(a)
-        pred.run()
-        got = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+        got = _paddle_inference(tmp_path / "m", (x, key), onednn)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"onednn={onednn}")
 
 
@@ -252,7 +258,6 @@ def test_ann_fp32_export_matches_dygraph(tmp_path):
     """ANN (ResNet50_vd, random init, 4 classes): the FP32 export run by Paddle Inference
     (default passes, oneDNN on and off) matches dygraph; before the reshape/transpose/matmul
     fold its logits were 1834 off (largest 4021) and 70% of labels agreed."""
-    from paddle import inference as pi
     from paddleseg.models import ANN
     from paddleseg.models.backbones import ResNet50_vd
     from segqat import export
@@ -263,17 +268,7 @@ def test_ann_fp32_export_matches_dygraph(tmp_path):
     want = model(paddle.to_tensor(x))[0].numpy()
     d = export.export_model({"model": {"num_classes": 4}}, model, str(tmp_path / "ann"), output_op="none")
     for onednn in (False, True):
-        cfg = pi.Config(f"{d}/model.pdmodel", f"{d}/model.pdiparams")
-        cfg.enable_new_ir(False)
-        cfg.disable_gpu()
-        cfg.disable_glog_info()
-        cfg.set_cpu_math_library_num_threads(1)
-        if onednn:
-            cfg.enable_onednn()
-        pred = pi.create_predictor(cfg)
-        pred.get_input_handle(pred.get_input_names()[0]).copy_from_cpu(x)
-        pred.run()
-        got = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+        got = _paddle_inference(f"{d}/model", (x,), onednn)
         scale = np.abs(want).max()
         assert np.abs(got - want).max() < 1e-4 * scale, (onednn, np.abs(got - want).max(), scale)
         assert (got.argmax(1) == want.argmax(1)).mean() > 0.999
