@@ -8,6 +8,7 @@ valid ones; an argument the component does not take is an error naming it.
 import copy
 import inspect
 import logging
+import os
 
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import paddle
@@ -111,6 +112,15 @@ def build_dataset(cfg, split, seed=0):
     ds_cfg = cfg.section(key)
     ds_cfg.setdefault("mode", "train" if split == "train" else "val")
     list_key = {"train": "train_path", "val": "val_path"}.get(ds_cfg["mode"])
+    for k in ("dataset_root", list_key):
+        p = ds_cfg.get(k)
+        if isinstance(p, str) and not os.path.exists(p):
+            # paddleseg: "there is not `dataset_root`: data/x." naming neither config nor folder
+            raise ConfigError(
+                f"{cfg.where(key)}: {key}.{k} {p!r} not found (looked for {os.path.abspath(p)}). "
+                f"Data paths in a config are relative to the working directory ({os.getcwd()}), "
+                "not to the config file as _base_ is: run from the folder they are relative to, "
+                "or give absolute paths.")
     if isinstance(ds_cfg.get(list_key), str):  # paddleseg's error names neither file nor line
         check_list_file(ds_cfg[list_key], ds_cfg.get("separator", " "),
                         where=f"{cfg.where(key)}: {key}.{list_key}")

@@ -139,6 +139,7 @@ def add_eval_args(parser):
     g.add_argument("--flip_vertical", action="store_true", default=None, help="flip for --aug_eval")
     g.add_argument("--save_metrics", default=None, metavar="FILE.json",
                    help="write the metrics to this JSON file")
+    add_cpu_threads(g)
 
 
 def check_eval_args(parser, args):
@@ -203,7 +204,7 @@ def setup(args=None, save_dir=None, log_name="train.log"):
         from . import compat
         compat.set_cpu_threads(threads)
     logger.info("Python %s | paddle %s | device %s | cpu threads %s | processes %s",
-                sys.version.split()[0], paddle.__version__, device, threads or "default",
+                sys.version.split()[0], paddle.__version__, device, threads or "1 (paddle's default)",
                 os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
 

@@ -26,12 +26,16 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   support calculations between floating-point numbers"). ``LOSS_OVERRIDES``
   maps the name to a subclass that casts the mask; ``OhemCrossEntropyLoss``
   adds an int64 mask to float probabilities, same error, same remedy.
+* ``native_output()``: the oneDNN INT8 passes print to stderr from C++
+  even with glog off; predictors are created inside it.
 * ``scalar(t)``: ``float(t)`` on a shape-[1] tensor raises under numpy 2.x
   ("only 0-dimensional arrays can be converted to Python scalars").
 """
 import contextlib
 import functools
 import logging
+import os
+import sys
 
 import numpy as np  # noqa: F401  (import numpy before paddle: paddle 2.6.2 zlib clash)
 import paddle
@@ -730,3 +734,41 @@ def configure_inference(config):
     for name in BROKEN_INFERENCE_PASSES:
         config.delete_pass(name)
 
+
+
+@contextlib.contextmanager
+def native_output(verbose=False):
+    """Hold back what Paddle's C++ prints (file descriptors 1 and 2) inside the block.
+
+    paddle 3.3.1's oneDNN INT8 passes print ~30 "---    quantized N ops" lines
+    to stderr from C++ even with ``Config.disable_glog_info()``; they are not
+    Python logging, so only redirecting the descriptors hides them. The output
+    goes to a temporary file that is replayed on stderr if the block raises.
+    """
+    if verbose:
+        yield
+        return
+    import tempfile
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no descriptors (embedded interpreter): nothing to hide
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        try:
+            os.dup2(held.fileno(), 1)
+            os.dup2(held.fileno(), 2)
+            yield
+        except BaseException:
+            os.dup2(saved[1], 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            sys.stderr.flush()
+            raise
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

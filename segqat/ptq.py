@@ -14,10 +14,10 @@ Route: paddleslim's static PTQ (``quant_post_static``, i.e. paddle's
    per channel (``quant_config.weight_quantize_type``);
 3. the result is saved with ``onnx_format=True``: int8-stored weights and
    quantize_linear / dequantize_linear ops, the same form as
-   ``slim/quant/qat_export.py`` writes, so ``SegPredictor(precision="int8")``
+   ``slim/quant/qat_export.py`` writes, so ``deploy.create_predictor(precision="int8")``
    and ``deploy/python/infer.py --precision int8`` run it with oneDNN INT8
    kernels;
-4. the exported model is loaded with ``SegPredictor`` in INT8 (which refuses a
+4. the exported model is loaded with ``deploy.create_predictor`` in INT8 (which refuses a
    program without INT8 kernels) and, when the config has a val_dataset,
    evaluated on the validation images (PaddleSeg's ``[EVAL]`` line);
 5. ``deploy.yaml`` (precision: int8) and ``ptq_info.json`` are written.
@@ -380,7 +380,7 @@ def run_ptq(cfg, model_path, save_dir, opts):
             yaml.safe_dump(dep, f, sort_keys=False, default_flow_style=None)
         int8_size = os.path.getsize(os.path.join(d, "model.pdiparams"))
         # Load it as a user would (refuses a program without INT8 kernels), evaluate.
-        pred = deploy.SegPredictor(d, precision="int8", cpu_threads=opts.cpu_threads)
+        pred = deploy.create_predictor(d, precision="int8", threads=opts.cpu_threads)
         try:
             int8_ops = dict(pred.int8_ops())
             metrics = evaluate_predictor(pred, val_ds) if val_ds is not None else None

@@ -78,8 +78,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     names = list(models)
     preds = {}
     for name, d in models.items():
-        prec = deploy.load_deploy_config(d)["precision"]
-        preds[name] = deploy.SegPredictor(d, precision=prec, cpu_threads=cpu_threads)
+        preds[name] = deploy.create_predictor(d, threads=cpu_threads)
     ref = names[0]
 
     cms = {name: ConfusionMatrix(nc, val_ds.ignore_index) for name in names}

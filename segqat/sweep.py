@@ -75,7 +75,7 @@ def fp32_reference(cfg, model_path, save_dir, cpu_threads):
             return m
     model, _ = quant.build_model(cfg, model_path, quantized=False)
     export.export_model(cfg, model, d)
-    pred = deploy.SegPredictor(d, precision="fp32", cpu_threads=cpu_threads)
+    pred = deploy.create_predictor(d, precision="fp32", threads=cpu_threads)
     try:
         m = ptq.evaluate_predictor(pred, builder.build_dataset(cfg, "val"),
                               label="Evaluate FP32 model (Paddle Inference, oneDNN)")

@@ -532,8 +532,8 @@ def evaluate_entry(config, entry_dir, cpu_threads=1, num_images=None):
                  key=lambda p: int(p.split("iter_")[-1].split(os.sep)[0]))
     if not qat:
         raise ZooError(f"{entry_dir}/qat has no iter_N/model.pdparams (run qat_train first)")
-    # SegPredictor refuses (DeployError) when the optimized program has no INT8 kernel
-    pred = deploy.SegPredictor(int8_dir, precision="int8", cpu_threads=cpu_threads)
+    # create_predictor refuses (DeployError) when the optimized program has no INT8 kernel
+    pred = deploy.create_predictor(int8_dir, precision="int8", threads=cpu_threads)
     ops = pred.optimized_op_types()
     pred.close()
     convs = {}
@@ -590,10 +590,10 @@ def measure_latency(entry_dir, cpu_threads=2, warmup=3, repeats=10):
     out = os.path.join(entry_dir, "latency")
     os.makedirs(out, exist_ok=True)
     load_before = os.getloadavg()[0]
-    preds = {"fp32": deploy.SegPredictor(os.path.join(entry_dir, "fp32_infer"), precision="fp32",
-                                         cpu_threads=cpu_threads),
-             "int8": deploy.SegPredictor(os.path.join(entry_dir, "int8_infer"), precision="int8",
-                                         cpu_threads=cpu_threads)}
+    preds = {"fp32": deploy.create_predictor(os.path.join(entry_dir, "fp32_infer"), precision="fp32",
+                                         threads=cpu_threads),
+             "int8": deploy.create_predictor(os.path.join(entry_dir, "int8_infer"), precision="int8",
+                                         threads=cpu_threads)}
     result, errors = None, []
     for shape in LATENCY_SHAPES:
         x = np.random.RandomState(0).rand(*shape).astype("float32") * 2 - 1

@@ -218,3 +218,12 @@ def test_label_sets_that_train_to_nothing(case, expect, broken_data, earlier_out
         run_script("tools/train.py", ["--config", cfg, "--iters", 1, "--batch_size", 2,
                                       "--save_dir", tmp_path / "ok", "--allow_absent_classes"])
         assert "never occur" in caplog.text and "Class frequency over 6 label files" in caplog.text
+
+
+def test_relative_data_path_names_config_and_folder(tmp_path, earlier_output, caplog, monkeypatch):
+    """A relative dataset_root resolves against the working directory; the error says so."""
+    cfg = write_config(tmp_path / "c.yml", data_root="data/mine")
+    monkeypatch.chdir(tmp_path)
+    msg = train_fails(cfg, earlier_output, caplog)
+    assert str(cfg) in msg and "train_dataset.dataset_root 'data/mine'" in msg
+    assert str(tmp_path / "data" / "mine") in msg and "relative to the working directory" in msg

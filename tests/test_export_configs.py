@@ -30,8 +30,8 @@ def test_export_fp32_and_int8(path, tmp_path):
     quant.calibrate(qmodel, [rng.rand(2, 3, 64, 64).astype("float32") for _ in range(2)])
     export.export_model(cfg, qmodel, str(tmp_path / "int8"), quanter=quanter)
     x = rng.rand(1, 3, 64, 96).astype("float32")
-    fp32 = deploy.SegPredictor(str(tmp_path / "fp32"), cpu_threads=1)
-    int8 = deploy.SegPredictor(str(tmp_path / "int8"), precision="int8", cpu_threads=1)
+    fp32 = deploy.create_predictor(str(tmp_path / "fp32"), threads=1)
+    int8 = deploy.create_predictor(str(tmp_path / "int8"), precision="int8", threads=1)
     assert fp32.run(x).shape == int8.run(x).shape == (1, 64, 96)
     assert sum(int8.int8_ops().values()) > 20
     size = {k: (tmp_path / k / "model.pdiparams").stat().st_size for k in ("fp32", "int8")}

@@ -55,7 +55,7 @@ def train_qat_export_infer(cfg, out):
     run_script("slim/quant/qat_export.py", ["--config", cfg, "--model_path",
                                             out / "qat" / "iter_2" / "model.pdparams",
                                             "--save_dir", out / "int8"])
-    pred = deploy.SegPredictor(str(out / "int8"), precision="int8", cpu_threads=2)
+    pred = deploy.create_predictor(str(out / "int8"), precision="int8", threads=2)
     try:
         x = np.random.RandomState(0).rand(1, 3, 64, 64).astype("float32")
         labels = pred.run(x)

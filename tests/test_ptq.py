@@ -37,7 +37,7 @@ def op_counts(pdmodel):
 
 @pytest.fixture(scope="module")
 def fp32_labels(synth, exports):
-    pred = deploy.SegPredictor(str(exports / "fp32"), precision="fp32", cpu_threads=2)
+    pred = deploy.create_predictor(str(exports / "fp32"), precision="fp32", threads=2)
     try:
         return [pred.predict([im])[0] for im in val_images(synth)]
     finally:
@@ -74,7 +74,7 @@ def test_ptq_int8_export_agrees_with_fp32(algo, syn_cfg, synth, fp32_run, export
         assert (out / "deploy.yaml").read_text() == f.read()
 
     # real INT8 kernels, and the same labels as FP32 on the validation images
-    pred = deploy.SegPredictor(str(out / "deploy.yaml"), precision="int8", cpu_threads=2)
+    pred = deploy.create_predictor(str(out / "deploy.yaml"), precision="int8", threads=2)
     try:
         int8 = pred.int8_ops()
         assert int8.get("fused_conv2d", 0) > 40, int8
@@ -244,7 +244,7 @@ def test_ptq_options_in_program(syn_cfg, fp32_run, tmp_path):
     assert len(weight_dequant) == len(convs) - 2, (len(weight_dequant), len(convs))
     info = json.loads((out / "ptq_info.json").read_text())
     assert info["weight_quantize_type"] == "abs_max" and len(info["skipped_weights"]) == 2
-    pred = deploy.SegPredictor(str(out), precision="int8", cpu_threads=2)
+    pred = deploy.create_predictor(str(out), precision="int8", threads=2)
     assert sum(pred.int8_ops().values()) > 40
     pred.close()
 

@@ -52,7 +52,7 @@ def test_qat_val_matches_training_eval(syn_cfg, qat_run, tmp_path):
 def test_fp32_predictor_equals_dygraph(syn_cfg, synth, fp32_run, exports):
     cfg = load_config(str(syn_cfg))
     model, _ = quant.build_model(cfg, str(fp32_run / "best_model" / "model.pdparams"))
-    pred = deploy.SegPredictor(str(exports / "fp32" / "deploy.yaml"), precision="fp32", cpu_threads=2)
+    pred = deploy.create_predictor(str(exports / "fp32" / "deploy.yaml"), precision="fp32", threads=2)
     imgs, _ = val_images(synth)
     ref = dygraph_labels(model, pred, imgs)
     got = pred.predict(imgs)
@@ -67,7 +67,7 @@ def test_int8_predictor_runs_int8_and_agrees(syn_cfg, synth, qat_run, exports):
     cfg = load_config(str(syn_cfg))
     model, _ = quant.build_model(cfg, str(qat_run / "best_model" / "model.pdparams"),
                                  quantized=True, stage="eval")
-    pred = deploy.SegPredictor(str(exports / "int8" / "deploy.yaml"), precision="int8", cpu_threads=2)
+    pred = deploy.create_predictor(str(exports / "int8" / "deploy.yaml"), precision="int8", threads=2)
     # proof of real INT8 kernels: oneDNN convolutions with int8 data type in the optimized program
     ops = pred.optimized_op_types()
     int8_convs = sum(n for (t, dt), n in ops.items() if "conv" in t and dt == "int8")
@@ -184,7 +184,7 @@ def test_output_ops_and_legacy_flags(syn_cfg, fp32_run, synth, tmp_path):
                                        "--input_shape", 1, 3, 64, 64, *flags])
         dep = yaml.safe_load((d / "deploy.yaml").read_text())["Deploy"]
         assert dep["output_op"] == op and dep["input_shape"] == [1, 3, 64, 64]
-        pred = deploy.SegPredictor(str(d / "deploy.yaml"), cpu_threads=2)
+        pred = deploy.create_predictor(str(d / "deploy.yaml"), threads=2)
         out = pred.run(pred.preprocess(img)[0][None])
         assert out.shape[1:] == shape and out.dtype == dtype
         if op == "softmax":
@@ -215,7 +215,7 @@ def test_pact_qat_end_to_end(syn_cfg, synth, fp32_run, tmp_path, caplog):
                                             "--save_dir", tmp_path / "infer"] + pact)
     cfg = load_config(str(syn_cfg), opts=pact[1:])
     model, _ = quant.build_model(cfg, str(weights), quantized=True, stage="eval")
-    pred = deploy.SegPredictor(str(tmp_path / "infer" / "deploy.yaml"), precision="int8", cpu_threads=2)
+    pred = deploy.create_predictor(str(tmp_path / "infer" / "deploy.yaml"), precision="int8", threads=2)
     assert sum(pred.int8_ops().values()) > 40
     imgs, _ = val_images(synth)
     ref = dygraph_labels(model, pred, imgs)

@@ -38,7 +38,7 @@ def test_skip_layers(tmp_path):
     n_all = n_quantize_ops(tmp_path / "all")
     n_skip = n_quantize_ops(tmp_path / "skip")
     assert n_skip < n_all
-    pred = deploy.SegPredictor(str(tmp_path / "skip"), precision="int8", cpu_threads=1)
+    pred = deploy.create_predictor(str(tmp_path / "skip"), precision="int8", threads=1)
     assert sum(pred.int8_ops().values()) > 20
     pred.close()
 
@@ -71,7 +71,7 @@ def weight_quant_axes(pdmodel):
 def test_weight_granularity(tmp_path, extra, axes):
     cfg = load_config(str(write_config(tmp_path / "t.yml", extra=f"quant_config:\n  {extra}\n")))
     quantized_export(cfg, tmp_path / "pt")
-    pred = deploy.SegPredictor(str(tmp_path / "pt"), precision="int8", cpu_threads=1)
+    pred = deploy.create_predictor(str(tmp_path / "pt"), precision="int8", threads=1)
     assert sum(pred.int8_ops().values()) > 20
     out = pred.run(np.random.rand(1, 3, 64, 64).astype("float32"))
     assert out.shape == (1, 64, 64)
@@ -148,7 +148,7 @@ def test_quantize_scope_backbone(tmp_path):
     n_all = n_quantize_ops(tmp_path / "all")
     n_bb = n_quantize_ops(tmp_path / "bb")
     assert 0 < n_bb < n_all
-    pred = deploy.SegPredictor(str(tmp_path / "bb"), precision="int8", cpu_threads=1)
+    pred = deploy.create_predictor(str(tmp_path / "bb"), precision="int8", threads=1)
     assert sum(pred.int8_ops().values()) > 10
     pred.close()
 

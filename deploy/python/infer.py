@@ -1,15 +1,18 @@
-"""Run an exported model with Paddle Inference: label PNGs, overlays, or a timing.
+"""Run an exported model: label PNGs, overlays, or a timing.
 
     python deploy/python/infer.py --config output/qat_infer/deploy.yaml \
-        --image_path data/synthetic/images --save_dir output/pred --precision int8 --cpu_threads 2
+        --image_path data/synthetic/images --save_dir output/pred --cpu_threads 2
 
     python deploy/python/infer.py --config output/qat_infer/deploy.yaml --image_path img.png \
-        --precision int8 --benchmark true           # median ms per image after warm-up
+        --benchmark true           # median ms per image after warm-up
 
+The precision is the export's (deploy.yaml ``precision``); ``--precision``
+only overrides it. 
 --image_path: an image file, a folder of images, or a list file (one image
 path per line, optionally followed by a label path, relative to the list's folder).
-INT8 on CPU runs oneDNN INT8 kernels and checks that it does. GPU and TensorRT
-options are implemented but untested here (no GPU on the development machine).
+An INT8 model must compile INT8 kernels on the runtime (oneDNN on CPU for
+Paddle Inference); a run without them is refused. GPU and TensorRT options are
+implemented but untested here (no GPU on the development machine).
 """
 import argparse
 import json
@@ -25,16 +28,22 @@ IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Paddle Inference for exported segmentation models")
+    from segqat import deploy
+    p = argparse.ArgumentParser(description="Run exported segmentation models")
     p.add_argument("--config", required=True, help="deploy.yaml of an exported directory")
     p.add_argument("--image_path", required=True, help="image file, folder, or list file")
     p.add_argument("--save_dir", default="./output/result", help="where label PNGs and overlays go")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
-    p.add_argument("--enable_mkldnn", type=cli.str2bool, default=True, help="oneDNN on CPU (true/false)")
+    p.add_argument("--runtime", choices=list(deploy.RUNTIMES), default="paddle",
+                   help="inference runtime (default paddle: Paddle Inference)")
+    p.add_argument("--precision", choices=list(deploy.PRECISIONS), default=None,
+                   help="default: the export's, from deploy.yaml")
     p.add_argument("--cpu_threads", type=cli.positive_int, default=1)
     p.add_argument("--batch_size", type=cli.positive_int, default=1)
-    g = p.add_argument_group("TensorRT (GPU; untested here)")
+    p.add_argument("--verbose", action="store_true", help="show the runtime's own optimizer output")
+    g = p.add_argument_group("Paddle Inference")
+    g.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    g.add_argument("--enable_mkldnn", type=cli.str2bool, default=True, help="oneDNN on CPU (true/false)")
+    g = p.add_argument_group("TensorRT (Paddle Inference on GPU; untested here)")
     g.add_argument("--use_trt", type=cli.str2bool, default=False)
     g.add_argument("--min_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
                    help="TensorRT dynamic shape: smallest input")
@@ -71,16 +80,24 @@ def main(args):
     import cv2
     import numpy as np
     from segqat import deploy
-    cli.setup()
+    cli.setup(args)
     shapes = [args.min_shape, args.opt_shape, args.max_shape]
     if args.use_trt and any(shapes) and not all(shapes):
         raise ValueError("--min_shape, --opt_shape and --max_shape go together")
     files = list_images(args.image_path)
-    pred = deploy.SegPredictor(args.config, device=args.device, precision=args.precision,
-                               enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads,
-                               batch_size=args.batch_size, use_trt=args.use_trt,
-                               trt_min_shape=args.min_shape, trt_opt_shape=args.opt_shape,
-                               trt_max_shape=args.max_shape)
+    options = {}
+    if args.runtime == "paddle":
+        options = dict(device=args.device, enable_mkldnn=args.enable_mkldnn, batch_size=args.batch_size,
+                       use_trt=args.use_trt, trt_min_shape=args.min_shape, trt_opt_shape=args.opt_shape,
+                       trt_max_shape=args.max_shape)
+    else:
+        given = [f for f, v, default in (("--device", args.device, "cpu"), ("--use_trt", args.use_trt, False),
+                                         ("--enable_mkldnn", args.enable_mkldnn, True))
+                 if v != default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: Paddle Inference options; --runtime is {args.runtime}")
+    pred = deploy.create_predictor(args.config, runtime=args.runtime, precision=args.precision,
+                                   threads=args.cpu_threads, verbose=args.verbose, **options)
 
     def read(f):
         img = cv2.imread(f, cv2.IMREAD_COLOR)
@@ -96,7 +113,8 @@ def main(args):
             batch = np.stack([pred.preprocess(im)[0] for im in imgs])
             times = pred.benchmark(batch, args.warmup, args.repeats)
             per_img = statistics.median(times) / args.batch_size * 1000
-            res = {"model": args.config, "precision": args.precision, "threads": args.cpu_threads,
+            res = {"model": args.config, "runtime": args.runtime, "precision": pred.precision,
+                   "threads": args.cpu_threads, "int8_kernels": sum(pred.int8_ops().values()),
                    "input_shape": list(batch.shape), "median_ms_per_image": round(per_img, 3),
                    "repeats": args.repeats}
             print(json.dumps(res))
@@ -112,7 +130,8 @@ def main(args):
             for f, im, lab in zip(chunk, imgs, labels):
                 stem = os.path.splitext(os.path.basename(f))[0]
                 deploy.save_label_png(lab, os.path.join(args.save_dir, stem + ".png"))
-                cv2.imwrite(os.path.join(args.save_dir, stem + "_overlay.jpg"), deploy.overlay(im, lab))
+                cv2.imwrite(os.path.join(args.save_dir, stem + "_overlay.png"),
+                            deploy.overlay(im, lab, pred.dep.get("num_classes")))
         print(f"wrote {len(files)} label PNGs and overlays to {args.save_dir}")
     finally:
         pred.close()

@@ -1,0 +1,229 @@
+"""The inference directory's contract and everything a runtime shares.
+
+An exported directory holds ``deploy.yaml`` (PaddleSeg's schema: model and
+params files, preprocessing transforms, output op, precision) beside the model.
+``load_deploy_config`` reads and checks it; ``Predictor`` does the
+pre/post-processing around one runtime call, so every runtime module only
+loads the model, runs a batch and says which INT8 kernels it compiled.
+"""
+import os
+import time
+from collections import Counter
+
+import cv2
+import numpy as np
+import yaml
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class DeployError(ValueError):
+    pass
+
+
+def load_deploy_config(path):
+    """Read deploy.yaml (or a directory holding it) and check the files it names."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "deploy.yaml")
+    if not os.path.isfile(path):
+        raise DeployError(f"--config: deploy.yaml not found: {path} (give the deploy.yaml of an "
+                          "exported directory, written by tools/export.py or slim/quant/qat_export.py)")
+    with open(path) as f:
+        try:
+            dic = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise DeployError(f"--config {path} is not valid YAML: {e}") from e
+    if not isinstance(dic, dict) or "Deploy" not in dic:
+        raise DeployError(f"--config {path} has no 'Deploy' section (PaddleSeg deploy.yaml schema)")
+    dep = dict(dic["Deploy"])
+    for key in ("model", "params"):
+        if key not in dep:
+            raise DeployError(f"--config {path}: Deploy.{key} is missing")
+    base = os.path.dirname(os.path.abspath(path))
+    dep["dir"] = base
+    dep["model_file"] = os.path.join(base, dep["model"])
+    dep["params_file"] = os.path.join(base, dep["params"])
+    for key in ("model_file", "params_file"):
+        if not os.path.isfile(dep[key]):
+            raise DeployError(f"--config {path}: {key.split('_')[0]} file not found: {dep[key]}")
+    dep.setdefault("output_op", "argmax")
+    dep.setdefault("transforms", [{"type": "Normalize"}])
+    dep.setdefault("precision", "fp32")
+    if dep["precision"] not in PRECISIONS:
+        raise DeployError(f"{path}: Deploy.precision is {dep['precision']!r}; allowed: "
+                          f"{', '.join(PRECISIONS)}")
+    dep["path"] = path
+    return dep
+
+
+def resolve_precision(dep, precision):
+    """The precision to run: deploy.yaml's unless ``precision`` overrides it; an FP32
+    export cannot run INT8 and an INT8 (quantized) export does not run as FP32."""
+    if precision is None:
+        return dep["precision"]
+    if precision not in PRECISIONS:
+        raise DeployError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and dep["precision"] != "int8":
+        raise DeployError(
+            f"--precision int8 needs a quantized export (deploy.yaml precision: int8); "
+            f"{dep['path']} is precision {dep['precision']}. Export QAT weights with "
+            "slim/quant/qat_export.py or quantize with slim/quant/ptq.py.")
+    if dep["precision"] == "int8" and precision != "int8":
+        raise DeployError(
+            f"{dep['path']} is an INT8 (quantized) model; --precision {precision} would execute "
+            "its fake quantization in floating point, slower than the FP32 model. Leave "
+            "--precision out (deploy.yaml says int8) or run the FP32 export.")
+    return precision
+
+
+def build_transforms(dep):
+    """Preprocessing from deploy.yaml's transforms (paddleseg's TRANSFORMS registry)."""
+    from ..builder import build_component
+    from paddleseg.transforms import Compose
+    ts = [build_component(t, "transform", f"{dep['path']}: Deploy.transforms[{i}]")
+          for i, t in enumerate(dep["transforms"])]
+    return Compose(ts)
+
+
+class Predictor:
+    """One exported model on one runtime: BGR images in, label maps out.
+
+    A runtime module subclasses it and implements ``_run`` (a [N, C, H, W]
+    float32 batch -> the model's raw output) and ``int8_ops`` (Counter of the
+    INT8 kernels the runtime compiled, read from its optimized graph). An INT8
+    model whose runtime compiled no INT8 kernel is refused.
+    """
+    runtime = "?"
+
+    def __init__(self, dep, precision, threads):
+        self.dep, self.precision, self.threads = dep, precision, threads
+        self.transforms = build_transforms(dep)
+
+    def _check_int8(self):
+        if self.precision != "int8":
+            return
+        ops = self.int8_ops()
+        if not ops:
+            self.close()
+            raise DeployError(f"{self.dep['path']}: {self.runtime} compiled no INT8 kernel for this "
+                              "model; refusing to run its fake quantization in floating point")
+
+    # -- to implement ---------------------------------------------------------
+    def _run(self, batch):
+        raise NotImplementedError
+
+    def int8_ops(self):
+        """Counter {kernel type: count} of the INT8 kernels in the compiled model."""
+        return Counter()
+
+    def close(self):
+        pass
+
+    # -- shared ------------------------------------------------------------------
+    def describe(self):
+        ops = self.int8_ops()
+        proof = f", INT8 kernels {dict(ops)}" if ops else ""
+        return f"{self.runtime} {self.precision.upper()}, {self.threads} threads{proof}"
+
+    def preprocess(self, img):
+        """BGR uint8 image -> (CHW float32, trans_info)."""
+        data = {"img": img.astype("float32"), "trans_info": [], "gt_fields": []}
+        data = self.transforms(data)
+        return data["img"], data["trans_info"]
+
+    def run(self, batch):
+        """Run a [N, C, H, W] float32 batch; returns the raw output array."""
+        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def predict(self, images):
+        """Label maps (original size) for a list of BGR images of one size."""
+        xs, infos = zip(*(self.preprocess(im) for im in images))
+        out = self.run(np.stack(xs))
+        return [self.postprocess(o, info, im.shape[:2]) for o, info, im in zip(out, infos, images)]
+
+    def postprocess(self, out, trans_info, orig_hw):
+        if self.dep["output_op"] == "argmax":
+            lab = out.astype(np.int32)
+            for mode, shape in reversed(trans_info):
+                h, w = int(shape[0]), int(shape[1])
+                lab = lab[:h, :w] if mode == "padding" else cv2.resize(
+                    lab.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+            return lab
+        scores = out  # [C, H, W]
+        for mode, shape in reversed(trans_info):
+            h, w = int(shape[0]), int(shape[1])
+            if mode == "padding":
+                scores = scores[:, :h, :w]
+            else:
+                scores = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in scores])
+        return scores.argmax(0).astype(np.int32)
+
+    def benchmark(self, batch, warmup=10, repeats=50):
+        """Per-run times (s) of ``batch`` after warm-up."""
+        for _ in range(warmup):
+            self.run(batch)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            self.run(batch)
+            times.append(time.perf_counter() - t)
+        return times
+
+
+def palette(n=256):
+    """PaddleSeg's colour map (bit-interleaved), as a flat RGB list."""
+    pal = [0] * (n * 3)
+    for j in range(n):
+        lab, i = j, 0
+        while lab:
+            pal[j * 3 + 0] |= ((lab >> 0) & 1) << (7 - i)
+            pal[j * 3 + 1] |= ((lab >> 1) & 1) << (7 - i)
+            pal[j * 3 + 2] |= ((lab >> 2) & 1) << (7 - i)
+            i += 1
+            lab >>= 3
+    return pal
+
+
+def save_label_png(label, path):
+    from PIL import Image
+    im = Image.fromarray(label.astype(np.uint8), mode="P")
+    im.putpalette(palette())
+    im.save(path)
+
+
+# Bright, distinct colours (BGR) for overlays; the first is the one
+# foreground colour of a two-class model, chosen against the image.
+_OVERLAY_BGR = [(0, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 128, 0),
+                (0, 128, 255), (128, 0, 255), (0, 0, 255), (255, 0, 0), (128, 255, 0),
+                (255, 255, 255), (0, 128, 128), (128, 128, 0), (128, 0, 128), (0, 0, 128),
+                (128, 0, 0), (0, 128, 0), (192, 192, 192), (64, 64, 64)]
+
+
+def overlay_colors(img_bgr, num_classes):
+    """BGR colour per class for ``overlay``: for two classes, class 0 is left
+    untinted and class 1 gets the bright colour farthest from the image's mean
+    colour (a red vessel image gets green or cyan, not dark red)."""
+    if num_classes <= 2:
+        mean = img_bgr.reshape(-1, 3).mean(0)
+        best = max(_OVERLAY_BGR[:8], key=lambda c: float(np.abs(np.subtract(c, mean)).sum()))
+        return [None, best]
+    return [_OVERLAY_BGR[i % len(_OVERLAY_BGR)] for i in range(num_classes)]
+
+
+def overlay(img_bgr, label, num_classes=None, alpha=0.45):
+    """The image tinted by class, with class boundaries drawn at full colour (BGR uint8).
+    Save it as PNG: JPEG smears the one-pixel boundaries."""
+    label = np.asarray(label)
+    n = int(num_classes or max(int(label.max()) + 1, 2))
+    colors = overlay_colors(img_bgr, n)
+    out = img_bgr.astype(np.float32)
+    edge = np.zeros(label.shape, bool)
+    edge[:-1] |= label[:-1] != label[1:]
+    edge[:, :-1] |= label[:, :-1] != label[:, 1:]
+    for c, col in enumerate(colors):
+        if col is None:
+            continue
+        m = label == c
+        out[m] = (1 - alpha) * out[m] + alpha * np.array(col, np.float32)
+        out[m & edge] = col
+    return np.clip(out, 0, 255).astype(np.uint8)

@@ -1,0 +1,160 @@
+"""Paddle Inference (oneDNN on CPU; GPU/TensorRT implemented, untested here).
+
+INT8 on CPU means oneDNN with its INT8 passes, on an old-IR model
+(``model.pdmodel``): a QAT model run otherwise executes fake quantization in
+FP32 (about 2x slower than FP32, see PADDLE_NOTES), so that combination is an
+error here, not a silent fallback. The proof of INT8 is the optimized program
+Paddle saves: its ops with ``mkldnn_data_type == "int8"``.
+"""
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+
+import numpy as np
+
+from .contract import DeployError, Predictor
+
+logger = logging.getLogger(__name__)
+
+# oneDNN INT8 op set that works for BiSeNetV2 and PP-LiteSeg on paddle 3.3.1;
+# the default set fails on PP-LiteSeg ("could not create a primitive
+# descriptor for a concat primitive", PADDLE_NOTES).
+ONEDNN_INT8_OPS = {"conv2d", "depthwise_conv2d", "fused_conv2d"}
+OPTIONS = ("device", "enable_mkldnn", "batch_size", "use_trt", "trt_min_shape", "trt_opt_shape",
+           "trt_max_shape", "optim_dir")
+
+
+def program_op_types(pdmodel_path):
+    """Counter of (op type, mkldnn_data_type or "") over all blocks of a saved old-IR program."""
+    from paddle.base import core
+    with open(pdmodel_path, "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    c = Counter()
+    for b in range(desc.num_blocks()):
+        blk = desc.block(b)
+        for i in range(blk.op_size()):
+            op = blk.op(i)
+            c[(op.type(), op.attr("mkldnn_data_type") if op.has_attr("mkldnn_data_type") else "")] += 1
+    return c
+
+
+def conv_input_scales(infer_dir):
+    """Scales of the quantize_linear ops that quantize a convolution's input, in an
+    exported INT8 directory (one value per op: the max over its scale tensor)."""
+    import paddle
+    from .. import compat
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with compat.old_ir_static():
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            prog, _, _ = paddle.static.load_inference_model(os.path.join(str(infer_dir), "model"), exe)
+            ops = prog.global_block().ops
+            conv_inputs = {o.input("Input")[0] for o in ops
+                           if o.type in ("conv2d", "depthwise_conv2d", "conv2d_transpose")}
+            dequant_of = {o.input("X")[0]: o.output("Y")[0] for o in ops if o.type == "dequantize_linear"}
+            return [float(np.array(scope.find_var(op.input("Scale")[0]).get_tensor()).max())
+                    for op in ops if op.type == "quantize_linear"
+                    and dequant_of.get(op.output("Y")[0]) in conv_inputs]
+
+
+def _optim_cache_dir():
+    """A temp folder for Paddle's optimized-program cache, named by process; the folders
+    of dead processes (killed before ``close``) are removed here, and ours at exit."""
+    import atexit
+    import glob
+    import re
+    from ..outputs import pid_alive
+    for old in glob.glob(os.path.join(tempfile.gettempdir(), "segqat_optim_*")):
+        m = re.match(r"segqat_optim_(\d+)_", os.path.basename(old))
+        stale = (not pid_alive(m.group(1))) if m else \
+            time.time() - os.path.getmtime(old) > 3600  # named before pids were in names
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+    d = tempfile.mkdtemp(prefix=f"segqat_optim_{os.getpid()}_")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+class PaddlePredictor(Predictor):
+    runtime = "paddle"
+
+    def __init__(self, dep, precision, threads, device="cpu", enable_mkldnn=True, batch_size=1,
+                 use_trt=False, trt_min_shape=None, trt_opt_shape=None, trt_max_shape=None,
+                 optim_dir=None, verbose=False):
+        from paddle import inference as pi
+        from .. import compat
+        super().__init__(dep, precision, threads)
+        old_ir = dep["model_file"].endswith(".pdmodel")
+        if device == "cpu" and precision == "fp16":
+            raise DeployError("--precision fp16 is only supported with --device gpu")
+        if device == "cpu" and precision == "int8" and not enable_mkldnn:
+            raise DeployError("--precision int8 on CPU needs oneDNN (--enable_mkldnn true): without "
+                              "it the model runs fake quantization in FP32")
+        if device == "cpu" and enable_mkldnn and not old_ir:
+            raise DeployError(f"{dep['model_file']} is a new-IR model; oneDNN cannot run it on "
+                              "paddle 3.3.1 (PaddlePaddle/Paddle#79749). Re-export with this tool.")
+        if use_trt and device != "gpu":
+            raise DeployError("--use_trt needs --device gpu")
+
+        cfg = pi.Config(dep["model_file"], dep["params_file"])
+        if old_ir:
+            cfg.enable_new_ir(False)
+        cfg.disable_glog_info()
+        compat.configure_inference(cfg)
+        self._optim_dir = None
+        if device == "gpu":
+            cfg.enable_use_gpu(256, 0)
+            if use_trt:
+                prec = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half,
+                        "int8": pi.PrecisionType.Int8}[precision]
+                cfg.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=batch_size,
+                                           min_subgraph_size=3, precision_mode=prec,
+                                           use_static=False, use_calib_mode=False)
+                if trt_min_shape:
+                    name = "x"
+                    cfg.set_trt_dynamic_shape_info({name: trt_min_shape}, {name: trt_max_shape},
+                                                   {name: trt_opt_shape})
+            elif precision == "int8":
+                raise DeployError("--precision int8 on GPU needs TensorRT (--use_trt true)")
+        else:
+            cfg.disable_gpu()
+            cfg.set_cpu_math_library_num_threads(threads)
+            if enable_mkldnn:
+                cfg.enable_onednn()
+                if precision == "int8":
+                    cfg.enable_onednn_int8(ONEDNN_INT8_OPS)
+                    self._optim_dir = optim_dir or _optim_cache_dir()
+                    cfg.enable_save_optim_model(True)
+                    cfg.set_optim_cache_dir(self._optim_dir)
+        self.device = device
+        with compat.native_output(verbose):  # oneDNN's INT8 passes print ~30 lines
+            self.predictor = pi.create_predictor(cfg)
+        self.input_name = self.predictor.get_input_names()[0]
+        if device == "cpu":
+            self._check_int8()
+
+    # -- proof of INT8 ----------------------------------------------------
+    def optimized_op_types(self):
+        """Counter of (op type, mkldnn_data_type) in the optimized program (CPU oneDNN)."""
+        path = os.path.join(self._optim_dir or "", "_optimized.pdmodel")
+        if not self._optim_dir or not os.path.isfile(path):
+            return Counter()
+        return program_op_types(path)
+
+    def int8_ops(self):
+        return Counter({t: n for (t, dt), n in self.optimized_op_types().items() if dt == "int8"})
+
+    def _run(self, batch):
+        h = self.predictor.get_input_handle(self.input_name)
+        h.reshape(batch.shape)
+        h.copy_from_cpu(batch)
+        self.predictor.run()
+        out = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+        return out.copy_to_cpu()
+
+    def close(self):
+        if self._optim_dir and self._optim_dir.startswith(tempfile.gettempdir()):
+            shutil.rmtree(self._optim_dir, ignore_errors=True)
