@@ -75,10 +75,10 @@ def main(args):
             export.export_model(cfg, qmodel, os.path.join(tmp, f"{i}_int8"), args.input_shape,
                                 quanter=quanter)
             preds = {
-                "fp32": deploy.SegPredictor(os.path.join(tmp, f"{i}_fp32"), precision="fp32",
-                                            cpu_threads=args.cpu_threads),
-                "int8": deploy.SegPredictor(os.path.join(tmp, f"{i}_int8"), precision="int8",
-                                            cpu_threads=args.cpu_threads),
+                "fp32": deploy.create_predictor(os.path.join(tmp, f"{i}_fp32"), precision="fp32",
+                                            threads=args.cpu_threads),
+                "int8": deploy.create_predictor(os.path.join(tmp, f"{i}_int8"), precision="int8",
+                                            threads=args.cpu_threads),
             }
             s = bench.summarize(bench.interleaved_latency(preds, x, args.warmup, args.repeats),
                                 args.input_shape[0])
