@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = ".segqat.json"
 LOCK = ".segqat.lock"
-KINDS = ("train", "export", "analysis", "sweep", "benchmark", "prediction")
+KINDS = ("train", "export", "analysis", "sweep", "benchmark", "prediction", "dataset")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old|del)-(?P<pid>\d+)$")
 # What segqat's own exports held before markers existed (recognised as exports).
 _LEGACY_EXPORT_FILES = {"deploy.yaml", "model.pdmodel", "model.pdiparams", "ptq_info.json",
