@@ -696,6 +696,58 @@ def fix_conv_bias_axis(pdmodel_path):
     return count
 
 
+def drop_observer_only_quant(pdmodel_path):
+    """Remove the observer-only quantize/dequantize pairs from a saved PTQ program.
+
+    paddleslim 2.6's ``quant_post_static(onnx_format=True)`` writes, besides the
+    real quantize/dequantize pairs of each quantized op, a pair with
+    ``only_observer=True`` on many other tensors: Paddle runs them as identity
+    (they only carry a scale), but OpenVINO's Paddle frontend refuses them
+    ("Fail to convert dequantize_linear ... dims of scale should not be greater
+    than 2"; their scales are 0-d). Consumers of each pair's output are rewired
+    to its input; the scale variables stay in the program (the combined params
+    file lists them). Returns the number of pairs removed.
+    """
+    from paddle.base import core
+    with open(pdmodel_path, "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    count = 0
+    for b in range(desc.num_blocks()):
+        blk = desc.block(b)
+        ops = [blk.op(i) for i in range(blk.op_size())]
+        producer = {name: op for op in ops for name in op.output_arg_names()}
+        rename, dead = {}, set()
+        for op in ops:
+            if op.type() != "dequantize_linear" or not (op.has_attr("only_observer")
+                                                        and op.attr("only_observer")):
+                continue
+            q = producer.get(op.input("X")[0])
+            if q is None or q.type() != "quantize_linear" or not (
+                    q.has_attr("only_observer") and q.attr("only_observer")):
+                continue
+            rename[op.output("Y")[0]] = q.input("X")[0]
+            dead.update((id(op), id(q)))
+            count += 1
+        if not rename:
+            continue
+        for op in ops:
+            if id(op) in dead:
+                continue
+            for name in op.input_arg_names():
+                src = name
+                while src in rename:
+                    src = rename[src]
+                if src != name:
+                    op._rename_input(name, src)
+        for i in reversed(range(blk.op_size())):
+            if id(ops[i]) in dead:
+                blk._remove_op(i, i + 1)
+    if count:
+        with open(pdmodel_path, "wb") as f:
+            f.write(desc.serialize_to_string())
+    return count
+
+
 # ---------------------------------------------------------------- reading an export back
 
 def load_old_ir_inference_model(infer_dir):

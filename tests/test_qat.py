@@ -94,11 +94,12 @@ def test_int8_predictor_runs_int8_and_agrees(syn_cfg, synth, qat_run, exports):
 
 def test_infer_script_int8(synth, exports, tmp_path):
     out = tmp_path / "pred"
+    # no --precision: deploy.yaml says int8
     run_script("deploy/python/infer.py", ["--config", exports / "int8" / "deploy.yaml", "--image_path",
-                                          synth / "val.txt", "--precision", "int8", "--save_dir", out,
+                                          synth / "val.txt", "--save_dir", out,
                                           "--cpu_threads", 2, "--batch_size", 3])
-    pngs = sorted(p for p in out.glob("val_*.png"))
-    assert len(pngs) == 12 and len(list(out.glob("*_overlay.jpg"))) == 12
+    pngs = sorted(p for p in out.glob("val_*.png") if not p.name.endswith("_overlay.png"))
+    assert len(pngs) == 12 and len(list(out.glob("*_overlay.png"))) == 12
     from PIL import Image
     im = Image.open(pngs[0])
     assert im.mode == "P" and im.size == (64, 64) and max(np.unique(np.array(im))) < 4
@@ -116,6 +117,7 @@ def test_qat_model_never_runs_as_fake_quant_fp32(exports, synth, caplog):
             run_script("deploy/python/infer.py", ["--config", exports / "int8" / "deploy.yaml",
                                                   "--image_path", synth / "val.txt", *extra])
         assert e.value.code == 1
+    assert "would execute its fake quantization in floating point" in caplog.text
     assert "fake quantization in FP32" in caplog.text
     with pytest.raises(SystemExit):
         run_script("deploy/python/infer.py", ["--config", exports / "int8" / "deploy.yaml",

@@ -84,7 +84,6 @@ def main(args):
     shapes = [args.min_shape, args.opt_shape, args.max_shape]
     if args.use_trt and any(shapes) and not all(shapes):
         raise ValueError("--min_shape, --opt_shape and --max_shape go together")
-    files = list_images(args.image_path)
     options = {}
     if args.runtime == "paddle":
         options = dict(device=args.device, enable_mkldnn=args.enable_mkldnn, batch_size=args.batch_size,
@@ -96,6 +95,7 @@ def main(args):
                  if v != default]
         if given:
             raise ValueError(f"{', '.join(given)}: Paddle Inference options; --runtime is {args.runtime}")
+    files = list_images(args.image_path)
     pred = deploy.create_predictor(args.config, runtime=args.runtime, precision=args.precision,
                                    threads=args.cpu_threads, verbose=args.verbose, **options)
 

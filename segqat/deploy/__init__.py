@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 # runtime name -> (module in this package, its Predictor class)
 RUNTIMES = {
     "paddle": ("paddle_inference", "PaddlePredictor"),
+    "openvino": ("openvino", "OpenVINOPredictor"),
 }
 
 

@@ -1,0 +1,72 @@
+"""OpenVINO (CPU plugin), reading our old-IR exports through its Paddle frontend.
+
+OpenVINO loads ``model.pdmodel`` unchanged, FP32 and quantized alike; on a
+quantized model its low-precision transformations run each quantized
+convolution in INT8 (PADDLE_NOTES, "Other runtimes"). The proof of INT8 is
+the compiled model's runtime graph: layers whose ``runtimePrecision`` is
+u8/i8. The precision hint is pinned to f32: on CPUs with bf16 support
+OpenVINO's default is bf16, which changes FP32 results and hides the INT8
+gain; ``inference_precision="bf16"`` asks for it explicitly.
+"""
+from collections import Counter
+
+from .contract import DeployError, Predictor
+
+OPTIONS = ("inference_precision",)
+INT8_TYPES = {"u8", "i8"}
+# compute layers (runtime-graph layerType) counted as INT8 kernels
+COMPUTE_LAYERS = {"Convolution", "Deconvolution", "MatMul", "FullyConnected"}
+
+
+class OpenVINOPredictor(Predictor):
+    runtime = "openvino"
+
+    def __init__(self, dep, precision, threads, verbose=False, inference_precision="f32"):
+        import openvino as ov
+        super().__init__(dep, precision, threads)
+        if precision == "fp16":
+            raise DeployError("--runtime openvino: --precision fp16 is not offered here (CPU)")
+        if inference_precision not in ("f32", "bf16"):
+            raise DeployError(f"inference_precision must be f32 or bf16, got {inference_precision!r}")
+        if not dep["model_file"].endswith(".pdmodel"):
+            raise DeployError(f"--runtime openvino reads old-IR Paddle models (model.pdmodel); "
+                              f"{dep['model_file']} is not one. Re-export with this tool.")
+        core = ov.Core()
+        try:
+            model = core.read_model(dep["model_file"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+            raise DeployError(f"{dep['model_file']}: OpenVINO's Paddle frontend cannot read it: "
+                              f"{first}") from e
+        self.inference_precision = inference_precision
+        self.compiled = core.compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": inference_precision,
+            "INFERENCE_NUM_THREADS": int(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+        })
+        self.request = self.compiled.create_infer_request()
+        self._output = self.compiled.output(0)
+        self._check_int8()
+
+    def layer_precisions(self):
+        """Counter of (layerType, runtimePrecision) over the compiled runtime graph."""
+        c = Counter()
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            get = (lambda k: info[k].astype(str) if k in info else "")
+            c[(get("layerType"), get("runtimePrecision"))] += 1
+        return c
+
+    def int8_ops(self):
+        return Counter({t: n for (t, p), n in self.layer_precisions().items()
+                        if p in INT8_TYPES and t in COMPUTE_LAYERS})
+
+    def describe(self):
+        hint = "" if self.inference_precision == "f32" else f", inference precision {self.inference_precision}"
+        return super().describe() + hint
+
+    def _run(self, batch):
+        return self.request.infer({0: batch})[self._output]
+
+    def close(self):
+        self.request = self.compiled = None
