@@ -372,9 +372,6 @@ def run_ptq(cfg, model_path, save_dir, opts):
         # The FP32 input was already rewritten; again in case the passes re-created the form.
         n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
         logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
-        dropped = compat.drop_observer_only_quant(os.path.join(d, "model.pdmodel"))
-        logger.info("Removed %d observer-only quantize/dequantize pairs (identity in Paddle; "
-                    "OpenVINO cannot read them)", dropped)
         counts = program_op_counts(os.path.join(d, "model.pdmodel"))
         if not counts.get("quantize_linear") or not counts.get("dequantize_linear"):
             raise RuntimeError("PTQ produced no quantize_linear/dequantize_linear ops "
@@ -402,7 +399,6 @@ def run_ptq(cfg, model_path, save_dir, opts):
             "quantizable_op_type": ops, "skipped_weights": skip_tensors,
             "quantize_linear_ops": counts.get("quantize_linear", 0),
             "dequantize_linear_ops": counts.get("dequantize_linear", 0),
-            "observer_only_pairs_removed": dropped,
             "onednn_int8_ops": int8_ops,
             "params_mb": int8_size / 2 ** 20, "fp32_params_mb": fp32_size / 2 ** 20,
             "mIoU": metrics["mIoU"] if metrics else None,

@@ -18,6 +18,22 @@ INT8_TYPES = {"u8", "i8"}
 COMPUTE_LAYERS = {"Convolution", "Deconvolution", "MatMul", "FullyConnected"}
 
 
+def _read_paddle_model(core, model_file, params_file):
+    """The OpenVINO model of an old-IR Paddle program. PTQ programs are read from a
+    copy without paddleslim's observer-only quantize/dequantize pairs, which the
+    Paddle frontend refuses (compat.drop_observer_only_quant); the export itself is
+    not changed."""
+    import os
+    import tempfile
+    from .. import compat
+    with tempfile.TemporaryDirectory(prefix="segqat_ov_") as tmp:
+        copy = os.path.join(tmp, "model.pdmodel")
+        if compat.drop_observer_only_quant(model_file, copy):
+            os.symlink(os.path.abspath(params_file), os.path.join(tmp, "model.pdiparams"))
+            return core.read_model(copy)
+    return core.read_model(model_file)
+
+
 class OpenVINOPredictor(Predictor):
     runtime = "openvino"
 
@@ -33,7 +49,7 @@ class OpenVINOPredictor(Predictor):
                               f"{dep['model_file']} is not one. Re-export with this tool.")
         core = ov.Core()
         try:
-            model = core.read_model(dep["model_file"])
+            model = _read_paddle_model(core, dep["model_file"], dep["params_file"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
             raise DeployError(f"{dep['model_file']}: OpenVINO's Paddle frontend cannot read it: "
