@@ -73,8 +73,9 @@ def _qat_start_eval(cfg, val_ds, test_cfg, seed):
     So the scales are calibrated first, on the images PTQ calibrates on (train
     images, deploy preprocessing, ``ptq.PTQOptions`` defaults), for this
     evaluation only: the model's state is restored afterwards and training
-    runs exactly as it would without it. Compare the result with the PTQ model
-    and the QAT model to see what fine-tuning bought.
+    runs exactly as it would without it. Compared with the QAT checkpoints it
+    shows what fine-tuning bought. (It is near, not equal to, a PTQ model:
+    moving-average abs-max scales in fake quantization, not PTQ's ``--algo``.)
     """
     from . import ptq
 
