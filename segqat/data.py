@@ -192,6 +192,16 @@ def read_class_names(dataset):
         return [ln.strip() for ln in f if ln.strip()]
 
 
+def class_names_of(dataset, names=None):
+    """One name per class: ``names``, else labels.txt's, else "0", "1", ...
+
+    A list shorter than num_classes is completed with the indices, a longer one cut.
+    """
+    k = dataset.num_classes
+    names = list(names or read_class_names(dataset) or [])
+    return (names + [str(c) for c in range(len(names), k)])[:k]
+
+
 def check_labels(dataset, allow_absent_classes=False, class_names=None, max_ignore_share=0.5):
     """Catch, before training, label sets that would train silently to nothing.
 
@@ -234,8 +244,7 @@ def check_labels(dataset, allow_absent_classes=False, class_names=None, max_igno
             f"{name}: the ignore_index {ignore} covers {100 * n_ignore / total:.1f}% of the label "
             f"pixels (more than {100 * max_ignore_share:.0f}%; e.g. {census['example'][ignore]}); "
             f"if {ignore} marks a class, map it to that class's index in the label files")
-    names = class_names or read_class_names(dataset) or [str(c) for c in range(k)]
-    names = (list(names) + [str(c) for c in range(len(names), k)])[:k]
+    names = class_names_of(dataset, class_names)
     lines = [f"Class frequency over {census['files']} label files ({total} pixels, "
              f"{100 * n_ignore / max(total, 1):.1f}% ignored):"]
     for c in range(k):

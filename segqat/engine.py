@@ -1,8 +1,10 @@
 """Training loop, evaluation, checkpoints, logging and VisualDL.
 
 The same ``train`` serves FP32 training (tools/train.py) and QAT
-(slim/quant/qat_train.py): QAT passes an already-quantized model, nothing
-else changes. Works under ``python -m paddle.distributed.launch``: data is
+(slim/quant/qat_train.py): QAT passes an already-quantized model and, with
+--do_eval, a ``start_eval`` that scores the quantized FP32 weights before the
+first step; nothing else changes. Evaluations log PaddleSeg's [EVAL] lines and,
+with VisualDL, Evaluate/{mIoU,Acc,Kappa,Dice} and Evaluate/IoU/<class name>. Works under ``python -m paddle.distributed.launch``: data is
 sharded per rank, gradients all-reduced by ``paddle.DataParallel``, and only
 rank 0 logs, evaluates and writes checkpoints.
 
@@ -18,6 +20,7 @@ import math
 import os
 import uuid
 import time
+import typing
 
 import numpy as np
 import paddle
@@ -25,7 +28,7 @@ import paddle.nn.functional as F
 
 from . import compat, outputs, weights
 from .builder import build_lr_scheduler, build_optimizer
-from .data import ResumableBatchSampler
+from .data import ResumableBatchSampler, class_names_of
 from .metrics import ConfusionMatrix, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -296,6 +299,10 @@ class TrainOptions:
     seed: int = 0
     overwrite: bool = False  # replace another run's checkpoints in save_dir (at the first save)
     label: str = "Evaluate"  # how eval lines are labelled ("Evaluate QAT model")
+    # Called with the model before the first step of a run that does not resume (rank 0):
+    # returns the metrics of the starting point (QAT: the quantized FP32 weights). They go
+    # to VisualDL at step 0 and into every state.json as "start_metrics"; never best_model.
+    start_eval: typing.Optional[typing.Callable] = None
 
 
 def _loss(losses, logits_list, label):
@@ -340,10 +347,12 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     optimizer = build_optimizer(cfg, model, lr_sched)
 
     start_iter, best_miou, best_iter = 0, -1.0, -1
+    start_metrics = None
     run_id = uuid.uuid4().hex[:12]
     if opts.resume_model:
         state = load_resume(opts.resume_model, model, optimizer)
         start_iter = state["iter"]
+        start_metrics = state.get("start_metrics")
         run_id = state.get("run_id") or run_id
         best_miou, best_iter = state.get("best_mIoU", -1.0), state.get("best_iter", -1)
         if start_iter >= opts.iters:
@@ -360,9 +369,17 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     if opts.use_vdl and is_main:
         from visualdl import LogWriter
         writer = LogWriter(os.path.join(opts.save_dir, "vdl_log"))
+    class_names = class_names_of(val_ds) if val_ds is not None else None
     if is_main:
         os.makedirs(opts.save_dir, exist_ok=True)
         outputs.clean_stale(opts.save_dir)
+    if opts.start_eval is not None and not opts.resume_model:
+        if is_main:
+            start_metrics = {"iter": 0, **_short(opts.start_eval(model))}
+            if writer:
+                write_eval_scalars(writer, start_metrics, 0, class_names)
+        if world > 1:
+            paddle.distributed.barrier()
     if opts.resume_model and _run_of(opts.resume_model) is None:
         # a checkpoint from before run ids: its folder's checkpoints are this run's
         for d in outputs.checkpoint_dirs(opts.save_dir):
@@ -445,12 +462,13 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                 if is_main:
                     state = {"iter": it, "epoch": epoch, "best_mIoU": best_miou,
                              "best_iter": best_iter, "seed": opts.seed, "run_id": run_id}
+                    if start_metrics is not None:
+                        state["start_metrics"] = start_metrics
                     if opts.do_eval and val_ds is not None:
                         m = evaluate(model, val_ds, test_cfg, label=opts.label)
                         model.train()
                         if writer:
-                            writer.add_scalar("Evaluate/mIoU", m["mIoU"], it)
-                            writer.add_scalar("Evaluate/Acc", m["Acc"], it)
+                            write_eval_scalars(writer, m, it, class_names)
                         if m["mIoU"] > best_miou:
                             best_miou, best_iter = m["mIoU"], it
                             state.update(best_mIoU=best_miou, best_iter=best_iter)
@@ -477,7 +495,24 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     if is_main:
         logger.info("Training done: %d iterations in %s", it - start_iter,
                     _fmt_eta(time.time() - run_start))
-    return {"best_mIoU": best_miou, "best_iter": best_iter, "last_iter": it}
+    out = {"best_mIoU": best_miou, "best_iter": best_iter, "last_iter": it}
+    if start_metrics is not None:
+        out["start_metrics"] = start_metrics
+    return out
+
+
+def vdl_tag(name):
+    """A class name as one VisualDL tag level ('%' is refused by LogWriter, '/' nests)."""
+    return name.replace("%", "_").replace("/", "_")
+
+
+def write_eval_scalars(writer, m, step, class_names=None):
+    """Evaluate/{mIoU,Acc,Kappa,Dice} and Evaluate/IoU/<class> for one evaluation."""
+    for k in ("mIoU", "Acc", "Kappa", "Dice"):
+        writer.add_scalar(f"Evaluate/{k}", m[k], step)
+    names = class_names or [str(c) for c in range(len(m["class_IoU"]))]
+    for name, v in zip(names, m["class_IoU"]):
+        writer.add_scalar(f"Evaluate/IoU/{vdl_tag(name)}", v, step)
 
 
 def weights_digest(model, trainable=True):

@@ -19,6 +19,7 @@ only), ``quantize_scope`` (all | backbone), ``skip_layers`` (name patterns).
 16 bits are accepted for fake quantization (a diagnostic) and refused for
 export and PTQ.
 """
+import contextlib
 import fnmatch
 import logging
 
@@ -250,6 +251,21 @@ def calibrate(model, batches, reset=True):
             n += 1
     model.eval()
     return n
+
+
+@contextlib.contextmanager
+def state_restored(model):
+    """Put every parameter and buffer of ``model`` back, bit for bit, after the block.
+
+    For a look at the model that changes it (``calibrate`` updates the quantizers'
+    scales) in the middle of something that must not notice (training).
+    """
+    saved = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    try:
+        yield model
+    finally:
+        for k, v in model.state_dict().items():
+            v.set_value(saved[k])
 
 
 def without_pact(cfg, model, qc):

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from . import bench, deploy
-from .data import to_bgr8
+from .data import class_names_of, to_bgr8
 from .metrics import ConfusionMatrix, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ def count_params_flops(cfg, hw):
     for h in hooks:
         h.remove()
     return n_params, macs[0]
+
+
+_METRIC_KEYS = ("mIoU", "Acc", "Kappa", "Dice", "class_IoU", "class_Dice")
 
 
 def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, warmup=5,
@@ -116,11 +119,12 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     n_params, flops = count_params_flops(cfg, x.shape[2:])
 
     results = {"config": cfg.path, "num_images": n, "input_shape": list(x.shape),
-               "cpu_threads": cpu_threads, "repeats": repeats, "models": {}}
+               "cpu_threads": cpu_threads, "repeats": repeats,
+               "class_names": class_names_of(val_ds), "models": {}}
     for name in names:
         m = compute_metrics(cms[name].mat)
         r = {"dir": os.path.abspath(models[name]), "precision": preds[name].precision,
-             **{k: m[k] for k in ("mIoU", "Acc", "Kappa", "Dice", "class_IoU")},
+             **{k: m[k] for k in _METRIC_KEYS},
              "confusion_matrix": cms[name].mat.tolist(),
              "agreement_with_fp32": agree[name][0] / max(agree[name][1], 1),
              "latency": lat[name], "ratio_to_fp32": lat[name]["median_ms"] / lat[ref]["median_ms"],
@@ -131,7 +135,8 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     if fq_cm is not None:
         fm = compute_metrics(fq_cm.mat)
         results["fake_quant"] = {"model_path": os.path.abspath(qat_model_path),
-                                 **{k: fm[k] for k in ("mIoU", "Acc", "Kappa", "Dice", "class_IoU")}}
+                                 **{k: fm[k] for k in _METRIC_KEYS},
+                                 "confusion_matrix": fq_cm.mat.tolist()}
     results["warnings"] = _warnings(results, ref)
     for w in results["warnings"]:
         logger.warning("!!! %s", w)
@@ -188,10 +193,67 @@ def markdown_table(results):
                          f"{r['agreement_with_fake_quant'] * 100:.2f}%.")
     for w in results["warnings"]:
         lines.append(f"**Warning:** {w}")
+    lines += ["", *class_table(results)]
     return "\n".join(lines) + "\n"
 
 
+def class_names(results):
+    """The class names of a results dict ("0", "1", ... for results written without them)."""
+    nc = len(next(iter(results["models"].values()))["class_IoU"])
+    names = list(results.get("class_names") or [])
+    return (names + [str(c) for c in range(len(names), nc)])[:nc]
+
+
+def _class_dice(r):
+    """Per-class Dice of one model's results (from its confusion matrix in older results)."""
+    if "class_Dice" in r:
+        return r["class_Dice"]
+    if "confusion_matrix" in r:
+        return compute_metrics(r["confusion_matrix"])["class_Dice"]
+    return None
+
+
+def _evaluated(results):
+    """(column name, results) of every evaluated model: the deployed ones, then fake-quant."""
+    out = list(results["models"].items())
+    if results.get("fake_quant"):
+        out.append(("fake-quant", results["fake_quant"]))
+    return out
+
+
+def class_table(results):
+    """Markdown lines: one row per class, IoU and Dice (%) of each model, the class's pixel share."""
+    names = class_names(results)
+    models = _evaluated(results)
+    ref = next(iter(results["models"].values()))
+    rows = np.asarray(ref["confusion_matrix"], dtype=np.float64).sum(1) if "confusion_matrix" in ref else None
+    head = "| Class | Pixels |" + "".join(f" {n} IoU | {n} Dice |" for n, _ in models)
+    lines = [f"Per class (%): IoU and Dice of each model; Pixels is the class's share of the "
+             f"labelled pixels of the {results['num_images']} validation images.", "",
+             head, "|---|--:|" + "--:|--:|" * len(models)]
+    dice = {n: _class_dice(r) for n, r in models}
+    for c, cname in enumerate(names):
+        share = f"{100 * rows[c] / max(rows.sum(), 1):.2f}" if rows is not None else ""
+        cells = "".join(f" {100 * r['class_IoU'][c]:.2f} | "
+                        f"{'–' if dice[n] is None else format(100 * dice[n][c], '.2f')} |" for n, r in models)
+        lines.append(f"| {cname} | {share} |{cells}")
+    cells = "".join(f" **{100 * r['mIoU']:.2f}** | **{100 * r['Dice']:.2f}** |" for n, r in models)
+    lines.append(f"| **mean** | |{cells}")
+    return lines
+
+
+
+_CHAR_IN = 0.075  # inches per character of a 9-point tick label (a generous average)
+
+
+def _colours(n):
+    """One colour per model, the same in every plot: FP32 (first) grey, then tab10's."""
+    tab = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
+    return ["#7f7f7f"] + [tab[i % len(tab)] for i in range(n - 1)]
+
+
 def plots(results, samples, save_dir, ref):
+    """latency.png, class_iou.png, confusion.png and (with ``samples``) samples.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -209,33 +271,8 @@ def plots(results, samples, save_dir, ref):
     fig.tight_layout()
     fig.savefig(os.path.join(save_dir, "latency.png"), dpi=100)
     plt.close(fig)
-    # per-class IoU
-    nc = len(results["models"][ref]["class_IoU"])
-    fig, ax = plt.subplots(figsize=(max(5, nc * 0.7), 3))
-    width = 0.8 / len(names)
-    for k, n in enumerate(names):
-        ax.bar(np.arange(nc) + k * width, results["models"][n]["class_IoU"], width, label=n)
-    ax.set_xticks(np.arange(nc) + 0.4 - width / 2)
-    ax.set_xticklabels([str(c) for c in range(nc)])
-    ax.set_xlabel("class")
-    ax.set_ylabel("IoU")
-    ax.legend(fontsize=8)
-    ax.set_title("Per-class IoU")
-    fig.tight_layout()
-    fig.savefig(os.path.join(save_dir, "class_iou.png"), dpi=100)
-    plt.close(fig)
-    # confusion matrices (row-normalised)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
-    for ax, n in zip(np.atleast_1d(axes), names):
-        cm = np.asarray(results["models"][n]["confusion_matrix"], dtype=float)
-        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-        ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
-        ax.set_title(n, fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("label")
-    fig.tight_layout()
-    fig.savefig(os.path.join(save_dir, "confusion.png"), dpi=100)
-    plt.close(fig)
+    plot_class_iou(results, os.path.join(save_dir, "class_iou.png"))
+    plot_confusion(results, os.path.join(save_dir, "confusion.png"))
     # sample masks side by side
     if samples:
         pal = np.array(deploy.palette(), dtype=np.uint8).reshape(-1, 3)
@@ -252,3 +289,90 @@ def plots(results, samples, save_dir, ref):
         fig.tight_layout()
         fig.savefig(os.path.join(save_dir, "samples.png"), dpi=90)
         plt.close(fig)
+
+
+def plot_class_iou(results, path):
+    """Grouped bars: IoU (%) of every class and the mean, one bar per deployed model, values printed."""
+    import matplotlib.pyplot as plt
+    models = list(results["models"].items())
+    labels = class_names(results) + ["mean (mIoU)"]
+    nm, ng = len(models), len(labels)
+    width = 0.8 / nm
+    group_in = max(0.6, 0.25 * nm + 0.25)  # inches per class: room for nm printed values
+    fig, ax = plt.subplots(figsize=(max(6.0, group_in * ng + 1.2), 4.6), layout="constrained")
+    vertical = nm > 1 or ng > 8  # side by side, horizontal values would overlap
+    for k, ((name, r), colour) in enumerate(zip(models, _colours(nm))):
+        vals = [100 * v for v in r["class_IoU"]] + [100 * r["mIoU"]]
+        x = np.arange(ng) + (k - (nm - 1) / 2) * width
+        ax.bar(x, vals, width, color=colour, label=f"{name} (mIoU {100 * r['mIoU']:.2f})")
+        for xi, v in zip(x, vals):
+            ax.text(xi, v + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=8,
+                    rotation=90 if vertical else 0)
+    ax.axvline(ng - 1.5, color="k", lw=0.8, ls=":")  # the mean is not a class
+    ax.set_xticks(np.arange(ng))
+    long = max(len(s) for s in labels) * _CHAR_IN > 0.95 * group_in  # would run into each other
+    ax.set_xticklabels(labels, rotation=30 if long else 0, ha="right" if long else "center",
+                       rotation_mode="anchor", fontsize=9)
+    ax.set_xlim(-0.6, ng - 0.4)
+    ax.set_ylim(0, 118)  # room for the printed values above 100
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel("IoU (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=nm, frameon=False)
+    fig.suptitle(f"Per-class IoU on {results['num_images']} validation images")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(results, path):
+    """Row-normalised confusion matrix of each deployed model, the value in each cell."""
+    import matplotlib.pyplot as plt
+    models = list(results["models"].items())
+    names = class_names(results)
+    nc, nm = len(names), len(models)
+    ncols = min(nm, 3)
+    nrows = -(-nm // ncols)
+    cell = 0.42 if nc > 6 else 0.8  # inches
+    side = max(2.4, cell * nc)
+    label_in = _CHAR_IN * max(len(s) for s in names) + 0.5  # room for the tick labels
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(ncols * (side + 0.3) + label_in + 1.5,
+                                      nrows * (side + label_in + 0.6) + 0.3))
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#dddddd")  # grey: a class without labelled pixels
+    font = float(np.clip(90 / nc, 7, 12))
+    rot = 45 if max(len(s) for s in names) * _CHAR_IN > 0.95 * cell else 0
+    im, absent = None, False
+    for i, ax in enumerate(axes.flat):
+        if i >= nm:
+            ax.set_axis_off()
+            continue
+        name, r = models[i]
+        cm = np.asarray(r["confusion_matrix"], dtype=float)
+        rows = cm.sum(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            norm = np.where(rows > 0, cm / rows, np.nan)
+        absent |= bool(np.isnan(norm).any())
+        im = ax.imshow(np.ma.masked_invalid(norm), vmin=0, vmax=1, cmap=cmap)
+        for (y, x), v in np.ndenumerate(norm):
+            if np.isnan(v) or v < 0.005:  # blank instead of a wall of 0.00
+                continue
+            lum = np.dot(cmap(v)[:3], [0.299, 0.587, 0.114])
+            ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=font,
+                    color="white" if lum < 0.5 else "black")
+        ax.set_xticks(range(nc))
+        ax.set_yticks(range(nc))
+        ax.set_xticklabels(names, rotation=rot, ha="right" if rot else "center",
+                           rotation_mode="anchor", fontsize=9)
+        ax.set_xlabel("predicted")
+        if i % ncols == 0:  # the rows are the same classes in every panel
+            ax.set_yticklabels(names, fontsize=9)
+            ax.set_ylabel("label")
+        else:
+            ax.set_yticklabels([])
+        ax.set_title(f"{name} (mIoU {100 * r['mIoU']:.2f})", fontsize=10)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="share of the label's pixels (row sums to 1)")
+    fig.suptitle(f"Confusion matrices, rows normalised ({results['num_images']} validation images"
+                 + ("; grey: a class without labelled pixels)" if absent else ")"))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

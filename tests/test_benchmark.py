@@ -1,9 +1,12 @@
 """deploy/python/benchmark.py on tiny synthetic exports."""
 import json
 
+import numpy as np
 import pytest
 
 from conftest import run_script
+from segqat import report
+from segqat.metrics import compute_metrics
 
 
 def test_benchmark_outputs(syn_cfg, fp32_run, qat_run, exports, tmp_path):
@@ -32,6 +35,63 @@ def test_benchmark_outputs(syn_cfg, fp32_run, qat_run, exports, tmp_path):
     md = (out / "results.md").read_text()
     assert md.startswith("| Model | Dtype | mIoU |") and "| INT8 | INT8 |" in md
     assert res["models"]["INT8"]["mIoU"] == int8["mIoU"]
+    # per class: the names of the data set's labels.txt, IoU and Dice of every model
+    names = ["background", "circle", "square", "triangle"]
+    assert saved["class_names"] == names
+    for r in (fp32, int8, saved["fake_quant"]):
+        assert len(r["class_Dice"]) == 4 and r["class_Dice"] == pytest.approx(
+            compute_metrics(r["confusion_matrix"])["class_Dice"])
+    assert "| Class | Pixels | FP32 IoU | FP32 Dice | INT8 IoU | INT8 Dice | fake-quant IoU | fake-quant Dice |" in md
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in md.splitlines()
+            if ln.startswith("| ") and ln.split("|")[1].strip() in names}
+    assert list(rows) == names
+    for c, cells in enumerate(rows.values()):
+        vals = [float(v) for v in cells]  # pixel share, then IoU and Dice of FP32, INT8, fake-quant
+        assert vals[1:3] == pytest.approx([100 * fp32["class_IoU"][c], 100 * fp32["class_Dice"][c]], abs=0.006)
+        assert vals[3:5] == pytest.approx([100 * int8["class_IoU"][c], 100 * int8["class_Dice"][c]], abs=0.006)
+
+
+def _fake_results(names, models=("FP32", "INT8 QAT", "INT8 PTQ"), seed=0):
+    rng = np.random.RandomState(seed)
+    nc = len(names)
+    res = {"num_images": 5, "class_names": list(names), "models": {}}
+    for k, name in enumerate(models):
+        cm = np.diag(rng.randint(100, 10000, nc)) + (rng.rand(nc, nc) * 50 * (k + 1)).astype(np.int64)
+        res["models"][name] = {**compute_metrics(cm), "confusion_matrix": cm.tolist()}
+    return res
+
+
+def test_class_dice_hand_case():
+    # rows: label, columns: prediction
+    cm = np.array([[3, 1, 0],
+                   [0, 2, 2],
+                   [1, 0, 1]])
+    m = compute_metrics(cm)
+    # Dice = 2 tp / (labelled + predicted): class 0: 6 / (4 + 4); class 1: 4 / (4 + 3); class 2: 2 / (2 + 3)
+    assert m["class_Dice"] == pytest.approx([6 / 8, 4 / 7, 2 / 5])
+    assert m["Dice"] == pytest.approx((6 / 8 + 4 / 7 + 2 / 5) / 3)
+    # results written before class_Dice was stored: the table derives it from the confusion matrix
+    res = {"num_images": 1, "models": {"FP32": {**m, "confusion_matrix": cm.tolist()}}}
+    del res["models"]["FP32"]["class_Dice"]
+    lines = report.class_table(res)
+    assert "| 0 | 40.00 | 60.00 | 75.00 |" in lines  # no class_names: the indices
+    assert "| 1 | 40.00 | 40.00 | 57.14 |" in lines  # 4 of 10 pixels, IoU 2 / 5
+
+
+def test_plots_and_table_many_classes(tmp_path):
+    camvid = ["sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car",
+              "pedestrian", "bicyclist"]
+    res = _fake_results(camvid)
+    res["models"]["INT8 PTQ"]["confusion_matrix"][2] = [0] * 11  # a class with no labelled pixels
+    report.plot_class_iou(res, tmp_path / "class_iou.png")
+    report.plot_confusion(res, tmp_path / "confusion.png")
+    for f in ("class_iou.png", "confusion.png"):
+        assert (tmp_path / f).stat().st_size > 10_000, f
+    lines = report.class_table(res)
+    assert lines[2].startswith("| Class | Pixels | FP32 IoU | FP32 Dice | INT8 QAT IoU |")
+    body = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| Class")]
+    assert [ln.split("|")[1].strip() for ln in body] == camvid + ["**mean**"]
+    assert all(len(ln.split("|")) == 2 + 2 + 2 * 3 for ln in body)  # edges, class, pixels, 3 x (IoU, Dice)
 
 
 def test_benchmark_warns(tmp_path):

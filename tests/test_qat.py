@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import re
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import run_script
-from segqat import deploy, quant
+from segqat import deploy, quant, workflow
 from segqat.config import load_config
 from segqat.metrics import agreement
 
@@ -37,6 +38,12 @@ def test_qat_train_outputs(qat_run):
     assert any("_fake_quant_input._scale" in k for k in keys)
     log = (qat_run / "train.log").read_text()
     assert "Evaluate QAT model (fake quantization)" in log and "[TRAIN] epoch" in log
+    # --do_eval: the quantized FP32 weights are evaluated before the first step (scales
+    # calibrated for it; uncalibrated they would score near nothing), and kept for comparison
+    assert re.search(r"\[EVAL\] before QAT fine-tuning \(iter 0\): mIoU: [\d.]+ Acc", log)
+    assert re.search(r"\[EVAL\] QAT fine-tuning: mIoU [\d.]+ before \(iter 0\) -> [\d.]+ best", log)
+    start = state["start_metrics"]
+    assert start["iter"] == 0 and start["mIoU"] > 0.3 and len(start["class_IoU"]) == 4
 
 
 def test_qat_val_matches_training_eval(syn_cfg, qat_run, tmp_path):
@@ -157,18 +164,46 @@ def test_infer_without_deploy_yaml(tmp_path, synth, caplog):
     assert e.value.code == 1 and "deploy.yaml not found" in caplog.text
 
 
-def test_qat_resume_restores_scales(syn_cfg, fp32_run, tmp_path):
-    """--resume_model in QAT restores weights, optimizer and the quantizers' scales."""
+def test_qat_resume_restores_scales(syn_cfg, fp32_run, tmp_path, monkeypatch):
+    """--resume_model in QAT restores weights, optimizer and the quantizers' scales.
+
+    With --do_eval, QAT evaluates the quantized FP32 weights before its first step
+    (calibrating the scales for that and restoring them after): it must not change
+    what training computes.
+    """
     base = ["--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
             "--iters", 6, "--batch_size", 4, "--save_interval", 3, "--learning_rate", 0.005,
             "--log_iters", 3, "--keep_checkpoint_max", 0]
-    run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "full"])
-    run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "res",
+    run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "full", "--do_eval", "--use_vdl"])
+    run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "res", "--do_eval",
                                                   "--resume_model", tmp_path / "full" / "iter_3"])
-    a = paddle.load(str(tmp_path / "full/iter_6/model.pdparams"))
-    b = paddle.load(str(tmp_path / "res/iter_6/model.pdparams"))
-    scales = [k for k in a if k.endswith("_fake_quant_input._scale")]
-    assert scales and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    with monkeypatch.context() as mp:  # the same run without the evaluation before the first step
+        mp.setattr(workflow, "_qat_start_eval", lambda *a: None)
+        run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "plain", "--do_eval"])
+
+    def same(x, y):
+        a, b = paddle.load(str(tmp_path / x / "model.pdparams")), paddle.load(str(tmp_path / y / "model.pdparams"))
+        scales = [k for k in a if k.endswith("_fake_quant_input._scale")]
+        return scales and a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+    assert same("full/iter_6", "res/iter_6")
+    assert same("full/iter_3", "plain/iter_3") and same("full/iter_6", "plain/iter_6")
+    # iter 0 is evaluated once, in the run that starts from FP32 weights; its numbers travel on
+    assert "before QAT fine-tuning (iter 0)" in (tmp_path / "full" / "train.log").read_text()
+    assert "before QAT fine-tuning (iter 0)" not in (tmp_path / "res" / "train.log").read_text()
+    start = json.loads((tmp_path / "full/iter_3/state.json").read_text())["start_metrics"]
+    assert json.loads((tmp_path / "res/iter_6/state.json").read_text())["start_metrics"] == start
+    assert "start_metrics" not in json.loads((tmp_path / "plain/iter_3/state.json").read_text())
+    # VisualDL: the iter-0 evaluation at step 0, per-class IoU named from labels.txt, Kappa, Dice
+    from visualdl import LogReader
+    (vdl,) = (tmp_path / "full" / "vdl_log").glob("vdlrecords.*")
+    reader = LogReader(file_path=str(vdl))
+    tags = set(reader.get_tags()["scalar"])
+    assert {"Evaluate/mIoU", "Evaluate/Acc", "Evaluate/Kappa", "Evaluate/Dice"} <= tags
+    assert {f"Evaluate/IoU/{c}" for c in ("background", "circle", "square", "triangle")} <= tags
+    assert [r.id for r in reader.get_data("scalar", "Evaluate/mIoU")] == [0, 3, 6]
+    iou0 = [r.value for r in reader.get_data("scalar", "Evaluate/IoU/circle") if r.id == 0]
+    assert iou0 == pytest.approx([start["class_IoU"][1]])
 
 
 def test_output_ops_and_legacy_flags(syn_cfg, fp32_run, synth, tmp_path):

@@ -75,8 +75,12 @@ def test_flags_reach_their_effects(syn_cfg, tmp_path):
     reader = LogReader(file_path=str(vdl_files[0]))
     tags = set(reader.get_tags()["scalar"])
     assert {"Train/loss", "Train/lr", "Train/batch_cost", "Train/reader_cost",
-            "Evaluate/mIoU", "Evaluate/Acc"} <= tags
-    assert [r.id for r in reader.get_data("scalar", "Evaluate/mIoU")] == [2, 4, 6]
+            "Evaluate/mIoU", "Evaluate/Acc", "Evaluate/Kappa", "Evaluate/Dice"} <= tags
+    assert {f"Evaluate/IoU/{c}" for c in ("background", "circle", "square", "triangle")} <= tags
+    assert [r.id for r in reader.get_data("scalar", "Evaluate/mIoU")] == [2, 4, 6]  # FP32: no iter 0
+    best = json.loads((out / "best_model" / "state.json").read_text())
+    assert [r.value for r in reader.get_data("scalar", "Evaluate/IoU/square")
+            if r.id == best["best_iter"]] == pytest.approx([best["metrics"]["class_IoU"][2]])
 
 
 def test_resume_equivalence_and_seed(syn_cfg, tmp_path):

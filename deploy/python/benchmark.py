@@ -6,8 +6,9 @@
 
 FP32 vs PTQ vs QAT in one table: --int8 output/qat_infer output/ptq_infer --names FP32 QAT PTQ
 
-Writes save_dir/results.json, results.md (Model | Dtype | mIoU | ... | Time | Ratio | Size)
-and latency.png, class_iou.png, confusion.png, samples.png. Warns when INT8 is
+Writes save_dir/results.json, results.md (Model | Dtype | mIoU | ... | Time | Ratio | Size,
+then IoU and Dice per class, named from the dataset's labels.txt) and latency.png,
+class_iou.png, confusion.png (row-normalised, values in the cells), samples.png. Warns when INT8 is
 not faster than FP32, or when the deployed INT8 mIoU is more than 0.5 points
 from the fake-quant mIoU. Run it on an otherwise idle machine.
 """

@@ -7,6 +7,11 @@
 The FP32 weights are loaded, then fake-quant layers are inserted (settings
 from the config's quant_config), then the FP32 training loop runs unchanged.
 QAT usually runs at about a tenth of the FP32 learning rate.
+
+With --do_eval the quantized FP32 weights are evaluated before the first step
+("[EVAL] before QAT fine-tuning (iter 0): mIoU ...", VisualDL step 0,
+"start_metrics" in state.json), with activation scales calibrated for that
+evaluation only; the last line compares it with the best QAT checkpoint.
 """
 import os
 import sys
