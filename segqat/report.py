@@ -65,11 +65,15 @@ _METRIC_KEYS = ("mIoU", "Acc", "Kappa", "Dice", "class_IoU", "class_Dice")
 
 
 def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, warmup=5,
-                  repeats=20, num_images=None, num_samples=4):
+                  repeats=20, num_images=None, num_samples=4, runtimes=("paddle",)):
     """``models``: ordered {name: inference dir}; the first is the FP32 reference.
 
-    ``qat_model_path`` (optional) are the QAT weights of the first INT8 model:
-    its fake-quant model is evaluated too, and compared with that model.
+    Every model runs on every runtime in ``runtimes`` (rows "name (runtime)"
+    when there are several); each INT8 row is compared with the FP32 model on
+    its own runtime. ``qat_model_path`` (optional) are the QAT weights of the
+    first INT8 model: its fake-quant model is evaluated too, and compared with
+    that model on each runtime. All predictors are timed interleaved on the
+    same input with the same thread count.
 
     Returns the results dict and writes results.json, results.md and plots.
     """
@@ -78,19 +82,30 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     val_ds = builder.build_dataset(cfg, "val")
     n = len(val_ds) if num_images is None else min(num_images, len(val_ds))
     nc = val_ds.num_classes
-    names = list(models)
+    base = list(models)
+    rows = {(name if len(runtimes) == 1 else f"{name} ({rt})"): (rt, name)
+            for rt in runtimes for name in base}
+    names = list(rows)
+    ref_of = {row: next(r for r, (rt2, n2) in rows.items() if rt2 == rt and n2 == base[0])
+              for row, (rt, _) in rows.items()}
     preds = {}
-    for name, d in models.items():
-        preds[name] = deploy.create_predictor(d, threads=cpu_threads)
+    try:
+        for row, (rt, name) in rows.items():
+            preds[row] = deploy.create_predictor(models[name], runtime=rt, threads=cpu_threads)
+    except Exception:
+        for p in preds.values():
+            p.close()
+        raise
     ref = names[0]
 
     cms = {name: ConfusionMatrix(nc, val_ds.ignore_index) for name in names}
-    agree = {name: [0, 0] for name in names}       # vs FP32: [equal, total]
+    agree = {name: [0, 0] for name in names}       # vs FP32 on the same runtime: [equal, total]
     agree_fq = {name: [0, 0] for name in names}    # vs fake-quant model
     samples = []
     fq_cm = None
     fq_iter = None
-    fq_owner = names[1] if len(names) > 1 else None  # the QAT weights belong to the first INT8 model
+    # the QAT weights belong to the first INT8 model, on every runtime
+    fq_owners = {row for row, (_, name) in rows.items() if len(base) > 1 and name == base[1]}
     if qat_model_path:
         fq_model, _ = quant.build_model(cfg, qat_model_path, quantized=True, stage="eval")
         fq_cm = ConfusionMatrix(nc, val_ds.ignore_index)
@@ -105,9 +120,9 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
             fq_cm.update(fq, lab)
         for name, o in outs.items():
             cms[name].update(o, lab)
-            agree[name][0] += int((o == outs[ref]).sum())
+            agree[name][0] += int((o == outs[ref_of[name]]).sum())
             agree[name][1] += o.size
-            if fq is not None and name == fq_owner:
+            if fq is not None and name in fq_owners:
                 agree_fq[name][0] += int((o == fq).sum())
                 agree_fq[name][1] += o.size
         if len(samples) < num_samples:
@@ -119,17 +134,21 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     n_params, flops = count_params_flops(cfg, x.shape[2:])
 
     results = {"config": cfg.path, "num_images": n, "input_shape": list(x.shape),
-               "cpu_threads": cpu_threads, "repeats": repeats,
+               "cpu_threads": cpu_threads, "repeats": repeats, "runtimes": list(runtimes),
                "class_names": class_names_of(val_ds), "models": {}}
     for name in names:
+        rt, model = rows[name]
         m = compute_metrics(cms[name].mat)
-        r = {"dir": os.path.abspath(models[name]), "precision": preds[name].precision,
+        r = {"dir": os.path.abspath(models[model]), "model": model, "runtime": rt,
+             "precision": preds[name].precision,
+             "int8_kernels": int(sum(preds[name].int8_ops().values())),
              **{k: m[k] for k in _METRIC_KEYS},
              "confusion_matrix": cms[name].mat.tolist(),
              "agreement_with_fp32": agree[name][0] / max(agree[name][1], 1),
-             "latency": lat[name], "ratio_to_fp32": lat[name]["median_ms"] / lat[ref]["median_ms"],
-             **model_size(models[name]), "num_params": n_params, "macs": flops}
-        if fq_cm is not None and name == fq_owner:
+             "latency": lat[name],
+             "ratio_to_fp32": lat[name]["median_ms"] / lat[ref_of[name]]["median_ms"],
+             **model_size(models[model]), "num_params": n_params, "macs": flops}
+        if fq_cm is not None and name in fq_owners:
             r["agreement_with_fake_quant"] = agree_fq[name][0] / max(agree_fq[name][1], 1)
         results["models"][name] = r
     if fq_cm is not None:
@@ -137,7 +156,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
         results["fake_quant"] = {"model_path": os.path.abspath(qat_model_path),
                                  **{k: fm[k] for k in _METRIC_KEYS},
                                  "confusion_matrix": fq_cm.mat.tolist()}
-    results["warnings"] = _warnings(results, ref)
+    results["warnings"] = _warnings(results, ref_of)
     for w in results["warnings"]:
         logger.warning("!!! %s", w)
     for p in preds.values():
@@ -152,9 +171,10 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     return results
 
 
-def _warnings(results, ref):
+def _warnings(results, ref_of):
     out = []
     for name, r in results["models"].items():
+        ref = ref_of[name]
         if name == ref or r["precision"] != "int8":
             continue
         if r["ratio_to_fp32"] >= 1.0:
@@ -170,23 +190,28 @@ def _warnings(results, ref):
 
 
 def markdown_table(results):
-    lines = ["| Model | Dtype | mIoU | Acc | Kappa | Agreement w/ FP32 | Time (ms/img) | p90 (ms) "
-             "| Ratio | Size (MB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| Model | Runtime | Dtype | mIoU | Acc | Kappa | Agreement w/ FP32 | w/ fake-quant "
+             "| Time (ms/img) | p90 (ms) | Ratio | INT8 kernels | Size (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fq = results.get("fake_quant")
     for name, r in results["models"].items():
-        lines.append(f"| {name} | {r['precision'].upper()} | {r['mIoU'] * 100:.2f} | {r['Acc'] * 100:.2f} "
+        afq = r.get("agreement_with_fake_quant")
+        lines.append(f"| {name} | {r.get('runtime', 'paddle')} | {r['precision'].upper()} "
+                     f"| {r['mIoU'] * 100:.2f} | {r['Acc'] * 100:.2f} "
                      f"| {r['Kappa']:.4f} | {r['agreement_with_fp32'] * 100:.2f}% "
+                     f"| {'' if afq is None else format(afq * 100, '.2f') + '%'} "
                      f"| {r['latency']['median_ms']:.1f} | {r['latency']['p90_ms']:.1f} "
-                     f"| {r['ratio_to_fp32']:.2f} | {r['params_mb']:.2f} |")
+                     f"| {r['ratio_to_fp32']:.2f} | {r.get('int8_kernels', '')} | {r['params_mb']:.2f} |")
     if fq:
-        lines.append(f"| fake-quant (QAT, dygraph) | INT8 sim | {fq['mIoU'] * 100:.2f} | {fq['Acc'] * 100:.2f} "
-                     f"| {fq['Kappa']:.4f} | | | | | |")
+        lines.append(f"| fake-quant (QAT, dygraph) | paddle | INT8 sim | {fq['mIoU'] * 100:.2f} "
+                     f"| {fq['Acc'] * 100:.2f} | {fq['Kappa']:.4f} | | | | | | | |")
     lines.append("")
     r0 = next(iter(results["models"].values()))
     macs = f", {r0['macs'] / 1e9:.2f} GMACs per image" if r0.get("macs") else ""
     lines.append(f"Model: {r0['num_params'] / 1e6:.2f} M parameters{macs}.")
     lines.append(f"{results['num_images']} validation images, input {results['input_shape']}, "
-                 f"{results['cpu_threads']} threads, median of {results['repeats']} interleaved runs.")
+                 f"{results['cpu_threads']} threads, median of {results['repeats']} interleaved runs. "
+                 "Ratio: time over the FP32 model's on the same runtime.")
     for name, r in results["models"].items():
         if "agreement_with_fake_quant" in r and r["precision"] == "int8":
             lines.append(f"{name}: pixel agreement with its fake-quant model "
@@ -258,19 +283,7 @@ def plots(results, samples, save_dir, ref):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(results["models"])
-    # latency bars
-    fig, ax = plt.subplots(figsize=(5, 3))
-    med = [results["models"][n]["latency"]["median_ms"] for n in names]
-    p90 = [results["models"][n]["latency"]["p90_ms"] for n in names]
-    ax.bar(names, med, color=["#888"] + ["#2a7"] * (len(names) - 1))
-    ax.errorbar(names, med, yerr=[[0] * len(names), np.subtract(p90, med)], fmt="none", ecolor="k", capsize=4)
-    for i, m in enumerate(med):
-        ax.text(i, m, f"{m:.1f} ms\n{m / med[0]:.2f}x", ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("ms / image (median, bar to p90)")
-    ax.set_title("Latency")
-    fig.tight_layout()
-    fig.savefig(os.path.join(save_dir, "latency.png"), dpi=100)
-    plt.close(fig)
+    plot_latency(results, os.path.join(save_dir, "latency.png"))
     plot_class_iou(results, os.path.join(save_dir, "class_iou.png"))
     plot_confusion(results, os.path.join(save_dir, "confusion.png"))
     # sample masks side by side
@@ -289,6 +302,38 @@ def plots(results, samples, save_dir, ref):
         fig.tight_layout()
         fig.savefig(os.path.join(save_dir, "samples.png"), dpi=90)
         plt.close(fig)
+
+
+def plot_latency(results, path):
+    """Median ms/image (bar to p90) of every model, grouped by runtime, with the time
+    and the ratio to the FP32 model of the same runtime printed on each bar."""
+    import matplotlib.pyplot as plt
+    rows = list(results["models"].items())
+    runtimes = list(dict.fromkeys(r.get("runtime", "paddle") for _, r in rows))
+    models = list(dict.fromkeys(r.get("model", n) for n, r in rows))
+    colours = dict(zip(models, _colours(len(models))))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.9 * len(rows)), 3.4))
+    top = max(r["latency"]["p90_ms"] for _, r in rows)
+    for n, r in rows:
+        g, k = runtimes.index(r.get("runtime", "paddle")), models.index(r.get("model", n))
+        x = g + (k - (len(models) - 1) / 2) * width
+        med, p90 = r["latency"]["median_ms"], r["latency"]["p90_ms"]
+        ax.bar(x, med, width * 0.95, color=colours[r.get("model", n)],
+               label=r.get("model", n) if g == 0 else None)
+        ax.errorbar([x], [med], yerr=[[0], [p90 - med]], fmt="none", ecolor="k", capsize=3)
+        ax.text(x, p90 + top * 0.02, f"{med:.1f}\n{r['ratio_to_fp32']:.2f}x", ha="center",
+                va="bottom", fontsize=7)
+    ax.set_xticks(range(len(runtimes)))
+    ax.set_xticklabels(runtimes)
+    ax.set_ylim(0, top * 1.3)
+    ax.set_ylabel("ms / image (median, bar to p90)")
+    ax.set_title(f"Latency, input {results['input_shape']}, {results['cpu_threads']} threads "
+                 "(ratio to FP32 on the same runtime)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", ncol=len(models))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_class_iou(results, path):

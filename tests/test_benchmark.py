@@ -33,7 +33,7 @@ def test_benchmark_outputs(syn_cfg, fp32_run, qat_run, exports, tmp_path):
     v = run_script("tools/val.py", ["--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams"])
     assert fp32["mIoU"] == pytest.approx(v["mIoU"], abs=0.005)
     md = (out / "results.md").read_text()
-    assert md.startswith("| Model | Dtype | mIoU |") and "| INT8 | INT8 |" in md
+    assert md.startswith("| Model | Runtime | Dtype | mIoU |") and "| INT8 | paddle | INT8 |" in md
     assert res["models"]["INT8"]["mIoU"] == int8["mIoU"]
     # per class: the names of the data set's labels.txt, IoU and Dice of every model
     names = ["background", "circle", "square", "triangle"]
@@ -103,8 +103,36 @@ def test_benchmark_warns(tmp_path):
                       "PTQ": {"precision": "int8", "mIoU": 0.55, "latency": {"median_ms": 5.0},
                               "ratio_to_fp32": 0.5}},
            "fake_quant": {"mIoU": 0.60}}
-    w = _warnings(res, "FP32")
+    ref_of = dict.fromkeys(res["models"], "FP32")
+    w = _warnings(res, ref_of)
     assert any("not faster" in x for x in w) and any("differs from the fake-quant" in x for x in w)
     assert not any(x.startswith("PTQ") for x in w)  # the QAT weights are not the PTQ model's
     res["models"]["INT8"].update(mIoU=0.598, ratio_to_fp32=0.5)
-    assert _warnings(res, "FP32") == []
+    assert _warnings(res, ref_of) == []
+
+
+def test_benchmark_across_runtimes(syn_cfg, qat_run, exports, tmp_path):
+    """Every model on every runtime: one row each, ratios and agreement within the runtime."""
+    out = tmp_path / "bench_rt"
+    res = run_script("deploy/python/benchmark.py", [
+        "--config", syn_cfg, "--fp32", exports / "fp32", "--int8", exports / "int8",
+        "--qat_model_path", qat_run / "best_model" / "model.pdparams", "--save_dir", out,
+        "--runtimes", "paddle", "openvino", "--num_images", 4, "--repeats", 2, "--warmup", 1,
+        "--cpu_threads", 1])
+    rows = res["models"]
+    assert list(rows) == ["FP32 (paddle)", "INT8 (paddle)", "FP32 (openvino)", "INT8 (openvino)"]
+    for rt in ("paddle", "openvino"):
+        fp32, int8 = rows[f"FP32 ({rt})"], rows[f"INT8 ({rt})"]
+        assert fp32["runtime"] == int8["runtime"] == rt and fp32["ratio_to_fp32"] == 1.0
+        assert int8["ratio_to_fp32"] == pytest.approx(
+            int8["latency"]["median_ms"] / fp32["latency"]["median_ms"])
+        assert fp32["int8_kernels"] == 0 and int8["int8_kernels"] >= 40
+        assert int8["agreement_with_fake_quant"] >= 0.99
+    md = (out / "results.md").read_text()
+    assert "| INT8 (openvino) | openvino | INT8 |" in md
+    assert (out / "latency.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        run_script("deploy/python/benchmark.py", [
+            "--config", syn_cfg, "--fp32", exports / "fp32", "--int8", exports / "int8",
+            "--save_dir", tmp_path / "x", "--runtimes", "paddle", "tensorrt"])
+    assert not (tmp_path / "x").exists()

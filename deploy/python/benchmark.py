@@ -5,6 +5,7 @@
         --qat_model_path output/qat/best_model/model.pdparams --save_dir output/bench
 
 FP32 vs PTQ vs QAT in one table: --int8 output/qat_infer output/ptq_infer --names FP32 QAT PTQ
+Across runtimes (every model on each; ratios within a runtime): --runtimes paddle openvino
 
 Writes save_dir/results.json, results.md (Model | Dtype | mIoU | ... | Time | Ratio | Size,
 then IoU and Dice per class, named from the dataset's labels.txt) and latency.png,
@@ -30,6 +31,8 @@ def get_args_parser():
     p.add_argument("--qat_model_path", default=None,
                    help="QAT weights of the first --int8 model: also evaluate its fake-quant model")
     p.add_argument("--save_dir", default="./output/benchmark")
+    p.add_argument("--runtimes", nargs="+", default=["paddle"], metavar="RUNTIME",
+                   help="runtimes to run every model on (paddle, openvino, ...; default paddle)")
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
     p.add_argument("--repeats", type=cli.positive_int, default=20)
@@ -39,8 +42,12 @@ def get_args_parser():
 
 
 def main(args):
-    from segqat import report
+    from segqat import deploy, report
     from segqat.config import load_config
+    for rt in args.runtimes:
+        deploy.runtime_class(rt)  # an unknown name is an error before any work
+    if len(set(args.runtimes)) != len(args.runtimes):
+        raise ValueError(f"--runtimes names a runtime twice: {' '.join(args.runtimes)}")
     dirs = [args.fp32] + args.int8
     names = args.names or ["FP32"] + (["INT8"] if len(args.int8) == 1 else
                                       [f"INT8 {os.path.basename(os.path.normpath(d))}" for d in args.int8])
@@ -53,7 +60,8 @@ def main(args):
     cli.setup(None, args.save_dir, "benchmark.log")
     cfg = load_config(args.config, opts=args.opts)
     res = report.run_benchmark(cfg, dict(zip(names, dirs)), args.save_dir, args.qat_model_path,
-                               args.cpu_threads, args.warmup, args.repeats, args.num_images)
+                               args.cpu_threads, args.warmup, args.repeats, args.num_images,
+                               runtimes=args.runtimes)
     print(report.markdown_table(res))
     return res
 
