@@ -114,3 +114,20 @@ def test_runtime_errors(exports, caplog):
         run_script("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path", "x.png",
                                               "--runtime", "openvino", "--enable_mkldnn", "false"])
     assert "--enable_mkldnn: Paddle Inference options; --runtime is openvino" in caplog.text
+
+
+def test_bench_latency_across_runtimes(tmp_path):
+    from conftest import SYN_CONFIG
+    res = run_script("slim/quant/bench_latency.py", [
+        "--config", SYN_CONFIG, "--input_shape", 1, 3, 64, 64, "--runtimes", *RUNTIMES,
+        "--repeats", 2, "--warmup", 1, "--cpu_threads", 1, "--save_json", tmp_path / "lat.json"])
+    (s,) = res["models"].values()
+    assert set(s["runtimes"]) == set(RUNTIMES)
+    for rt, r in s["runtimes"].items():
+        assert r["ratio_int8_fp32"] == pytest.approx(r["int8"]["median_ms"] / r["fp32"]["median_ms"])
+        assert sum(r["int8_ops"].values()) >= 40, rt
+    b = s["best"]
+    assert b["ratio_int8_fp32"] == pytest.approx(
+        s["runtimes"][b["int8_runtime"]]["int8"]["median_ms"]
+        / min(r["fp32"]["median_ms"] for r in s["runtimes"].values()))
+    assert (tmp_path / "lat.json").is_file()

@@ -1,4 +1,4 @@
-"""Latency of a config's model, FP32 vs INT8, with Paddle Inference on CPU (oneDNN, old IR).
+"""Latency of a config's model, FP32 vs INT8, on CPU runtimes (default Paddle Inference, oneDNN).
 
     python slim/quant/bench_latency.py \
         --config configs/bisenetv2/bisenetv2_synthetic_64x64.yml \
@@ -8,7 +8,10 @@
 For each config: build the model (random weights, or --model_path FP32
 weights for a single config), export FP32; insert fake quantization,
 calibrate its scales on a few random batches, export INT8; then time both
-predictors interleaved on the same input. Latency does not depend on the
+predictors interleaved on the same input; with --runtimes paddle openvino every
+runtime's FP32 and INT8 predictors are interleaved together and INT8/FP32 is
+reported within each runtime and best INT8 over best FP32 across them.
+Latency does not depend on the
 weight values; accuracy is measured elsewhere (qat_val, benchmark).
 Run it on an otherwise idle machine.
 """
@@ -30,6 +33,8 @@ def get_args_parser():
     p.add_argument("--model_path", default=None, help="FP32 weights (only with one --config)")
     p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--runtimes", nargs="+", default=["paddle"], metavar="RUNTIME",
+                   help="runtimes to time (paddle, openvino, ...; default paddle)")
     p.add_argument("--warmup", type=cli.positive_int, default=10)
     p.add_argument("--repeats", type=cli.positive_int, default=30)
     p.add_argument("--save_json", default=None, help="write the results here")
@@ -55,9 +60,12 @@ def main(args):
     from segqat.config import load_config
     if args.model_path and len(args.config) > 1:
         raise ValueError("--model_path goes with a single --config")
-    cli.setup()
+    for rt in args.runtimes:
+        deploy.runtime_class(rt)  # an unknown name is an error before any work
+    cli.setup(args)
     results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "paddle": paddle.__version__},
                "input_shape": args.input_shape, "cpu_threads": args.cpu_threads,
+               "runtimes": list(args.runtimes),
                "warmup": args.warmup, "repeats": args.repeats, "models": {}}
     rng = np.random.RandomState(0)
     x = rng.rand(*args.input_shape).astype("float32") * 2 - 1
@@ -74,24 +82,36 @@ def main(args):
                                      for _ in range(4)])
             export.export_model(cfg, qmodel, os.path.join(tmp, f"{i}_int8"), args.input_shape,
                                 quanter=quanter)
-            preds = {
-                "fp32": deploy.create_predictor(os.path.join(tmp, f"{i}_fp32"), precision="fp32",
-                                            threads=args.cpu_threads),
-                "int8": deploy.create_predictor(os.path.join(tmp, f"{i}_int8"), precision="int8",
-                                            threads=args.cpu_threads),
-            }
-            s = bench.summarize(bench.interleaved_latency(preds, x, args.warmup, args.repeats),
+            preds = {}
+            for rt in args.runtimes:
+                for k in ("fp32", "int8"):
+                    preds[f"{rt} {k}"] = deploy.create_predictor(os.path.join(tmp, f"{i}_{k}"), runtime=rt,
+                                                                 precision=k, threads=args.cpu_threads)
+            t = bench.summarize(bench.interleaved_latency(preds, x, args.warmup, args.repeats),
                                 args.input_shape[0])
-            s["ratio_int8_fp32"] = s["int8"]["median_ms"] / s["fp32"]["median_ms"]
-            s["params_mb"] = {k: os.path.getsize(os.path.join(tmp, f"{i}_{k}", "model.pdiparams")) / 2 ** 20
-                              for k in ("fp32", "int8")}
-            s["int8_ops"] = dict(preds["int8"].int8_ops())
+            s = {"params_mb": {k: os.path.getsize(os.path.join(tmp, f"{i}_{k}", "model.pdiparams")) / 2 ** 20
+                               for k in ("fp32", "int8")}, "runtimes": {}}
+            for rt in args.runtimes:
+                f, q = t[f"{rt} fp32"], t[f"{rt} int8"]
+                s["runtimes"][rt] = {"fp32": f, "int8": q, "ratio_int8_fp32": q["median_ms"] / f["median_ms"],
+                                     "int8_ops": dict(preds[f"{rt} int8"].int8_ops())}
+                print(f"{name} [{rt}]: FP32 {f['median_ms']:.1f} ms, INT8 {q['median_ms']:.1f} ms "
+                      f"(median of {args.repeats}, interleaved), INT8/FP32 = "
+                      f"{s['runtimes'][rt]['ratio_int8_fp32']:.3f}", flush=True)
+            first = s["runtimes"][args.runtimes[0]]  # the keys of single-runtime results
+            s.update(fp32=first["fp32"], int8=first["int8"], ratio_int8_fp32=first["ratio_int8_fp32"],
+                     int8_ops=first["int8_ops"])
+            best = {k: min(args.runtimes, key=lambda rt: s["runtimes"][rt][k]["median_ms"])
+                    for k in ("fp32", "int8")}
+            s["best"] = {"fp32_runtime": best["fp32"], "int8_runtime": best["int8"],
+                         "ratio_int8_fp32": s["runtimes"][best["int8"]]["int8"]["median_ms"]
+                         / s["runtimes"][best["fp32"]]["fp32"]["median_ms"]}
             for p in preds.values():
                 p.close()
+            print(f"{name}: params {s['params_mb']['fp32']:.2f} MB -> {s['params_mb']['int8']:.2f} MB; "
+                  f"best INT8 ({best['int8']}) / best FP32 ({best['fp32']}) = "
+                  f"{s['best']['ratio_int8_fp32']:.3f}", flush=True)
             results["models"][name] = s
-            print(f"{name}: FP32 {s['fp32']['median_ms']:.1f} ms, INT8 {s['int8']['median_ms']:.1f} ms "
-                  f"(median of {args.repeats}, interleaved), INT8/FP32 = {s['ratio_int8_fp32']:.3f}; "
-                  f"params {s['params_mb']['fp32']:.2f} MB -> {s['params_mb']['int8']:.2f} MB", flush=True)
     if args.save_json:
         os.makedirs(os.path.dirname(os.path.abspath(args.save_json)), exist_ok=True)
         with open(args.save_json, "w") as f:
