@@ -18,9 +18,11 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   paddle's own binding tables, builds its legacy op generically (paddle's
   signature + the legacy OpProto + paddle's op_compat name map), with a
   small commented table of exceptions; ``F.normalize``'s broken old-IR
-  branch is replaced; the rerouted functions are ``not_to_static`` (else
-  dy2static deadlocks on its own cache lock: the DNLNet hang); a watchdog
-  bounds the export and errors name the layer and op being traced.
+  branch is replaced; ``paddle.concat`` promotes 0-d inputs to shape [1] as
+  paddle 2.4 did (ISANet's padding: paddleseg 2.8 predates 0-d tensors); the
+  rerouted functions are ``not_to_static`` (else dy2static deadlocks on its
+  own cache lock: the DNLNet hang); a watchdog bounds the export and errors
+  name the layer and op being traced.
 * ``CrossEntropyLoss``: paddleseg 2.8's ``_post_process_loss`` multiplies a
   float loss by an int64 mask, which paddle 3.x rejects ("Type promotion only
   support calculations between floating-point numbers"). ``LOSS_OVERRIDES``
@@ -351,7 +353,7 @@ def _legacy_op(name, original):
         except Exception as e:
             raise ExportError(f"old-IR export: legacy {op_type} for paddle.{name} at "
                               f"{_TRACING.where()} failed: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:300]}") from e
+                              f"{(str(e).strip().splitlines() or [''])[0][:300]}") from e
         out_slot = (entry.get("outputs") or {}).get("out") or next(iter(outputs))
         out = outputs[out_slot]
         if name in ("argmax", "argmin"):
@@ -389,6 +391,34 @@ def _broken_old_ir_branches():
         return paddle.divide(x, paddle.maximum(norm, eps))
 
     return {"normalize": (original, normalize)}
+
+
+def _zero_d_promotions():
+    """Paddle functions that reject the 0-d tensors paddle >= 2.5 makes where 2.4 made shape [1].
+
+    paddle 2.5 turned ``t[i]`` on a 1-D tensor (``paddle.shape(x)[2]``) and
+    reductions into 0-d tensors; paddleseg 2.8 was written for 2.4, where they
+    had shape [1], and concatenates such scalars into shape vectors. ISANet's
+    head builds its padding as ``paddle.concat([pad_w // 2, ..., pad_h - pad_h
+    // 2], axis=0)``: in the export (dynamic H, W: both branches of ``if pad_h >
+    0`` are traced) concat raises ``The axis is expected to be in range of [0,
+    0), but got 0`` (paddleseg's ``calculate_area`` fails the same way in
+    dygraph). A concat that has 0-d inputs is an error in 3.3.1 in either mode,
+    so promoting them to shape [1] (2.4's result) changes no program that worked.
+    """
+    from paddle.base.framework import Variable
+    original = paddle.concat
+
+    @paddle.jit.not_to_static  # see "DNLNet hang" in old_ir_export
+    def concat(x, axis=0, name=None, **kwargs):
+        if isinstance(x, (list, tuple)) and any(
+                isinstance(t, (Variable, paddle.Tensor)) and len(t.shape) == 0 for t in x):
+            _TRACING.last_op = "paddle.concat of 0-d tensors -> reshape([1]) + concat"
+            x = [paddle.reshape(t, [1]) if isinstance(t, (Variable, paddle.Tensor)) and len(t.shape) == 0
+                 else t for t in x]
+        return original(x, axis=axis, name=name, **kwargs)
+
+    return {"concat": (original, concat)}
 
 
 def _module_refs(originals):
@@ -491,7 +521,7 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
         for n, f in table:
             if n in legacy:
                 originals[id(f)] = (legacy[n], f)
-    for orig, fixed in _broken_old_ir_branches().values():
+    for orig, fixed in list(_broken_old_ir_branches().values()) + list(_zero_d_promotions().values()):
         originals[id(orig)] = (fixed, orig)
 
     saved = []

@@ -272,3 +272,51 @@ def test_ann_fp32_export_matches_dygraph(tmp_path):
         scale = np.abs(want).max()
         assert np.abs(got - want).max() < 1e-4 * scale, (onednn, np.abs(got - want).max(), scale)
         assert (got.argmax(1) == want.argmax(1)).mean() > 0.999
+
+
+def test_concat_of_0d_scalars_builds_a_shape_vector():
+    """paddleseg 2.8 (written for paddle 2.4, where ``paddle.shape(x)[2]`` had shape [1])
+    concatenates 0-d scalars; paddle 3.3.1 raises "The axis is expected to be in range of
+    [0, 0)". Under the export guard concat promotes them to shape [1], as 2.4 did."""
+    def fn(x):
+        s = paddle.shape(x)
+        return paddle.concat([s[2] // 2, s[1] - 1, paddle.to_tensor([7], dtype="int32")], axis=0)
+    got, op_types = _run_old_ir(fn, [IMG])
+    np.testing.assert_array_equal(got, [2, 2, 7])
+    assert got.dtype == np.int32 and "concat" in op_types
+
+
+class _ISAHeadOnly(paddle.nn.Layer):
+    """paddleseg's ISAHead (ISANet) on a one-conv "backbone", small enough for a unit test."""
+
+    def __init__(self):
+        super().__init__()
+        from paddleseg.models.isanet import ISAHead
+        self.stem = paddle.nn.Conv2D(3, 16, 1)
+        self.head = ISAHead(3, [16, 16], isa_channels=4, down_factor=(4, 4), enable_auxiliary_loss=False)
+
+    def forward(self, x):
+        f = self.stem(x)
+        return self.head([f, f])[0]
+
+
+def test_isanet_head_with_padding_exports(tmp_path, monkeypatch):
+    """ISAHead pads H, W up to a multiple of down_factor with ``paddle.concat`` of 0-d scalars
+    (paddleseg/models/isanet.py:131). The dynamic-shape export traces that branch; before the
+    0-d promotion it failed: "The axis is expected to be in range of [0, 0), but got 0".
+    The exported program pads (6x10 -> 8x12) or not (8x8) as the dygraph model does."""
+    paddle.seed(0)
+    layer = _ISAHeadOnly()
+    layer.eval()
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(tmp_path / "m"),
+                        input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    # dygraph's padding branch needs the same promotion (dygraph concat rejects 0-d too)
+    monkeypatch.setattr(paddle, "concat", compat._zero_d_promotions()["concat"][1])
+    r = np.random.RandomState(2)
+    for shape in ((1, 3, 6, 10), (1, 3, 8, 8)):
+        x = r.randn(*shape).astype("float32")
+        want = layer(paddle.to_tensor(x)).numpy()
+        for onednn in (False, True):
+            got = _paddle_inference(tmp_path / "m", (x,), onednn)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{shape} onednn={onednn}")
