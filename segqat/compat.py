@@ -421,6 +421,150 @@ def _zero_d_promotions():
     return {"concat": (original, concat)}
 
 
+def _stored_weight(var):
+    """Whether ``var`` is a stored parameter, maybe behind fake quantization ops (a QAT weight).
+
+    Paddle Inference's quant passes remove every quantize/dequantize op and feed
+    the parameter itself to the consumer (``quant_dequant_onednn_pass``).
+    """
+    for _ in range(8):
+        if var is None or var.persistable:
+            return var is not None
+        op = _producer(var)
+        if op is None or "quantize" not in op.type or "X" not in op.input_names:
+            return False
+        var = op.block._find_var_recursive(op.input("X")[0])
+    return False
+
+
+def _conv2d_for_export():
+    """``F.conv2d`` for the export: tensor-valued int arguments and computed filters.
+
+    * ``groups``/``stride``/``dilation`` are int attributes of the conv2d op, so
+      a value computed from a shape the program does not know (``-1``) cannot
+      be exported. RTFormer's cross attention (paddleseg/models/rtformer.py,
+      ExternalAttention) runs ``F.conv2d(x, cross_k, groups=B)`` with ``B =
+      x.shape[0]``: with a dynamic batch size dy2static makes ``B`` a tensor and
+      paddle's own check misreports it as ``The groups of conv2d should be not
+      be zero.``; this names the cause and the remedy.
+    * A filter computed in the forward pass (RTFormer's cross k/v, DMNet's
+      generated filters) is built as conv3d over a depth-1 volume (same result).
+      Paddle Inference 3.3.1's oneDNN INT8 pipeline takes the Filter of every
+      conv2d / depthwise_conv2d / fused_conv2d for a stored weight
+      (``compute_propagate_scales_onednn_pass``, ComputeVarScales) and stops the
+      predictor with ``(NotFound) The input persistable var [reshape2_6.tmp_0] of
+      [conv2d] op is not found.``; conv3d is outside that set and runs FP32.
+    """
+    import inspect
+    from paddle.base.framework import Variable
+    original = F.conv2d
+    sig = inspect.signature(original)
+
+    def pair(v, what):
+        v = [v, v] if isinstance(v, int) else list(v)
+        if len(v) != 2:
+            raise ExportError(f"old-IR export: F.conv2d({what}={v!r}) with a computed filter at "
+                              f"{_TRACING.where()}: expected an int or 2 ints")
+        return v
+
+    @paddle.jit.not_to_static  # see "DNLNet hang" in old_ir_export
+    def conv2d(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        for k in ("groups", "stride", "dilation"):
+            v = a[k]
+            if isinstance(v, Variable) or (isinstance(v, (list, tuple)) and any(
+                    isinstance(t, Variable) for t in v)):
+                raise ExportError(
+                    f"old-IR export: F.conv2d({k}=<tensor>) at {_TRACING.where()}: {k} must be a "
+                    f"Python int, but the model computes it from a tensor shape the program does "
+                    f"not know while it is built (a dynamic batch size makes x.shape[0] a tensor; "
+                    f"RTFormer's cross attention uses groups=batch size). Export with a fixed "
+                    f"batch size: --input_shape 1 C -1 -1, or 'export: {{input_shape: [1, C, -1, "
+                    f"-1]}}' in the config.")
+        if not (isinstance(a["x"], Variable) and isinstance(a["weight"], Variable)) \
+                or _stored_weight(a["weight"]):
+            return original(*args, **kwargs)
+        _TRACING.last_op = "F.conv2d with a computed filter -> conv3d"
+        pad = a["padding"]
+        if isinstance(pad, str):
+            pad3 = pad
+        elif isinstance(pad, int):
+            pad3 = [0, pad, pad]
+        elif len(pad) == 2 and all(isinstance(p, int) for p in pad):
+            pad3 = [0] + list(pad)
+        elif len(pad) == 4 and all(isinstance(p, int) for p in pad):
+            pad3 = [0, 0] + list(pad)
+        else:
+            raise ExportError(f"old-IR export: F.conv2d(padding={pad!r}) with a computed filter at "
+                              f"{_TRACING.where()} is not supported")
+        axis = 2 if a["data_format"] == "NCHW" else 1
+        out = F.conv3d(paddle.unsqueeze(a["x"], axis), paddle.unsqueeze(a["weight"], 2), bias=a["bias"],
+                       stride=[1] + pair(a["stride"], "stride"), padding=pad3,
+                       dilation=[1] + pair(a["dilation"], "dilation"), groups=a["groups"],
+                       data_format="NCDHW" if axis == 2 else "NDHWC")
+        return paddle.squeeze(out, axis)
+
+    return {"conv2d": (original, conv2d)}
+
+
+def _reshape_inferred_dim(in_shape, shape):
+    """The value of the one ``-1`` in ``shape`` for an input of static shape ``in_shape``, or None.
+
+    A ``0`` in ``shape`` copies the input dim at the same index, so
+    prod(input) == prod(output) reduces to prod(input dims not copied) ==
+    prod(output dims not copied): copied dims cancel even where they are
+    unknown (-1). None when ``shape`` is not a list of Python ints with one -1,
+    or a dim that does not cancel is unknown.
+    """
+    import math
+    if not isinstance(shape, (list, tuple)) or any(
+            type(s) is not int for s in shape) or list(shape).count(-1) != 1:
+        return None
+    copied = {j for j, s in enumerate(shape) if s == 0}
+    if any(j >= len(in_shape) for j in copied):
+        return None
+    rest = [d for i, d in enumerate(in_shape) if i not in copied]
+    if any(d is None or d < 0 for d in rest):
+        return None
+    known = math.prod(s for j, s in enumerate(shape) if j not in copied and s != -1)
+    total = math.prod(rest)
+    if known <= 0 or total % known:
+        return None
+    return total // known
+
+
+def _reshape_static_dims():
+    """``paddle.reshape`` that also infers the static ``-1`` dim where copied dims cancel.
+
+    paddle's build-time shape inference leaves the ``-1`` of a reshape unknown
+    as soon as any input dim is unknown, even one that a ``0`` copies to the
+    output: ``[1, 64, h, w].reshape([-1, 64, 0, 0])`` is ``[-1, 64, -1, -1]``,
+    not ``[1, 64, -1, -1]``. RTFormer's ExternalAttention ends with that
+    reshape and the next one reads ``x.shape[0]`` as its conv ``groups``: with
+    the batch lost, even a fixed-batch export failed. Only the build-time shape
+    changes (the op and its runtime result do not). Used when the export has a
+    fixed batch size (``old_ir_export(infer_reshape_dims=True)``); exports with
+    a dynamic batch stay exactly as paddle builds them.
+    """
+    from paddle.base.framework import Variable
+    original = paddle.reshape
+
+    @paddle.jit.not_to_static  # see "DNLNet hang" in old_ir_export
+    def reshape(x, shape, name=None):
+        out = original(x, shape, name=name)
+        if isinstance(x, Variable) and isinstance(out, Variable):
+            dim = _reshape_inferred_dim(list(x.shape), shape)
+            dims = list(out.shape)
+            if dim is not None and len(dims) == len(shape) and dims[list(shape).index(-1)] < 0:
+                dims[list(shape).index(-1)] = dim
+                out.desc.set_shape(dims)
+        return out
+
+    return {"reshape": (original, reshape)}
+
+
 def _module_refs(originals):
     """(holder, attribute) pairs in loaded modules that point at one of ``originals``.
 
@@ -480,7 +624,7 @@ EXPORT_TIMEOUT_S = 900  # the largest registry model (HRNet-W48 OCRNet, QAT) tak
 
 
 @contextlib.contextmanager
-def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
+def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False):
     """Build and save static programs in the old IR (``model.pdmodel``).
 
     Workaround for PaddlePaddle/Paddle#79749 (oneDNN cannot run new-IR
@@ -501,7 +645,9 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
     functions are ``paddle.jit.not_to_static``, so ``convert_call`` returns
     them untouched. ``timeout`` (seconds, main thread) bounds any other hang
     with an ExportError naming the layer being traced; ``model``'s layers are
-    hooked so that errors name the layer.
+    hooked so that errors name the layer. ``infer_reshape_dims``: reshapes
+    also infer their ``-1`` at build time where copied dims cancel
+    (``_reshape_static_dims``; for exports with a fixed batch size).
     """
     from paddle.base import framework
     from paddle.pir_utils import _switch_to_old_ir_, _switch_to_pir_
@@ -521,7 +667,10 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
         for n, f in table:
             if n in legacy:
                 originals[id(f)] = (legacy[n], f)
-    for orig, fixed in list(_broken_old_ir_branches().values()) + list(_zero_d_promotions().values()):
+    replaced = {**_broken_old_ir_branches(), **_zero_d_promotions(), **_conv2d_for_export()}
+    if infer_reshape_dims:
+        replaced.update(_reshape_static_dims())
+    for orig, fixed in replaced.values():
         originals[id(orig)] = (fixed, orig)
 
     saved = []
@@ -541,6 +690,11 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
                 if n in vars(cls) or hasattr(cls, n):
                     saved.append((cls, n, cls.__dict__.get(n, getattr(cls, n))))
                     setattr(cls, n, fn)
+        # x.reshape(...) on a Variable is paddle.reshape itself (paddle's monkey_patch_variable)
+        for n, (orig, fixed) in replaced.items():
+            if framework.Variable.__dict__.get(n) is orig:
+                saved.append((framework.Variable, n, orig))
+                setattr(framework.Variable, n, fixed)
         if model is not None:
             for lname, layer in model.named_sublayers(include_self=True):
                 label = f"{lname or type(model).__name__} ({type(layer).__name__})"

@@ -37,3 +37,16 @@ def test_export_fp32_and_int8(path, tmp_path):
     size = {k: (tmp_path / k / "model.pdiparams").stat().st_size for k in ("fp32", "int8")}
     assert size["int8"] <= 0.3 * size["fp32"]
     int8.close()
+
+
+def test_export_input_shape_from_config(tmp_path):
+    """RTFormer's zoo config fixes the batch size for its export; --input_shape still wins,
+    and a bad export.input_shape names the config key."""
+    cfg = load_config(str(ROOT / "configs/zoo/rtformer_slim.yml"))
+    assert export.check_input_shape(cfg, None) == [1, 3, -1, -1]
+    assert export.check_input_shape(cfg, [2, 3, 64, 64]) == [2, 3, 64, 64]
+    assert export.check_input_shape(load_config(str(ROOT / CONFIGS[0])), None)[0] == -1
+    bad = tmp_path / "bad.yml"
+    bad.write_text(f"_base_: {ROOT / 'configs/zoo/rtformer_slim.yml'}\nexport: {{input_shape: [1, 3, 0]}}\n")
+    with pytest.raises(ValueError, match="export.input_shape"):
+        export.check_input_shape(load_config(str(bad)), None)

@@ -218,7 +218,8 @@ class _ConvReshapeTransposeMatmul(paddle.nn.Layer):
 
 def _paddle_inference(prefix, inputs, onednn):
     """Run an old-IR program with Paddle Inference's default passes (not segqat's predictor,
-    which deletes the broken fuse pass: these tests check the exports avoid it themselves)."""
+    which deletes the broken fuse pass: these tests check the exports avoid it themselves).
+    ``onednn="int8"`` also runs the oneDNN INT8 passes (segqat's INT8 op set)."""
     from paddle import inference as pi
     cfg = pi.Config(f"{prefix}.pdmodel", f"{prefix}.pdiparams")
     cfg.enable_new_ir(False)
@@ -227,6 +228,8 @@ def _paddle_inference(prefix, inputs, onednn):
     cfg.set_cpu_math_library_num_threads(1)
     if onednn:
         cfg.enable_onednn()
+    if onednn == "int8":
+        cfg.enable_onednn_int8({"conv2d", "depthwise_conv2d", "fused_conv2d"})  # as segqat.deploy
     pred = pi.create_predictor(cfg)
     for name, a in zip(pred.get_input_names(), inputs):
         pred.get_input_handle(name).copy_from_cpu(a)
@@ -320,3 +323,99 @@ def test_isanet_head_with_padding_exports(tmp_path, monkeypatch):
         for onednn in (False, True):
             got = _paddle_inference(tmp_path / "m", (x,), onednn)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{shape} onednn={onednn}")
+
+
+@pytest.mark.parametrize("in_shape, shape, want", [
+    ([1, 64, -1, -1], [-1, 64, 0, 0], [1, 64, -1, -1]),   # RTFormer's ExternalAttention
+    ([1, 64, -1, -1], [1, -1, 0, 0], [1, 64, -1, -1]),
+    ([-1, 64, 1, 1], [0, -1], [-1, 64]),
+    ([-1, 64, -1, -1], [-1, 64, 0, 0], [-1, 64, -1, -1]),  # an unknown dim that does not cancel
+    ([2, 6, -1], [0, 3, -1], [2, 3, -1]),                 # -1 next to an unknown non-copied dim
+])
+def test_reshape_infers_minus_one_where_copied_dims_cancel(in_shape, shape, want):
+    def fn(x):
+        return paddle.reshape(x, shape)
+    with compat.old_ir_export(timeout=60, infer_reshape_dims=True):
+        paddle.enable_static()
+        try:
+            with paddle.static.program_guard(paddle.static.Program(), paddle.static.Program()):
+                x = paddle.static.data("x", in_shape, "float32")
+                assert list(fn(x).shape) == want
+                assert list(x.reshape(shape).shape) == want  # the Variable method too
+        finally:
+            paddle.disable_static()
+
+
+class _CrossAttention(paddle.nn.Layer):
+    """RTFormer's ExternalAttention with cross k/v (``F.conv2d(..., groups=x.shape[0])``):
+    the filters are computed from the input (RTFormer's cross_kv: conv + pool), and a
+    reshape before it loses the static batch size, as RTFormer's previous block does."""
+
+    def __init__(self, c=8, inter=6):
+        super().__init__()
+        from paddleseg.models.rtformer import ExternalAttention
+        self.stem = paddle.nn.Conv2D(3, c, 1)
+        self.kv = paddle.nn.Conv2D(c, 2 * inter * c, 1)
+        self.attn = ExternalAttention(c, c, inter, num_heads=2, use_cross_kv=True)
+        self.c, self.inter = c, inter
+
+    def forward(self, x):
+        f = self.stem(x)
+        k, v = paddle.split(self.kv(F.adaptive_avg_pool2d(f, 1)), 2, axis=1)
+        f = f.reshape([1, -1, 0, 0]).reshape([-1, self.c, 0, 0])
+        return self.attn(f, k.reshape([-1, self.c, 1, 1]), v.reshape([-1, self.inter, 1, 1]))
+
+
+@pytest.mark.parametrize("batch", [1, -1])
+def test_rtformer_cross_attention_exports_with_a_fixed_batch(tmp_path, batch):
+    """``groups=B`` with ``B = x.shape[0]`` needs the batch size as an int while the program is
+    built. A fixed batch (1) used to fail anyway ("The groups of conv2d should be not be zero.":
+    paddle's reshape inference lost it); now it exports and matches dygraph, also through the
+    oneDNN INT8 passes, which stopped at the computed filter ("The input persistable var
+    [reshape2_6.tmp_0] of [conv2d] op is not found") until it became a conv3d. A dynamic batch
+    cannot work: the error says to export with a fixed one."""
+    paddle.seed(0)
+    layer = _CrossAttention()
+    layer.eval()
+    spec = [paddle.static.InputSpec([batch, 3, -1, -1], "float32", "x")]
+    if batch == -1:
+        with pytest.raises(compat.ExportError, match=r"groups=<tensor>.*--input_shape 1 C -1 -1"):
+            with compat.old_ir_export(layer, timeout=120):
+                paddle.jit.save(layer, str(tmp_path / "m"), input_spec=spec)
+        return
+    with compat.old_ir_export(layer, timeout=120, infer_reshape_dims=True):
+        paddle.jit.save(layer, str(tmp_path / "m"), input_spec=spec)
+    x = np.random.RandomState(3).randn(1, 3, 5, 7).astype("float32")
+    want = layer(paddle.to_tensor(x)).numpy()
+    for onednn in (False, True, "int8"):
+        got = _paddle_inference(tmp_path / "m", (x,), onednn)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"onednn={onednn}")
+
+
+def _op_types(prefix):
+    from collections import Counter
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with compat.old_ir_static():
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            prog, _, _ = paddle.static.load_inference_model(str(prefix), exe)
+    return Counter(op.type for op in prog.global_block().ops)
+
+
+def test_computed_filters_become_conv3d_and_qat_weights_stay_conv2d(tmp_path):
+    """Only a filter computed from the input becomes conv3d; a QAT layer's weight (the
+    parameter behind fake quantization ops, ``compat._stored_weight``) stays a conv2d that
+    oneDNN runs in INT8."""
+    from segqat import quant
+    paddle.seed(0)
+    layer = _CrossAttention()
+    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
+    r = np.random.RandomState(4)
+    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
+    layer.eval()
+    with compat.old_ir_export(layer, timeout=120, infer_reshape_dims=True):
+        quanter.save_quantized_model(layer, str(tmp_path / "m"), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    ops = _op_types(tmp_path / "m")
+    assert ops["conv2d"] == 2 and ops["conv3d"] == 2, ops  # stem + kv; the cross k/v convs
+    got = _paddle_inference(tmp_path / "m", (r.rand(1, 3, 5, 7).astype("float32"),), "int8")
+    assert got.shape == (1, 8, 5, 7) and np.isfinite(got).all()
