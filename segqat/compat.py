@@ -30,6 +30,11 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   adds an int64 mask to float probabilities, same error, same remedy.
 * ``scalar(t)``: ``float(t)`` on a shape-[1] tensor raises under numpy 2.x
   ("only 0-dimensional arrays can be converted to Python scalars").
+* ``fold_constant_dequantize(dir)``: an INT8 export's int8 constants outside
+  a weight input (GINet's class embedding) stored as float, which Paddle
+  Inference's oneDNN INT8 passes would feed to a matmul as int8.
+* ``configure_inference(config)``: deletes the Paddle Inference passes that
+  compute wrong results or crash (``BROKEN_INFERENCE_PASSES``).
 """
 import contextlib
 import functools
@@ -876,6 +881,106 @@ def fix_conv_bias_axis(pdmodel_path):
     return count
 
 
+# ---------------------------------------------------------------- int8 constants
+
+# Inputs that Paddle Inference 3.3.1's quant_dequant_onednn_pass turns back into float
+# weights (QuantDequantMkldnnPass::DequantizeWeights): only these.
+_ONEDNN_DEQUANTIZED_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "fused_conv2d": "Filter",
+                              "mul": "Y", "matmul": "Y", "matmul_v2": "Y"}
+
+
+def fold_constant_dequantize(infer_dir):
+    """Store float values for int8 constants that Paddle Inference would feed to an op as int8.
+
+    paddleslim's ONNX-format QAT export (paddle's ``QuantWeightPass``) stores
+    every tensor quantized by a ``quantize_linear`` whose input is persistable
+    as int8 and keeps only its ``dequantize_linear``: a weight, but also an
+    activation quantizer's input that happens to be a parameter. GINet's head
+    feeds its class embedding (``GIHead.inp``, a parameter) to a quantized
+    Linear, so that embedding became int8 data. Paddle Inference's oneDNN INT8
+    pipeline removes every dequantize_linear (``quant_dequant_onednn_pass``)
+    and turns back into float only the Filter of conv2d / depthwise_conv2d /
+    fused_conv2d and the Y of mul / matmul / matmul_v2; GINet's embedding is
+    the X of a matmul_v2, which then stops the predictor: ``(InvalidArgument)
+    The type of data we are trying to retrieve (int8) does not match the type
+    of data (float32) currently contained in the container. [operator <
+    matmul_v2> error]`` (raised by ``constant_folding_pass``, the next pass).
+
+    For each such dequantize_linear whose output feeds anything else, this
+    stores its output, computed by paddle's own dequantize_linear kernel, as a
+    float tensor and removes the op: every runtime then sees the values the
+    fake-quant program computes. Weights in the inputs above are left as they
+    are (int8, dequantized by the pass), and a program without such constants
+    is not rewritten at all. Returns the number of dequantize ops folded.
+    """
+    import os
+    from paddle.base import core
+    from paddle.base.framework import Program
+    from paddle.framework.io_utils import is_persistable
+
+    path = os.path.join(str(infer_dir), "model.pdmodel")
+    with open(path, "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    blk = desc.block(0)  # keep ``desc`` alive while ``blk`` is used
+    ops = [blk.op(i) for i in range(blk.op_size())]
+    users = {}
+    for op in ops:
+        for slot in op.input_names():
+            for name in op.input(slot):
+                users.setdefault(name, []).append((op.type(), slot))
+    folds = []
+    for op in ops:
+        if op.type() != "dequantize_linear":
+            continue
+        x = blk.find_var(op.input("X")[0].encode())
+        if x is None or not x.persistable():
+            continue
+        if all(_ONEDNN_DEQUANTIZED_INPUTS.get(t) == slot for t, slot in users.get(op.output("Y")[0], [])):
+            continue
+        folds.append(op)
+    if not folds:
+        return 0
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with old_ir_static():
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            paddle.static.load_inference_model(os.path.join(str(infer_dir), "model"), exe)
+            calc = Program()
+            cb = calc.global_block()
+            for op in folds:
+                inputs = {}
+                for slot in op.input_names():
+                    names = op.input(slot)
+                    for name in names:
+                        v = blk.find_var(name.encode())
+                        if not cb.has_var(name):
+                            cb.create_var(name=name, shape=v.shape(), dtype=v.dtype(), persistable=True)
+                    if names:
+                        inputs[slot] = list(names)
+                y = op.output("Y")[0]
+                yv = blk.find_var(y.encode())
+                cb.create_var(name=y, shape=yv.shape(), dtype=yv.dtype(), persistable=True)
+                cb.append_op(type="dequantize_linear", inputs=inputs, outputs={"Y": [y]},
+                             attrs={a: op.attr(a) for a in op.attr_names() if not a.startswith("op_")})
+                yv.set_persistable(True)
+            exe.run(calc)
+            folded_inputs = {n for op in folds for n in op.input_arg_names()}
+            dead = {id(op) for op in folds}
+            for i in reversed(range(blk.op_size())):
+                if id(ops[i]) in dead:
+                    blk._remove_op(i, i + 1)  # ``folds`` is dangling from here on
+            used = {n for i in range(blk.op_size()) for n in blk.op(i).input_arg_names()}
+            for name in sorted(folded_inputs - used):
+                if blk.has_var(name.encode()):
+                    blk._remove_var(name.encode())
+            data = desc.serialize_to_string()
+            paddle.static.save_vars(exe, str(infer_dir), main_program=Program.parse_from_string(data),
+                                    predicate=is_persistable, filename="model.pdiparams")
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(folds)
+
+
 # ---------------------------------------------------------------- reading an export back
 
 def load_old_ir_inference_model(infer_dir):
@@ -906,7 +1011,14 @@ def load_old_ir_inference_model(infer_dir):
 #   off (70% of labels right). Our own exports avoid the pattern (see
 #   _fold_reshape_transpose); this also covers programs written elsewhere and
 #   transposes that cannot become a matmul flag ([0,2,1,3], SegFormer).
-BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass",)
+# * repeated_fc_relu_fuse_pass (default CPU pass list, with or without oneDNN) segfaults
+#   (SIGSEGV in RepeatedFCReluFusePass::BuildFusion -> GraphPatternDetector::
+#   MarkPDNodesInGraph) on any fc whose input is a stored tensor: its pattern looks for
+#   the fc input that has a producing op ("w and bias has no input", before_var_of_part)
+#   and dereferences the null it gets when none has one. GINet's head runs a Linear on
+#   its class embedding, a parameter (GIHead.inp): its FP32 export killed the process.
+#   The pass only fuses chains of fc + relu into fusion_repeated_fc_relu (MLPs).
+BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass", "repeated_fc_relu_fuse_pass")
 
 
 def configure_inference(config):

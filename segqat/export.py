@@ -161,6 +161,11 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
         for name in ("model.pdmodel", "model.pdiparams"):
             if not os.path.isfile(os.path.join(d, name)):
                 raise RuntimeError(f"export wrote no {name} (paddle {paddle.__version__})")
+        if quanter is not None:
+            n = compat.fold_constant_dequantize(d)
+            if n:
+                logger.info("Stored %d int8 constant(s) outside a weight input as float "
+                            "(compat.fold_constant_dequantize)", n)
         n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
         logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
         with open(os.path.join(d, "deploy.yaml"), "w") as f:

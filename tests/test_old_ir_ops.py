@@ -419,3 +419,98 @@ def test_computed_filters_become_conv3d_and_qat_weights_stay_conv2d(tmp_path):
     assert ops["conv2d"] == 2 and ops["conv3d"] == 2, ops  # stem + kv; the cross k/v convs
     got = _paddle_inference(tmp_path / "m", (r.rand(1, 3, 5, 7).astype("float32"),), "int8")
     assert got.shape == (1, 8, 5, 7) and np.isfinite(got).all()
+
+
+class _ParamThroughLinear(paddle.nn.Layer):
+    """GINet's GIHead: a parameter (its class embedding ``inp``) is the *input* of a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = self.create_parameter([4, 12], default_initializer=paddle.nn.initializer.Normal())
+        self.fc = paddle.nn.Linear(12, 8)
+        self.conv = paddle.nn.Conv2D(3, 8, 1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        logits = paddle.matmul(self.fc(self.emb), f.flatten(2))  # [4, 8] x [N, 8, HW]
+        return [logits.reshape([0, 4, f.shape[2], f.shape[3]])]
+
+
+def test_int8_constant_outside_a_weight_input_is_folded(tmp_path):
+    """paddleslim stores the quantized input of a Linear as int8 when that input is a parameter
+    (GINet); Paddle Inference's oneDNN INT8 passes dequantize only conv Filters and matmul Ys, so
+    the predictor failed: "The type of data we are trying to retrieve (int8) does not match the
+    type of data (float32) ... [operator < matmul_v2 > error]". compat.fold_constant_dequantize
+    stores that constant as float (paddle's own dequantize kernel): same results, INT8 runs."""
+    import shutil
+    from segqat import quant
+    paddle.seed(0)
+    layer = _ParamThroughLinear()
+    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
+    r = np.random.RandomState(5)
+    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
+    layer.eval()
+    x = r.rand(1, 3, 5, 7).astype("float32")
+    # fake quantization, run before the export: a dygraph run after an export and before a
+    # oneDNN INT8 predictor segfaults in paddle 3.3.1 (any QAT model, with or without this fix)
+    want = layer(paddle.to_tensor(x))[0].numpy()
+    with compat.old_ir_export(layer, timeout=120):
+        quanter.save_quantized_model(layer, str(tmp_path / "raw" / "model"), input_spec=[
+            paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    with pytest.raises(Exception, match="int8.*float32|matmul_v2"):
+        _paddle_inference(tmp_path / "raw" / "model", (x,), "int8")
+    shutil.copytree(tmp_path / "raw", tmp_path / "fold")
+    assert compat.fold_constant_dequantize(tmp_path / "fold") == 1
+    assert compat.fold_constant_dequantize(tmp_path / "fold") == 0  # nothing left: no rewrite
+    assert _op_types(tmp_path / "fold/model")["dequantize_linear"] == \
+        _op_types(tmp_path / "raw/model")["dequantize_linear"] - 1
+    # the un-fused program gives exactly what it gave before
+    np.testing.assert_array_equal(_paddle_inference(tmp_path / "fold" / "model", (x,), False),
+                                  _paddle_inference(tmp_path / "raw" / "model", (x,), False))
+    got = _paddle_inference(tmp_path / "fold" / "model", (x,), "int8")
+    assert got.shape == want.shape and np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+_CHILD_PREDICTOR = """
+import sys
+import numpy as np
+from paddle import inference as pi
+from segqat import compat
+cfg = pi.Config(sys.argv[1] + ".pdmodel", sys.argv[1] + ".pdiparams")
+cfg.enable_new_ir(False)
+cfg.disable_glog_info()
+cfg.set_cpu_math_library_num_threads(1)
+compat.configure_inference(cfg)
+if sys.argv[2] == "onednn":
+    cfg.enable_onednn()
+pred = pi.create_predictor(cfg)
+pred.get_input_handle(pred.get_input_names()[0]).copy_from_cpu(np.load(sys.argv[3]))
+pred.run()
+np.save(sys.argv[4], pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu())
+"""
+
+
+def test_fc_on_a_parameter_runs_in_segqats_predictor(tmp_path):
+    """GINet's FP32 export (a Linear on a parameter, GIHead.inp) made Paddle Inference segfault in
+    repeated_fc_relu_fuse_pass; compat.configure_inference deletes that pass. Run in a child
+    process, so that a segfault fails this test instead of ending the test session."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    paddle.seed(0)
+    layer = _ParamThroughLinear()
+    layer.eval()
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(tmp_path / "m"),
+                        input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    x = np.random.RandomState(6).rand(1, 3, 5, 7).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    want = layer(paddle.to_tensor(x))[0].numpy()
+    for mode in ("plain", "onednn"):
+        r = subprocess.run([sys.executable, "-c", _CHILD_PREDICTOR, str(tmp_path / "m"), mode,
+                            str(tmp_path / "x.npy"), str(tmp_path / "out.npy")],
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (mode, r.returncode, r.stderr[-2000:])
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, rtol=1e-4, atol=1e-5)
