@@ -28,6 +28,9 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   support calculations between floating-point numbers"). ``LOSS_OVERRIDES``
   maps the name to a subclass that casts the mask; ``OhemCrossEntropyLoss``
   adds an int64 mask to float probabilities, same error, same remedy.
+* ``SFNet``: paddleseg 2.8's ``flow_warp`` divides a float32 flow by an int64
+  size (same error); ``model_overrides`` maps the name to a subclass whose
+  AlignedModules cast the size.
 * ``scalar(t)``: ``float(t)`` on a shape-[1] tensor raises under numpy 2.x
   ("only 0-dimensional arrays can be converted to Python scalars").
 * ``fold_constant_dequantize(dir)``: an INT8 export's int8 constants outside
@@ -813,6 +816,59 @@ def loss_overrides():
     """Loss classes that replace paddleseg's registry entries on this Paddle (made once)."""
     return {"CrossEntropyLoss": _fixed_cross_entropy(),
             "OhemCrossEntropyLoss": _fixed_ohem_cross_entropy()}
+
+
+# ---------------------------------------------------------------- models
+
+def _fixed_sfnet():
+    import inspect
+    from paddleseg.models import sfnet
+
+    class AlignedModuleFixed(sfnet.AlignedModule):
+        """paddleseg 2.8 AlignedModule with the flow divided by a float size.
+
+        ``flow_warp`` divides the float32 flow by ``paddle.shape(x)[2:]``, an int64
+        tensor, which paddle 3.x rejects: ``Type promotion only support calculations
+        between floating-point numbers and between complex and real numbers. But got
+        different data type x: float32, y: int64``. The same code with the size cast
+        to the flow's dtype (paddleseg/models/sfnet.py, flow_warp).
+        """
+
+        def flow_warp(self, input, flow, size):
+            input_shape = paddle.shape(input)
+            norm = size[::-1].reshape([1, 1, 1, -1]).astype(flow.dtype)  # the fix
+            norm.stop_gradient = True
+            h_grid = paddle.linspace(-1.0, 1.0, size[0]).reshape([-1, 1])
+            h_grid = h_grid.tile([size[1]])
+            w_grid = paddle.linspace(-1.0, 1.0, size[1]).reshape([-1, 1])
+            w_grid = w_grid.tile([size[0]]).transpose([1, 0])
+            grid = paddle.concat([w_grid.unsqueeze(2), h_grid.unsqueeze(2)], axis=2)
+            grid.unsqueeze(0).tile([input_shape[0], 1, 1, 1])  # unused, as in paddleseg
+            grid = grid + paddle.transpose(flow, (0, 2, 3, 1)) / norm
+            return F.grid_sample(input, grid)
+
+    class SFNetFixed(sfnet.SFNet):
+        """paddleseg 2.8 SFNet whose AlignedModules warp with ``AlignedModuleFixed``.
+
+        Same layers, parameter names and initialisation: only the class of the
+        built AlignedModules changes (a subclass that overrides ``flow_warp``).
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for layer in self.sublayers():
+                if type(layer) is sfnet.AlignedModule:
+                    layer.__class__ = AlignedModuleFixed
+
+    SFNetFixed.__init__.__signature__ = inspect.signature(sfnet.SFNet.__init__)  # arg checks
+    SFNetFixed.__name__ = "SFNet"
+    return SFNetFixed
+
+
+@functools.lru_cache(maxsize=None)
+def model_overrides():
+    """Model classes that replace paddleseg's registry entries on this Paddle (made once)."""
+    return {"SFNet": _fixed_sfnet()}
 
 
 @contextlib.contextmanager
