@@ -573,6 +573,40 @@ def _reshape_static_dims():
     return {"reshape": (original, reshape)}
 
 
+def _ir_graph_links_unchecked():
+    """``IrGraph`` link methods without their membership asserts, as ``python -O`` runs them.
+
+    ``link_to``, ``update_input_link`` and ``update_output_link``
+    (paddle/base/framework.py) assert ``node.node in self.graph.nodes()``,
+    and ``nodes()`` copies every node of the graph into a new Python set on
+    each call (14 ms for HRNet-W18's QAT program). paddle's
+    ``ReplaceFakeQuantDequantPass`` links 8 times per fake-quant op: the
+    ONNX-format QAT export of FCN-HRNet_W18 (921 such ops) spent 305 of its
+    455 s in these checks (cProfile; 15,662 ``nodes()`` calls), OCRNet's
+    likewise (the zoo's >7 min INT8 exports). The bodies are paddle's own.
+    """
+    def link_to(self, node_in, node_out):
+        node_in.append_output(node_out)
+        node_out.append_input(node_in)
+
+    def update_input_link(self, old_input_node, new_input_node, op_node):
+        old_input_node.remove_output(op_node)
+        op_node.remove_input(old_input_node)
+        new_input_node.append_output(op_node)
+        op_node.append_input(new_input_node)
+        op_node.rename_input(old_input_node.name(), new_input_node.name())
+
+    def update_output_link(self, old_output_node, new_output_node, op_node):
+        old_output_node.remove_input(op_node)
+        op_node.remove_output(old_output_node)
+        new_output_node.append_input(op_node)
+        op_node.append_output(new_output_node)
+        op_node.rename_output(old_output_node.name(), new_output_node.name())
+
+    return {"link_to": link_to, "update_input_link": update_input_link,
+            "update_output_link": update_output_link}
+
+
 def _module_refs(originals):
     """(holder, attribute) pairs in loaded modules that point at one of ``originals``.
 
@@ -653,9 +687,12 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False
     functions are ``paddle.jit.not_to_static``, so ``convert_call`` returns
     them untouched. ``timeout`` (seconds, main thread) bounds any other hang
     with an ExportError naming the layer being traced; ``model``'s layers are
-    hooked so that errors name the layer. ``infer_reshape_dims``: reshapes
-    also infer their ``-1`` at build time where copied dims cancel
-    (``_reshape_static_dims``; for exports with a fixed batch size).
+    hooked so that errors name the layer. paddle's IrGraph link methods run
+    without their O(graph) membership asserts (``_ir_graph_links_unchecked``:
+    the QAT export's post-processing took minutes on HRNet).
+    ``infer_reshape_dims``: reshapes also infer their ``-1`` at build time
+    where copied dims cancel (``_reshape_static_dims``; for exports with a
+    fixed batch size).
     """
     from paddle.base import framework
     from paddle.pir_utils import _switch_to_old_ir_, _switch_to_pir_
@@ -698,6 +735,9 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False
                 if n in vars(cls) or hasattr(cls, n):
                     saved.append((cls, n, cls.__dict__.get(n, getattr(cls, n))))
                     setattr(cls, n, fn)
+        for n, fn in _ir_graph_links_unchecked().items():
+            saved.append((framework.IrGraph, n, framework.IrGraph.__dict__[n]))
+            setattr(framework.IrGraph, n, fn)
         # x.reshape(...) on a Variable is paddle.reshape itself (paddle's monkey_patch_variable)
         for n, (orig, fixed) in replaced.items():
             if framework.Variable.__dict__.get(n) is orig:
