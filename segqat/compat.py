@@ -429,6 +429,12 @@ def _zero_d_promotions():
     return {"concat": (original, concat)}
 
 
+def _static_var(v):
+    """An old-IR ``Variable`` being built (``isinstance(eager_tensor, Variable)`` is also True)."""
+    from paddle.base.framework import Variable
+    return isinstance(v, Variable) and not isinstance(v, paddle.Tensor)
+
+
 def _stored_weight(var):
     """Whether ``var`` is a stored parameter, maybe behind fake quantization ops (a QAT weight).
 
@@ -464,7 +470,6 @@ def _conv2d_for_export():
       [conv2d] op is not found.``; conv3d is outside that set and runs FP32.
     """
     import inspect
-    from paddle.base.framework import Variable
     original = F.conv2d
     sig = inspect.signature(original)
 
@@ -482,8 +487,7 @@ def _conv2d_for_export():
         a = bound.arguments
         for k in ("groups", "stride", "dilation"):
             v = a[k]
-            if isinstance(v, Variable) or (isinstance(v, (list, tuple)) and any(
-                    isinstance(t, Variable) for t in v)):
+            if _static_var(v) or (isinstance(v, (list, tuple)) and any(_static_var(t) for t in v)):
                 raise ExportError(
                     f"old-IR export: F.conv2d({k}=<tensor>) at {_TRACING.where()}: {k} must be a "
                     f"Python int, but the model computes it from a tensor shape the program does "
@@ -491,8 +495,7 @@ def _conv2d_for_export():
                     f"RTFormer's cross attention uses groups=batch size). Export with a fixed "
                     f"batch size: --input_shape 1 C -1 -1, or 'export: {{input_shape: [1, C, -1, "
                     f"-1]}}' in the config.")
-        if not (isinstance(a["x"], Variable) and isinstance(a["weight"], Variable)) \
-                or _stored_weight(a["weight"]):
+        if not (_static_var(a["x"]) and _static_var(a["weight"])) or _stored_weight(a["weight"]):
             return original(*args, **kwargs)
         _TRACING.last_op = "F.conv2d with a computed filter -> conv3d"
         pad = a["padding"]
@@ -556,13 +559,12 @@ def _reshape_static_dims():
     fixed batch size (``old_ir_export(infer_reshape_dims=True)``); exports with
     a dynamic batch stay exactly as paddle builds them.
     """
-    from paddle.base.framework import Variable
     original = paddle.reshape
 
     @paddle.jit.not_to_static  # see "DNLNet hang" in old_ir_export
     def reshape(x, shape, name=None):
         out = original(x, shape, name=name)
-        if isinstance(x, Variable) and isinstance(out, Variable):
+        if _static_var(x) and _static_var(out):
             dim = _reshape_inferred_dim(list(x.shape), shape)
             dims = list(out.shape)
             if dim is not None and len(dims) == len(shape) and dims[list(shape).index(-1)] < 0:

@@ -553,3 +553,17 @@ def test_ir_graph_links_unchecked_inside_the_guard_only():
         assert CountNodes.calls == 0
         assert relu.input("X") == ["y"] and {n.name() for n in relu.inputs} == {"x", "y"}
     assert {n: IrGraph.__dict__[n] for n in before} == before
+
+
+def test_dygraph_conv_and_reshape_untouched_inside_the_guard(monkeypatch):
+    """The export's F.conv2d / reshape act on old-IR Variables only (an eager tensor also passes
+    isinstance(t, Variable)): dygraph with a computed filter stays paddle's own conv2d."""
+    x, w = paddle.to_tensor(IMG), paddle.to_tensor(R.randn(4, 3, 1, 1).astype("float32")) * 2.0
+    want = F.conv2d(x, w).numpy()
+
+    def no_conv3d(*args, **kwargs):
+        raise AssertionError("dygraph conv2d was rerouted to conv3d")
+    monkeypatch.setattr(F, "conv3d", no_conv3d)
+    with compat.old_ir_export(timeout=60, infer_reshape_dims=True):
+        np.testing.assert_allclose(F.conv2d(x, w).numpy(), want, rtol=1e-6)
+        assert paddle.reshape(x, [0, -1]).shape == [2, 90]
