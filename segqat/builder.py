@@ -36,7 +36,8 @@ _ALL = [manager.MODELS, manager.BACKBONES, manager.DATASETS, manager.TRANSFORMS,
 
 
 def _lookup(type_name, kind, where):
-    overrides = compat.loss_overrides() if kind in ("loss", "any") else {}
+    overrides = {**(compat.loss_overrides() if kind in ("loss", "any") else {}),
+                 **(compat.model_overrides() if kind in ("model", "any") else {})}
     if type_name in overrides:
         return overrides[type_name]
     registries = _REGISTRIES.get(kind, _ALL)

@@ -18,9 +18,11 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   paddle's own binding tables, builds its legacy op generically (paddle's
   signature + the legacy OpProto + paddle's op_compat name map), with a
   small commented table of exceptions; ``F.normalize``'s broken old-IR
-  branch is replaced; the rerouted functions are ``not_to_static`` (else
-  dy2static deadlocks on its own cache lock: the DNLNet hang); a watchdog
-  bounds the export and errors name the layer and op being traced.
+  branch is replaced; ``paddle.concat`` promotes 0-d inputs to shape [1] as
+  paddle 2.4 did (ISANet's padding: paddleseg 2.8 predates 0-d tensors); the
+  rerouted functions are ``not_to_static`` (else dy2static deadlocks on its
+  own cache lock: the DNLNet hang); a watchdog bounds the export and errors
+  name the layer and op being traced.
 * ``CrossEntropyLoss``: paddleseg 2.8's ``_post_process_loss`` multiplies a
   float loss by an int64 mask, which paddle 3.x rejects ("Type promotion only
   support calculations between floating-point numbers"). ``LOSS_OVERRIDES``
@@ -28,8 +30,16 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   adds an int64 mask to float probabilities, same error, same remedy.
 * ``native_output()``: the oneDNN INT8 passes print to stderr from C++
   even with glog off; predictors are created inside it.
+* ``SFNet``: paddleseg 2.8's ``flow_warp`` divides a float32 flow by an int64
+  size (same error); ``model_overrides`` maps the name to a subclass whose
+  AlignedModules cast the size.
 * ``scalar(t)``: ``float(t)`` on a shape-[1] tensor raises under numpy 2.x
   ("only 0-dimensional arrays can be converted to Python scalars").
+* ``fold_constant_dequantize(dir)``: an INT8 export's int8 constants outside
+  a weight input (GINet's class embedding) stored as float, which Paddle
+  Inference's oneDNN INT8 passes would feed to a matmul as int8.
+* ``configure_inference(config)``: deletes the Paddle Inference passes that
+  compute wrong results or crash (``BROKEN_INFERENCE_PASSES``).
 """
 import contextlib
 import functools
@@ -355,7 +365,7 @@ def _legacy_op(name, original):
         except Exception as e:
             raise ExportError(f"old-IR export: legacy {op_type} for paddle.{name} at "
                               f"{_TRACING.where()} failed: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:300]}") from e
+                              f"{(str(e).strip().splitlines() or [''])[0][:300]}") from e
         out_slot = (entry.get("outputs") or {}).get("out") or next(iter(outputs))
         out = outputs[out_slot]
         if name in ("argmax", "argmin"):
@@ -393,6 +403,214 @@ def _broken_old_ir_branches():
         return paddle.divide(x, paddle.maximum(norm, eps))
 
     return {"normalize": (original, normalize)}
+
+
+def _zero_d_promotions():
+    """Paddle functions that reject the 0-d tensors paddle >= 2.5 makes where 2.4 made shape [1].
+
+    paddle 2.5 turned ``t[i]`` on a 1-D tensor (``paddle.shape(x)[2]``) and
+    reductions into 0-d tensors; paddleseg 2.8 was written for 2.4, where they
+    had shape [1], and concatenates such scalars into shape vectors. ISANet's
+    head builds its padding as ``paddle.concat([pad_w // 2, ..., pad_h - pad_h
+    // 2], axis=0)``: in the export (dynamic H, W: both branches of ``if pad_h >
+    0`` are traced) concat raises ``The axis is expected to be in range of [0,
+    0), but got 0`` (paddleseg's ``calculate_area`` fails the same way in
+    dygraph). A concat that has 0-d inputs is an error in 3.3.1 in either mode,
+    so promoting them to shape [1] (2.4's result) changes no program that worked.
+    """
+    from paddle.base.framework import Variable
+    original = paddle.concat
+
+    @paddle.jit.not_to_static  # see "DNLNet hang" in old_ir_export
+    def concat(x, axis=0, name=None, **kwargs):
+        if isinstance(x, (list, tuple)) and any(
+                isinstance(t, (Variable, paddle.Tensor)) and len(t.shape) == 0 for t in x):
+            _TRACING.last_op = "paddle.concat of 0-d tensors -> reshape([1]) + concat"
+            x = [paddle.reshape(t, [1]) if isinstance(t, (Variable, paddle.Tensor)) and len(t.shape) == 0
+                 else t for t in x]
+        return original(x, axis=axis, name=name, **kwargs)
+
+    return {"concat": (original, concat)}
+
+
+def _static_var(v):
+    """An old-IR ``Variable`` being built (``isinstance(eager_tensor, Variable)`` is also True)."""
+    from paddle.base.framework import Variable
+    return isinstance(v, Variable) and not isinstance(v, paddle.Tensor)
+
+
+def _stored_weight(var):
+    """Whether ``var`` is a stored parameter, maybe behind fake quantization ops (a QAT weight).
+
+    Paddle Inference's quant passes remove every quantize/dequantize op and feed
+    the parameter itself to the consumer (``quant_dequant_onednn_pass``).
+    """
+    for _ in range(8):
+        if var is None or var.persistable:
+            return var is not None
+        op = _producer(var)
+        if op is None or "quantize" not in op.type or "X" not in op.input_names:
+            return False
+        var = op.block._find_var_recursive(op.input("X")[0])
+    return False
+
+
+def _conv2d_for_export():
+    """``F.conv2d`` for the export: tensor-valued int arguments and computed filters.
+
+    * ``groups``/``stride``/``dilation`` are int attributes of the conv2d op, so
+      a value computed from a shape the program does not know (``-1``) cannot
+      be exported. RTFormer's cross attention (paddleseg/models/rtformer.py,
+      ExternalAttention) runs ``F.conv2d(x, cross_k, groups=B)`` with ``B =
+      x.shape[0]``: with a dynamic batch size dy2static makes ``B`` a tensor and
+      paddle's own check misreports it as ``The groups of conv2d should be not
+      be zero.``; this names the cause and the remedy.
+    * A filter computed in the forward pass (RTFormer's cross k/v, DMNet's
+      generated filters) is built as conv3d over a depth-1 volume (same result).
+      Paddle Inference 3.3.1's oneDNN INT8 pipeline takes the Filter of every
+      conv2d / depthwise_conv2d / fused_conv2d for a stored weight
+      (``compute_propagate_scales_onednn_pass``, ComputeVarScales) and stops the
+      predictor with ``(NotFound) The input persistable var [reshape2_6.tmp_0] of
+      [conv2d] op is not found.``; conv3d is outside that set and runs FP32.
+    """
+    import inspect
+    original = F.conv2d
+    sig = inspect.signature(original)
+
+    def pair(v, what):
+        v = [v, v] if isinstance(v, int) else list(v)
+        if len(v) != 2:
+            raise ExportError(f"old-IR export: F.conv2d({what}={v!r}) with a computed filter at "
+                              f"{_TRACING.where()}: expected an int or 2 ints")
+        return v
+
+    @paddle.jit.not_to_static  # see "DNLNet hang" in old_ir_export
+    def conv2d(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        for k in ("groups", "stride", "dilation"):
+            v = a[k]
+            if _static_var(v) or (isinstance(v, (list, tuple)) and any(_static_var(t) for t in v)):
+                raise ExportError(
+                    f"old-IR export: F.conv2d({k}=<tensor>) at {_TRACING.where()}: {k} must be a "
+                    f"Python int, but the model computes it from a tensor shape the program does "
+                    f"not know while it is built (a dynamic batch size makes x.shape[0] a tensor; "
+                    f"RTFormer's cross attention uses groups=batch size). Export with a fixed "
+                    f"batch size: --input_shape 1 C -1 -1, or 'export: {{input_shape: [1, C, -1, "
+                    f"-1]}}' in the config.")
+        if not (_static_var(a["x"]) and _static_var(a["weight"])) or _stored_weight(a["weight"]):
+            return original(*args, **kwargs)
+        _TRACING.last_op = "F.conv2d with a computed filter -> conv3d"
+        pad = a["padding"]
+        if isinstance(pad, str):
+            pad3 = pad
+        elif isinstance(pad, int):
+            pad3 = [0, pad, pad]
+        elif len(pad) == 2 and all(isinstance(p, int) for p in pad):
+            pad3 = [0] + list(pad)
+        elif len(pad) == 4 and all(isinstance(p, int) for p in pad):
+            pad3 = [0, 0] + list(pad)
+        else:
+            raise ExportError(f"old-IR export: F.conv2d(padding={pad!r}) with a computed filter at "
+                              f"{_TRACING.where()} is not supported")
+        axis = 2 if a["data_format"] == "NCHW" else 1
+        out = F.conv3d(paddle.unsqueeze(a["x"], axis), paddle.unsqueeze(a["weight"], 2), bias=a["bias"],
+                       stride=[1] + pair(a["stride"], "stride"), padding=pad3,
+                       dilation=[1] + pair(a["dilation"], "dilation"), groups=a["groups"],
+                       data_format="NCDHW" if axis == 2 else "NDHWC")
+        return paddle.squeeze(out, axis)
+
+    return {"conv2d": (original, conv2d)}
+
+
+def _reshape_inferred_dim(in_shape, shape):
+    """The value of the one ``-1`` in ``shape`` for an input of static shape ``in_shape``, or None.
+
+    A ``0`` in ``shape`` copies the input dim at the same index, so
+    prod(input) == prod(output) reduces to prod(input dims not copied) ==
+    prod(output dims not copied): copied dims cancel even where they are
+    unknown (-1). None when ``shape`` is not a list of Python ints with one -1,
+    or a dim that does not cancel is unknown.
+    """
+    import math
+    if not isinstance(shape, (list, tuple)) or any(
+            type(s) is not int for s in shape) or list(shape).count(-1) != 1:
+        return None
+    copied = {j for j, s in enumerate(shape) if s == 0}
+    if any(j >= len(in_shape) for j in copied):
+        return None
+    rest = [d for i, d in enumerate(in_shape) if i not in copied]
+    if any(d is None or d < 0 for d in rest):
+        return None
+    known = math.prod(s for j, s in enumerate(shape) if j not in copied and s != -1)
+    total = math.prod(rest)
+    if known <= 0 or total % known:
+        return None
+    return total // known
+
+
+def _reshape_static_dims():
+    """``paddle.reshape`` that also infers the static ``-1`` dim where copied dims cancel.
+
+    paddle's build-time shape inference leaves the ``-1`` of a reshape unknown
+    as soon as any input dim is unknown, even one that a ``0`` copies to the
+    output: ``[1, 64, h, w].reshape([-1, 64, 0, 0])`` is ``[-1, 64, -1, -1]``,
+    not ``[1, 64, -1, -1]``. RTFormer's ExternalAttention ends with that
+    reshape and the next one reads ``x.shape[0]`` as its conv ``groups``: with
+    the batch lost, even a fixed-batch export failed. Only the build-time shape
+    changes (the op and its runtime result do not). Used when the export has a
+    fixed batch size (``old_ir_export(infer_reshape_dims=True)``); exports with
+    a dynamic batch stay exactly as paddle builds them.
+    """
+    original = paddle.reshape
+
+    @paddle.jit.not_to_static  # see "DNLNet hang" in old_ir_export
+    def reshape(x, shape, name=None):
+        out = original(x, shape, name=name)
+        if _static_var(x) and _static_var(out):
+            dim = _reshape_inferred_dim(list(x.shape), shape)
+            dims = list(out.shape)
+            if dim is not None and len(dims) == len(shape) and dims[list(shape).index(-1)] < 0:
+                dims[list(shape).index(-1)] = dim
+                out.desc.set_shape(dims)
+        return out
+
+    return {"reshape": (original, reshape)}
+
+
+def _ir_graph_links_unchecked():
+    """``IrGraph`` link methods without their membership asserts, as ``python -O`` runs them.
+
+    ``link_to``, ``update_input_link`` and ``update_output_link``
+    (paddle/base/framework.py) assert ``node.node in self.graph.nodes()``,
+    and ``nodes()`` copies every node of the graph into a new Python set on
+    each call (14 ms for HRNet-W18's QAT program). paddle's
+    ``ReplaceFakeQuantDequantPass`` links 8 times per fake-quant op: the
+    ONNX-format QAT export of FCN-HRNet_W18 (921 such ops) spent 305 of its
+    455 s in these checks (cProfile; 15,662 ``nodes()`` calls), OCRNet's
+    likewise (the zoo's >7 min INT8 exports). The bodies are paddle's own.
+    """
+    def link_to(self, node_in, node_out):
+        node_in.append_output(node_out)
+        node_out.append_input(node_in)
+
+    def update_input_link(self, old_input_node, new_input_node, op_node):
+        old_input_node.remove_output(op_node)
+        op_node.remove_input(old_input_node)
+        new_input_node.append_output(op_node)
+        op_node.append_input(new_input_node)
+        op_node.rename_input(old_input_node.name(), new_input_node.name())
+
+    def update_output_link(self, old_output_node, new_output_node, op_node):
+        old_output_node.remove_input(op_node)
+        op_node.remove_output(old_output_node)
+        new_output_node.append_input(op_node)
+        op_node.append_output(new_output_node)
+        op_node.rename_output(old_output_node.name(), new_output_node.name())
+
+    return {"link_to": link_to, "update_input_link": update_input_link,
+            "update_output_link": update_output_link}
 
 
 def _module_refs(originals):
@@ -454,7 +672,7 @@ EXPORT_TIMEOUT_S = 900  # the largest registry model (HRNet-W48 OCRNet, QAT) tak
 
 
 @contextlib.contextmanager
-def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
+def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False):
     """Build and save static programs in the old IR (``model.pdmodel``).
 
     Workaround for PaddlePaddle/Paddle#79749 (oneDNN cannot run new-IR
@@ -475,7 +693,12 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
     functions are ``paddle.jit.not_to_static``, so ``convert_call`` returns
     them untouched. ``timeout`` (seconds, main thread) bounds any other hang
     with an ExportError naming the layer being traced; ``model``'s layers are
-    hooked so that errors name the layer.
+    hooked so that errors name the layer. paddle's IrGraph link methods run
+    without their O(graph) membership asserts (``_ir_graph_links_unchecked``:
+    the QAT export's post-processing took minutes on HRNet).
+    ``infer_reshape_dims``: reshapes also infer their ``-1`` at build time
+    where copied dims cancel (``_reshape_static_dims``; for exports with a
+    fixed batch size).
     """
     from paddle.base import framework
     from paddle.pir_utils import _switch_to_old_ir_, _switch_to_pir_
@@ -495,7 +718,10 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
         for n, f in table:
             if n in legacy:
                 originals[id(f)] = (legacy[n], f)
-    for orig, fixed in _broken_old_ir_branches().values():
+    replaced = {**_broken_old_ir_branches(), **_zero_d_promotions(), **_conv2d_for_export()}
+    if infer_reshape_dims:
+        replaced.update(_reshape_static_dims())
+    for orig, fixed in replaced.values():
         originals[id(orig)] = (fixed, orig)
 
     saved = []
@@ -515,6 +741,14 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S):
                 if n in vars(cls) or hasattr(cls, n):
                     saved.append((cls, n, cls.__dict__.get(n, getattr(cls, n))))
                     setattr(cls, n, fn)
+        for n, fn in _ir_graph_links_unchecked().items():
+            saved.append((framework.IrGraph, n, framework.IrGraph.__dict__[n]))
+            setattr(framework.IrGraph, n, fn)
+        # x.reshape(...) on a Variable is paddle.reshape itself (paddle's monkey_patch_variable)
+        for n, (orig, fixed) in replaced.items():
+            if framework.Variable.__dict__.get(n) is orig:
+                saved.append((framework.Variable, n, orig))
+                setattr(framework.Variable, n, fixed)
         if model is not None:
             for lname, layer in model.named_sublayers(include_self=True):
                 label = f"{lname or type(model).__name__} ({type(layer).__name__})"
@@ -628,6 +862,59 @@ def loss_overrides():
     """Loss classes that replace paddleseg's registry entries on this Paddle (made once)."""
     return {"CrossEntropyLoss": _fixed_cross_entropy(),
             "OhemCrossEntropyLoss": _fixed_ohem_cross_entropy()}
+
+
+# ---------------------------------------------------------------- models
+
+def _fixed_sfnet():
+    import inspect
+    from paddleseg.models import sfnet
+
+    class AlignedModuleFixed(sfnet.AlignedModule):
+        """paddleseg 2.8 AlignedModule with the flow divided by a float size.
+
+        ``flow_warp`` divides the float32 flow by ``paddle.shape(x)[2:]``, an int64
+        tensor, which paddle 3.x rejects: ``Type promotion only support calculations
+        between floating-point numbers and between complex and real numbers. But got
+        different data type x: float32, y: int64``. The same code with the size cast
+        to the flow's dtype (paddleseg/models/sfnet.py, flow_warp).
+        """
+
+        def flow_warp(self, input, flow, size):
+            input_shape = paddle.shape(input)
+            norm = size[::-1].reshape([1, 1, 1, -1]).astype(flow.dtype)  # the fix
+            norm.stop_gradient = True
+            h_grid = paddle.linspace(-1.0, 1.0, size[0]).reshape([-1, 1])
+            h_grid = h_grid.tile([size[1]])
+            w_grid = paddle.linspace(-1.0, 1.0, size[1]).reshape([-1, 1])
+            w_grid = w_grid.tile([size[0]]).transpose([1, 0])
+            grid = paddle.concat([w_grid.unsqueeze(2), h_grid.unsqueeze(2)], axis=2)
+            grid.unsqueeze(0).tile([input_shape[0], 1, 1, 1])  # unused, as in paddleseg
+            grid = grid + paddle.transpose(flow, (0, 2, 3, 1)) / norm
+            return F.grid_sample(input, grid)
+
+    class SFNetFixed(sfnet.SFNet):
+        """paddleseg 2.8 SFNet whose AlignedModules warp with ``AlignedModuleFixed``.
+
+        Same layers, parameter names and initialisation: only the class of the
+        built AlignedModules changes (a subclass that overrides ``flow_warp``).
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for layer in self.sublayers():
+                if type(layer) is sfnet.AlignedModule:
+                    layer.__class__ = AlignedModuleFixed
+
+    SFNetFixed.__init__.__signature__ = inspect.signature(sfnet.SFNet.__init__)  # arg checks
+    SFNetFixed.__name__ = "SFNet"
+    return SFNetFixed
+
+
+@functools.lru_cache(maxsize=None)
+def model_overrides():
+    """Model classes that replace paddleseg's registry entries on this Paddle (made once)."""
+    return {"SFNet": _fixed_sfnet()}
 
 
 @contextlib.contextmanager
@@ -751,6 +1038,105 @@ def drop_observer_only_quant(pdmodel_path, out_path=None):
             f.write(desc.serialize_to_string())
     return count
 
+# ---------------------------------------------------------------- int8 constants
+
+# Inputs that Paddle Inference 3.3.1's quant_dequant_onednn_pass turns back into float
+# weights (QuantDequantMkldnnPass::DequantizeWeights): only these.
+_ONEDNN_DEQUANTIZED_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "fused_conv2d": "Filter",
+                              "mul": "Y", "matmul": "Y", "matmul_v2": "Y"}
+
+
+def fold_constant_dequantize(infer_dir):
+    """Store float values for int8 constants that Paddle Inference would feed to an op as int8.
+
+    paddleslim's ONNX-format QAT export (paddle's ``QuantWeightPass``) stores
+    every tensor quantized by a ``quantize_linear`` whose input is persistable
+    as int8 and keeps only its ``dequantize_linear``: a weight, but also an
+    activation quantizer's input that happens to be a parameter. GINet's head
+    feeds its class embedding (``GIHead.inp``, a parameter) to a quantized
+    Linear, so that embedding became int8 data. Paddle Inference's oneDNN INT8
+    pipeline removes every dequantize_linear (``quant_dequant_onednn_pass``)
+    and turns back into float only the Filter of conv2d / depthwise_conv2d /
+    fused_conv2d and the Y of mul / matmul / matmul_v2; GINet's embedding is
+    the X of a matmul_v2, which then stops the predictor: ``(InvalidArgument)
+    The type of data we are trying to retrieve (int8) does not match the type
+    of data (float32) currently contained in the container. [operator <
+    matmul_v2> error]`` (raised by ``constant_folding_pass``, the next pass).
+
+    For each such dequantize_linear whose output feeds anything else, this
+    stores its output, computed by paddle's own dequantize_linear kernel, as a
+    float tensor and removes the op: every runtime then sees the values the
+    fake-quant program computes. Weights in the inputs above are left as they
+    are (int8, dequantized by the pass), and a program without such constants
+    is not rewritten at all. Returns the number of dequantize ops folded.
+    """
+    import os
+    from paddle.base import core
+    from paddle.base.framework import Program
+    from paddle.framework.io_utils import is_persistable
+
+    path = os.path.join(str(infer_dir), "model.pdmodel")
+    with open(path, "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    blk = desc.block(0)  # keep ``desc`` alive while ``blk`` is used
+    ops = [blk.op(i) for i in range(blk.op_size())]
+    users = {}
+    for op in ops:
+        for slot in op.input_names():
+            for name in op.input(slot):
+                users.setdefault(name, []).append((op.type(), slot))
+    folds = []
+    for op in ops:
+        if op.type() != "dequantize_linear":
+            continue
+        x = blk.find_var(op.input("X")[0].encode())
+        if x is None or not x.persistable():
+            continue
+        if all(_ONEDNN_DEQUANTIZED_INPUTS.get(t) == slot for t, slot in users.get(op.output("Y")[0], [])):
+            continue
+        folds.append(op)
+    if not folds:
+        return 0
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with old_ir_static():
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            paddle.static.load_inference_model(os.path.join(str(infer_dir), "model"), exe)
+            calc = Program()
+            cb = calc.global_block()
+            for op in folds:
+                inputs = {}
+                for slot in op.input_names():
+                    names = op.input(slot)
+                    for name in names:
+                        v = blk.find_var(name.encode())
+                        if not cb.has_var(name):
+                            cb.create_var(name=name, shape=v.shape(), dtype=v.dtype(), persistable=True)
+                    if names:
+                        inputs[slot] = list(names)
+                y = op.output("Y")[0]
+                yv = blk.find_var(y.encode())
+                cb.create_var(name=y, shape=yv.shape(), dtype=yv.dtype(), persistable=True)
+                cb.append_op(type="dequantize_linear", inputs=inputs, outputs={"Y": [y]},
+                             attrs={a: op.attr(a) for a in op.attr_names() if not a.startswith("op_")})
+                yv.set_persistable(True)
+            exe.run(calc)
+            folded_inputs = {n for op in folds for n in op.input_arg_names()}
+            dead = {id(op) for op in folds}
+            for i in reversed(range(blk.op_size())):
+                if id(ops[i]) in dead:
+                    blk._remove_op(i, i + 1)  # ``folds`` is dangling from here on
+            used = {n for i in range(blk.op_size()) for n in blk.op(i).input_arg_names()}
+            for name in sorted(folded_inputs - used):
+                if blk.has_var(name.encode()):
+                    blk._remove_var(name.encode())
+            data = desc.serialize_to_string()
+            paddle.static.save_vars(exe, str(infer_dir), main_program=Program.parse_from_string(data),
+                                    predicate=is_persistable, filename="model.pdiparams")
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(folds)
+
 
 # ---------------------------------------------------------------- reading an export back
 
@@ -782,7 +1168,14 @@ def load_old_ir_inference_model(infer_dir):
 #   off (70% of labels right). Our own exports avoid the pattern (see
 #   _fold_reshape_transpose); this also covers programs written elsewhere and
 #   transposes that cannot become a matmul flag ([0,2,1,3], SegFormer).
-BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass",)
+# * repeated_fc_relu_fuse_pass (default CPU pass list, with or without oneDNN) segfaults
+#   (SIGSEGV in RepeatedFCReluFusePass::BuildFusion -> GraphPatternDetector::
+#   MarkPDNodesInGraph) on any fc whose input is a stored tensor: its pattern looks for
+#   the fc input that has a producing op ("w and bias has no input", before_var_of_part)
+#   and dereferences the null it gets when none has one. GINet's head runs a Linear on
+#   its class embedding, a parameter (GIHead.inp): its FP32 export killed the process.
+#   The pass only fuses chains of fc + relu into fusion_repeated_fc_relu (MLPs).
+BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass", "repeated_fc_relu_fuse_pass")
 
 
 def configure_inference(config):

@@ -74,7 +74,7 @@ _SECTION_KEYS = {
                     # PaddleSeg's val computes AUC-ROC with it (its DRIVE/STARE/
                     # HRF/CHASE_DB1 configs set it); accepted, not computed here
                     "auc_roc": bool},
-    "export": {"transforms": list},
+    "export": {"transforms": list, "input_shape": list},
     "distill_loss": {"types": list, "coef": list},
     "quant_config": {
         "weight_quantize_type": str, "activation_quantize_type": str,

@@ -81,17 +81,23 @@ def in_channels(cfg):
 
 
 def check_input_shape(cfg, input_shape):
-    """``--input_shape N C H W``: each -1 (dynamic) or positive, C the model's channels."""
-    shape = list(input_shape) if input_shape else [-1, in_channels(cfg), -1, -1]
+    """``--input_shape N C H W``: each -1 (dynamic) or positive, C the model's channels.
+
+    Without it: the config's ``export.input_shape`` (a model that needs a fixed
+    batch size, RTFormer, says so there), else ``-1 C -1 -1``.
+    """
+    default = (cfg.get("export") or {}).get("input_shape")
+    flag = "--input_shape" if input_shape or not default else f"export.input_shape ({cfg.path})"
+    shape = list(input_shape or default or [-1, in_channels(cfg), -1, -1])
     allowed = "4 values N C H W, each -1 (any size) or > 0"
-    if len(shape) != 4:
-        raise ValueError(f"--input_shape must be {allowed}, got {shape}")
+    if len(shape) != 4 or any(type(v) is not int for v in shape):
+        raise ValueError(f"{flag} must be {allowed}, got {shape}")
     for name, v in zip("NCHW", shape):
         if v == 0 or v < -1:
-            raise ValueError(f"--input_shape {' '.join(map(str, shape))}: {name} is {v}; "
+            raise ValueError(f"{flag} {' '.join(map(str, shape))}: {name} is {v}; "
                              f"allowed: {allowed}")
     if shape[1] not in (-1, in_channels(cfg)):
-        raise ValueError(f"--input_shape {' '.join(map(str, shape))}: C is {shape[1]} but the model "
+        raise ValueError(f"{flag} {' '.join(map(str, shape))}: C is {shape[1]} but the model "
                          f"takes {in_channels(cfg)} channels ({cfg.path})")
     return shape
 
@@ -146,7 +152,8 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
 
     def write(d):
         prefix = os.path.join(d, "model")
-        with compat.old_ir_export(head):
+        # a fixed batch size stays visible to code that needs it as an int (RTFormer)
+        with compat.old_ir_export(head, infer_reshape_dims=input_shape[0] > 0):
             if quanter is not None:
                 quanter.save_quantized_model(head, prefix, input_spec=spec)
             else:
@@ -154,6 +161,11 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
         for name in ("model.pdmodel", "model.pdiparams"):
             if not os.path.isfile(os.path.join(d, name)):
                 raise RuntimeError(f"export wrote no {name} (paddle {paddle.__version__})")
+        if quanter is not None:
+            n = compat.fold_constant_dequantize(d)
+            if n:
+                logger.info("Stored %d int8 constant(s) outside a weight input as float "
+                            "(compat.fold_constant_dequantize)", n)
         n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
         logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
         with open(os.path.join(d, "deploy.yaml"), "w") as f:

@@ -41,7 +41,7 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import cv2
@@ -353,6 +353,9 @@ def evaluate_predictor(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Infe
 
 def run_ptq(cfg, model_path, save_dir, opts):
     """FP32 weights -> calibrated INT8 inference directory ``save_dir``; returns ptq_info."""
+    if opts.input_shape is None and (cfg.get("export") or {}).get("input_shape"):
+        # the config's export shape (RTFormer: batch 1) also bounds the calibration batches
+        opts = replace(opts, input_shape=export.check_input_shape(cfg, None))
     check_options(opts)
     qc = quant.quant_settings(cfg, purpose="ptq")
     model, _ = quant.build_model(cfg, model_path, quantized=False)

@@ -111,15 +111,12 @@ def test_saved_config_roundtrip(tmp_path):
 
 
 def _shipped(path):
-    """configs/zoo/ entries run with `make test-slow` (the zoo command builds them too);
-    SFNet does not train on paddle 3.3.1 (paddleseg's flow_warp multiplies float32 by int64)."""
+    """configs/zoo/ entries run with `make test-slow` (the zoo command builds them too).
+    SFNet trains through compat.model_overrides (paddleseg's flow_warp divides float32 by int64;
+    tests/test_export_configs.py::test_sfnet_trains_and_exports)."""
     if not path.startswith("configs/zoo/"):
         return path
-    marks = [pytest.mark.slow]
-    if path.endswith("/sfnet.yml"):
-        marks.append(pytest.mark.xfail(strict=True, raises=TypeError,
-                                       reason="paddleseg SFNet flow_warp: float32 x int64 on paddle 3.3.1"))
-    return pytest.param(path, marks=marks)
+    return pytest.param(path, marks=[pytest.mark.slow])
 
 
 @pytest.mark.parametrize("path", [_shipped(str(p.relative_to(ROOT))) for p in sorted(

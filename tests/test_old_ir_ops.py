@@ -218,7 +218,8 @@ class _ConvReshapeTransposeMatmul(paddle.nn.Layer):
 
 def _paddle_inference(prefix, inputs, onednn):
     """Run an old-IR program with Paddle Inference's default passes (not segqat's predictor,
-    which deletes the broken fuse pass: these tests check the exports avoid it themselves)."""
+    which deletes the broken fuse pass: these tests check the exports avoid it themselves).
+    ``onednn="int8"`` also runs the oneDNN INT8 passes (segqat's INT8 op set)."""
     from paddle import inference as pi
     cfg = pi.Config(f"{prefix}.pdmodel", f"{prefix}.pdiparams")
     cfg.enable_new_ir(False)
@@ -227,6 +228,8 @@ def _paddle_inference(prefix, inputs, onednn):
     cfg.set_cpu_math_library_num_threads(1)
     if onednn:
         cfg.enable_onednn()
+    if onednn == "int8":
+        cfg.enable_onednn_int8({"conv2d", "depthwise_conv2d", "fused_conv2d"})  # as segqat.deploy
     pred = pi.create_predictor(cfg)
     for name, a in zip(pred.get_input_names(), inputs):
         pred.get_input_handle(name).copy_from_cpu(a)
@@ -272,3 +275,295 @@ def test_ann_fp32_export_matches_dygraph(tmp_path):
         scale = np.abs(want).max()
         assert np.abs(got - want).max() < 1e-4 * scale, (onednn, np.abs(got - want).max(), scale)
         assert (got.argmax(1) == want.argmax(1)).mean() > 0.999
+
+
+def test_concat_of_0d_scalars_builds_a_shape_vector():
+    """paddleseg 2.8 (written for paddle 2.4, where ``paddle.shape(x)[2]`` had shape [1])
+    concatenates 0-d scalars; paddle 3.3.1 raises "The axis is expected to be in range of
+    [0, 0)". Under the export guard concat promotes them to shape [1], as 2.4 did."""
+    def fn(x):
+        s = paddle.shape(x)
+        return paddle.concat([s[2] // 2, s[1] - 1, paddle.to_tensor([7], dtype="int32")], axis=0)
+    got, op_types = _run_old_ir(fn, [IMG])
+    np.testing.assert_array_equal(got, [2, 2, 7])
+    assert got.dtype == np.int32 and "concat" in op_types
+
+
+class _ISAHeadOnly(paddle.nn.Layer):
+    """paddleseg's ISAHead (ISANet) on a one-conv "backbone", small enough for a unit test."""
+
+    def __init__(self):
+        super().__init__()
+        from paddleseg.models.isanet import ISAHead
+        self.stem = paddle.nn.Conv2D(3, 16, 1)
+        self.head = ISAHead(3, [16, 16], isa_channels=4, down_factor=(4, 4), enable_auxiliary_loss=False)
+
+    def forward(self, x):
+        f = self.stem(x)
+        return self.head([f, f])[0]
+
+
+def test_isanet_head_with_padding_exports(tmp_path, monkeypatch):
+    """ISAHead pads H, W up to a multiple of down_factor with ``paddle.concat`` of 0-d scalars
+    (paddleseg/models/isanet.py:131). The dynamic-shape export traces that branch; before the
+    0-d promotion it failed: "The axis is expected to be in range of [0, 0), but got 0".
+    The exported program pads (6x10 -> 8x12) or not (8x8) as the dygraph model does."""
+    paddle.seed(0)
+    layer = _ISAHeadOnly()
+    layer.eval()
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(tmp_path / "m"),
+                        input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    # dygraph's padding branch needs the same promotion (dygraph concat rejects 0-d too)
+    monkeypatch.setattr(paddle, "concat", compat._zero_d_promotions()["concat"][1])
+    r = np.random.RandomState(2)
+    for shape in ((1, 3, 6, 10), (1, 3, 8, 8)):
+        x = r.randn(*shape).astype("float32")
+        want = layer(paddle.to_tensor(x)).numpy()
+        for onednn in (False, True):
+            got = _paddle_inference(tmp_path / "m", (x,), onednn)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{shape} onednn={onednn}")
+
+
+@pytest.mark.parametrize("in_shape, shape, want", [
+    ([1, 64, -1, -1], [-1, 64, 0, 0], [1, 64, -1, -1]),   # RTFormer's ExternalAttention
+    ([1, 64, -1, -1], [1, -1, 0, 0], [1, 64, -1, -1]),
+    ([-1, 64, 1, 1], [0, -1], [-1, 64]),
+    ([-1, 64, -1, -1], [-1, 64, 0, 0], [-1, 64, -1, -1]),  # an unknown dim that does not cancel
+    ([2, 6, -1], [0, 3, -1], [2, 3, -1]),                 # -1 next to an unknown non-copied dim
+])
+def test_reshape_infers_minus_one_where_copied_dims_cancel(in_shape, shape, want):
+    def fn(x):
+        return paddle.reshape(x, shape)
+    with compat.old_ir_export(timeout=60, infer_reshape_dims=True):
+        paddle.enable_static()
+        try:
+            with paddle.static.program_guard(paddle.static.Program(), paddle.static.Program()):
+                x = paddle.static.data("x", in_shape, "float32")
+                assert list(fn(x).shape) == want
+                assert list(x.reshape(shape).shape) == want  # the Variable method too
+        finally:
+            paddle.disable_static()
+
+
+class _CrossAttention(paddle.nn.Layer):
+    """RTFormer's ExternalAttention with cross k/v (``F.conv2d(..., groups=x.shape[0])``):
+    the filters are computed from the input (RTFormer's cross_kv: conv + pool), and a
+    reshape before it loses the static batch size, as RTFormer's previous block does."""
+
+    def __init__(self, c=8, inter=6):
+        super().__init__()
+        from paddleseg.models.rtformer import ExternalAttention
+        self.stem = paddle.nn.Conv2D(3, c, 1)
+        self.kv = paddle.nn.Conv2D(c, 2 * inter * c, 1)
+        self.attn = ExternalAttention(c, c, inter, num_heads=2, use_cross_kv=True)
+        self.c, self.inter = c, inter
+
+    def forward(self, x):
+        f = self.stem(x)
+        k, v = paddle.split(self.kv(F.adaptive_avg_pool2d(f, 1)), 2, axis=1)
+        f = f.reshape([1, -1, 0, 0]).reshape([-1, self.c, 0, 0])
+        return self.attn(f, k.reshape([-1, self.c, 1, 1]), v.reshape([-1, self.inter, 1, 1]))
+
+
+@pytest.mark.parametrize("batch", [1, -1])
+def test_rtformer_cross_attention_exports_with_a_fixed_batch(tmp_path, batch):
+    """``groups=B`` with ``B = x.shape[0]`` needs the batch size as an int while the program is
+    built. A fixed batch (1) used to fail anyway ("The groups of conv2d should be not be zero.":
+    paddle's reshape inference lost it); now it exports and matches dygraph, also through the
+    oneDNN INT8 passes, which stopped at the computed filter ("The input persistable var
+    [reshape2_6.tmp_0] of [conv2d] op is not found") until it became a conv3d. A dynamic batch
+    cannot work: the error says to export with a fixed one."""
+    paddle.seed(0)
+    layer = _CrossAttention()
+    layer.eval()
+    spec = [paddle.static.InputSpec([batch, 3, -1, -1], "float32", "x")]
+    if batch == -1:
+        with pytest.raises(compat.ExportError, match=r"groups=<tensor>.*--input_shape 1 C -1 -1"):
+            with compat.old_ir_export(layer, timeout=120):
+                paddle.jit.save(layer, str(tmp_path / "m"), input_spec=spec)
+        return
+    with compat.old_ir_export(layer, timeout=120, infer_reshape_dims=True):
+        paddle.jit.save(layer, str(tmp_path / "m"), input_spec=spec)
+    x = np.random.RandomState(3).randn(1, 3, 5, 7).astype("float32")
+    want = layer(paddle.to_tensor(x)).numpy()
+    for onednn in (False, True, "int8"):
+        got = _paddle_inference(tmp_path / "m", (x,), onednn)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"onednn={onednn}")
+
+
+def _op_types(prefix):
+    from collections import Counter
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with compat.old_ir_static():
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            prog, _, _ = paddle.static.load_inference_model(str(prefix), exe)
+    return Counter(op.type for op in prog.global_block().ops)
+
+
+def test_computed_filters_become_conv3d_and_qat_weights_stay_conv2d(tmp_path):
+    """Only a filter computed from the input becomes conv3d; a QAT layer's weight (the
+    parameter behind fake quantization ops, ``compat._stored_weight``) stays a conv2d that
+    oneDNN runs in INT8."""
+    from segqat import quant
+    paddle.seed(0)
+    layer = _CrossAttention()
+    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
+    r = np.random.RandomState(4)
+    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
+    layer.eval()
+    with compat.old_ir_export(layer, timeout=120, infer_reshape_dims=True):
+        quanter.save_quantized_model(layer, str(tmp_path / "m"), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    ops = _op_types(tmp_path / "m")
+    assert ops["conv2d"] == 2 and ops["conv3d"] == 2, ops  # stem + kv; the cross k/v convs
+    got = _paddle_inference(tmp_path / "m", (r.rand(1, 3, 5, 7).astype("float32"),), "int8")
+    assert got.shape == (1, 8, 5, 7) and np.isfinite(got).all()
+
+
+class _ParamThroughLinear(paddle.nn.Layer):
+    """GINet's GIHead: a parameter (its class embedding ``inp``) is the *input* of a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = self.create_parameter([4, 12], default_initializer=paddle.nn.initializer.Normal())
+        self.fc = paddle.nn.Linear(12, 8)
+        self.conv = paddle.nn.Conv2D(3, 8, 1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        logits = paddle.matmul(self.fc(self.emb), f.flatten(2))  # [4, 8] x [N, 8, HW]
+        return [logits.reshape([0, 4, f.shape[2], f.shape[3]])]
+
+
+def test_int8_constant_outside_a_weight_input_is_folded(tmp_path):
+    """paddleslim stores the quantized input of a Linear as int8 when that input is a parameter
+    (GINet); Paddle Inference's oneDNN INT8 passes dequantize only conv Filters and matmul Ys, so
+    the predictor failed: "The type of data we are trying to retrieve (int8) does not match the
+    type of data (float32) ... [operator < matmul_v2 > error]". compat.fold_constant_dequantize
+    stores that constant as float (paddle's own dequantize kernel): same results, INT8 runs."""
+    import shutil
+    from segqat import quant
+    paddle.seed(0)
+    layer = _ParamThroughLinear()
+    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
+    r = np.random.RandomState(5)
+    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
+    layer.eval()
+    x = r.rand(1, 3, 5, 7).astype("float32")
+    # fake quantization, run before the export: a dygraph run after an export and before a
+    # oneDNN INT8 predictor segfaults in paddle 3.3.1 (any QAT model, with or without this fix)
+    want = layer(paddle.to_tensor(x))[0].numpy()
+    with compat.old_ir_export(layer, timeout=120):
+        quanter.save_quantized_model(layer, str(tmp_path / "raw" / "model"), input_spec=[
+            paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    with pytest.raises(Exception, match="int8.*float32|matmul_v2"):
+        _paddle_inference(tmp_path / "raw" / "model", (x,), "int8")
+    shutil.copytree(tmp_path / "raw", tmp_path / "fold")
+    assert compat.fold_constant_dequantize(tmp_path / "fold") == 1
+    assert compat.fold_constant_dequantize(tmp_path / "fold") == 0  # nothing left: no rewrite
+    assert _op_types(tmp_path / "fold/model")["dequantize_linear"] == \
+        _op_types(tmp_path / "raw/model")["dequantize_linear"] - 1
+    # the un-fused program gives exactly what it gave before
+    np.testing.assert_array_equal(_paddle_inference(tmp_path / "fold" / "model", (x,), False),
+                                  _paddle_inference(tmp_path / "raw" / "model", (x,), False))
+    got = _paddle_inference(tmp_path / "fold" / "model", (x,), "int8")
+    assert got.shape == want.shape and np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+_CHILD_PREDICTOR = """
+import sys
+import numpy as np
+from paddle import inference as pi
+from segqat import compat
+cfg = pi.Config(sys.argv[1] + ".pdmodel", sys.argv[1] + ".pdiparams")
+cfg.enable_new_ir(False)
+cfg.disable_glog_info()
+cfg.set_cpu_math_library_num_threads(1)
+compat.configure_inference(cfg)
+if sys.argv[2] == "onednn":
+    cfg.enable_onednn()
+pred = pi.create_predictor(cfg)
+pred.get_input_handle(pred.get_input_names()[0]).copy_from_cpu(np.load(sys.argv[3]))
+pred.run()
+np.save(sys.argv[4], pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu())
+"""
+
+
+def test_fc_on_a_parameter_runs_in_segqats_predictor(tmp_path):
+    """GINet's FP32 export (a Linear on a parameter, GIHead.inp) made Paddle Inference segfault in
+    repeated_fc_relu_fuse_pass; compat.configure_inference deletes that pass. Run in a child
+    process, so that a segfault fails this test instead of ending the test session."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    paddle.seed(0)
+    layer = _ParamThroughLinear()
+    layer.eval()
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(tmp_path / "m"),
+                        input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    x = np.random.RandomState(6).rand(1, 3, 5, 7).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    want = layer(paddle.to_tensor(x))[0].numpy()
+    for mode in ("plain", "onednn"):
+        r = subprocess.run([sys.executable, "-c", _CHILD_PREDICTOR, str(tmp_path / "m"), mode,
+                            str(tmp_path / "x.npy"), str(tmp_path / "out.npy")],
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (mode, r.returncode, r.stderr[-2000:])
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, rtol=1e-4, atol=1e-5)
+
+
+def test_ir_graph_links_unchecked_inside_the_guard_only():
+    """The QAT export's ReplaceFakeQuantDequantPass links nodes 8 times per fake-quant op and each
+    IrGraph.link_to asserted membership by copying every graph node into a Python set (305 of
+    FCN-HRNet_W18's 455 s INT8 export). Inside the guard the links skip that check (python -O's
+    behaviour); the links are the same, and paddle's methods come back afterwards."""
+    from paddle.base import core
+    from paddle.base.framework import IrGraph
+    before = {n: IrGraph.__dict__[n] for n in ("link_to", "update_input_link", "update_output_link")}
+    with compat.old_ir_static():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main, paddle.static.Program()):
+            x = paddle.static.data("x", [2, 3], "float32")
+            paddle.nn.functional.relu(x)
+    with compat.old_ir_export(timeout=60):
+        assert all(IrGraph.__dict__[n] is not f for n, f in before.items())
+        graph = IrGraph(core.Graph(main.desc), for_test=True)
+        relu = [n for n in graph.all_op_nodes() if n.name() == "relu"][0]
+        x_node = graph._find_node_by_name(relu.inputs, "x")
+        y = graph.create_var_node(name="y", var_type=x_node.type(), shape=[2, 3],
+                                  var_dtype=x_node.dtype())
+
+        class CountNodes:  # the core.Graph, counting the whole-graph copies
+            calls = 0
+
+            def __init__(self, g):
+                self.g = g
+
+            def nodes(self):
+                CountNodes.calls += 1
+                return self.g.nodes()
+
+        graph.graph = CountNodes(graph.graph)
+        graph.update_input_link(x_node, y, relu)
+        graph.link_to(x_node, relu)
+        assert CountNodes.calls == 0
+        assert relu.input("X") == ["y"] and {n.name() for n in relu.inputs} == {"x", "y"}
+    assert {n: IrGraph.__dict__[n] for n in before} == before
+
+
+def test_dygraph_conv_and_reshape_untouched_inside_the_guard(monkeypatch):
+    """The export's F.conv2d / reshape act on old-IR Variables only (an eager tensor also passes
+    isinstance(t, Variable)): dygraph with a computed filter stays paddle's own conv2d."""
+    x, w = paddle.to_tensor(IMG), paddle.to_tensor(R.randn(4, 3, 1, 1).astype("float32")) * 2.0
+    want = F.conv2d(x, w).numpy()
+
+    def no_conv3d(*args, **kwargs):
+        raise AssertionError("dygraph conv2d was rerouted to conv3d")
+    monkeypatch.setattr(F, "conv3d", no_conv3d)
+    with compat.old_ir_export(timeout=60, infer_reshape_dims=True):
+        np.testing.assert_allclose(F.conv2d(x, w).numpy(), want, rtol=1e-6)
+        assert paddle.reshape(x, [0, -1]).shape == [2, 90]
