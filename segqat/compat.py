@@ -1038,6 +1038,7 @@ def drop_observer_only_quant(pdmodel_path, out_path=None):
             f.write(desc.serialize_to_string())
     return count
 
+
 # ---------------------------------------------------------------- int8 constants
 
 # Inputs that Paddle Inference 3.3.1's quant_dequant_onednn_pass turns back into float
