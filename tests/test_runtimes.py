@@ -123,5 +123,5 @@ def test_runtime_errors(exports, caplog):
     caplog.set_level(logging.ERROR)
     with pytest.raises(SystemExit):
         run_script("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path", "x.png",
-                                              "--runtime", "openvino", "--device", "gpu"])
-    assert "--device: Paddle Inference options; --runtime is openvino" in caplog.text
+                                              "--runtime", "openvino", "--enable_mkldnn", "false"])
+    assert "--enable_mkldnn: Paddle Inference options; --runtime is openvino" in caplog.text

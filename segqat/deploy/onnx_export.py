@@ -64,10 +64,14 @@ def _paddle_program(dep):
     exe = paddle.static.Executor(paddle.CPUPlace())
     scope = paddle.static.Scope()
     with compat.old_ir_static(), paddle.static.scope_guard(scope):
-        folder = os.path.dirname(dep["model_file"])
-        prog, feeds, fetches = paddle.static.load_inference_model(
-            folder, exe, model_filename=os.path.basename(dep["model_file"]),
-            params_filename=os.path.relpath(dep["params_file"], folder))
+        prefix = dep["model_file"][:-len(".pdmodel")]
+        if dep["params_file"] == prefix + ".pdiparams":
+            prog, feeds, fetches = paddle.static.load_inference_model(prefix, exe)
+        else:  # files named otherwise: the older (deprecated, warning) form
+            folder = os.path.dirname(dep["model_file"])
+            prog, feeds, fetches = paddle.static.load_inference_model(
+                folder, exe, model_filename=os.path.basename(dep["model_file"]),
+                params_filename=os.path.relpath(dep["params_file"], folder))
     return prog, feeds, fetches, scope, exe
 
 
@@ -584,6 +588,9 @@ def save(model, path, overwrite=False):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -69,7 +69,8 @@ class OnnxRuntimePredictor(Predictor):
             raise DeployError(f"save_onnx: {save_onnx} exists; remove it or choose another path")
         if not 0 < float(min_agreement) <= 1:
             raise DeployError(f"min_agreement must be in (0, 1], got {min_agreement!r}")
-        model = onnx_export.convert(dep)
+        self.agreement = None
+        self.model = model = onnx_export.convert(dep)
         tmp = tempfile.mkdtemp(prefix="segqat_ort_")
         try:
             optimized = os.path.join(tmp, "optimized.onnx")

@@ -1,9 +1,11 @@
-"""Latency of a config's model, FP32 vs INT8, with Paddle Inference on CPU (oneDNN, old IR).
+"""Latency of a config's model, FP32 vs INT8, on CPU (Paddle Inference with oneDNN by default).
 
     python slim/quant/bench_latency.py \
         --config configs/bisenetv2/bisenetv2_synthetic_64x64.yml \
         --config configs/pp_liteseg/pp_liteseg_stdc1_synthetic_64x64.yml \
         --input_shape 1 3 512 512 --cpu_threads 2 --repeats 30 --save_json output/latency.json
+
+``--runtime openvino`` / ``--runtime onnxruntime`` time the same two exports on that runtime.
 
 For each config: build the model (random weights, or --model_path FP32
 weights for a single config), export FP32; insert fake quantization,
@@ -25,11 +27,14 @@ from segqat import cli  # noqa: E402
 
 
 def get_args_parser():
+    from segqat import deploy
     p = argparse.ArgumentParser(description="FP32 vs INT8 latency on CPU")
     p.add_argument("--config", action="append", required=True, help="model config (repeatable)")
     p.add_argument("--model_path", default=None, help="FP32 weights (only with one --config)")
     p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--runtime", choices=list(deploy.RUNTIMES), default="paddle",
+                   help="inference runtime (default paddle: Paddle Inference)")
     p.add_argument("--warmup", type=cli.positive_int, default=10)
     p.add_argument("--repeats", type=cli.positive_int, default=30)
     p.add_argument("--save_json", default=None, help="write the results here")
@@ -57,7 +62,7 @@ def main(args):
         raise ValueError("--model_path goes with a single --config")
     cli.setup()
     results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "paddle": paddle.__version__},
-               "input_shape": args.input_shape, "cpu_threads": args.cpu_threads,
+               "runtime": args.runtime, "input_shape": args.input_shape, "cpu_threads": args.cpu_threads,
                "warmup": args.warmup, "repeats": args.repeats, "models": {}}
     rng = np.random.RandomState(0)
     x = rng.rand(*args.input_shape).astype("float32") * 2 - 1
@@ -76,9 +81,9 @@ def main(args):
                                 quanter=quanter)
             preds = {
                 "fp32": deploy.create_predictor(os.path.join(tmp, f"{i}_fp32"), precision="fp32",
-                                            threads=args.cpu_threads),
+                                            runtime=args.runtime, threads=args.cpu_threads),
                 "int8": deploy.create_predictor(os.path.join(tmp, f"{i}_int8"), precision="int8",
-                                            threads=args.cpu_threads),
+                                            runtime=args.runtime, threads=args.cpu_threads),
             }
             s = bench.summarize(bench.interleaved_latency(preds, x, args.warmup, args.repeats),
                                 args.input_shape[0])
