@@ -2,39 +2,46 @@
 
     from segqat.deploy import load_deploy_config, onnx_export
     dep = load_deploy_config("output/qat_infer")
-    model = onnx_export.convert(dep)                  # onnx.ModelProto
-    onnx_export.check(dep, model)                      # DeployError if it deviates from Paddle
+    model = onnx_export.convert(dep)                   # onnx.ModelProto
+    onnx_export.check(dep, run, batch)                  # DeployError if ``run`` deviates from Paddle
 
-FP32 exports go through paddle2onnx 1.3.1 unchanged; on our models its output
-matches Paddle exactly.
+FP32 exports go through paddle2onnx 1.3.1 as they are; on our models its output
+matches Paddle's labels exactly.
 
 INT8 exports (QAT and PTQ: quantize_linear / dequantize_linear ops, int8 weights
 with per-channel scales) cannot: paddle2onnx 1.3.1's ``deploy_backend=
 "onnxruntime"`` folds each batch norm into the convolution before it and then
 puts that convolution's pre-BN output scale on the post-BN tensor (PP-LiteSeg
-labels 0.5% of foreground pixels right, PADDLE_NOTES), and its "tensorrt" and
-"other" backends drop the quantization (float weights, no Q/DQ). So the
-quantization is carried over here:
+labels 0.5% of foreground pixels right, PADDLE_NOTES), "tensorrt" and "other"
+drop the quantization (float weights, no Q/DQ), "rknn" keeps 34 of 110 pairs and
+"others" aborts. So the quantization is carried over here:
 
 1. In a copy of the program each activation quantize -> dequantize pair becomes an
    ``assign`` and each weight dequantize a ``cast`` (int8 -> float32); paddle2onnx
    converts that FP32 program with its optimizer off, so every tensor keeps its
-   Paddle name.
+   Paddle name. (paddleslim reuses names: two pairs on one tensor both write
+   ``x.quantized.dequantized``; each rewritten output gets its own name.)
 2. In the ONNX graph those nodes become QuantizeLinear / DequantizeLinear with
-   Paddle's scales (ONNX scale = Paddle scale / (2^(bits-1) - 1)), at the same
-   tensors as in Paddle; weights stay int8 initializers (the file is ~1/4 of FP32)
-   dequantized per output channel; the bias add after a quantized convolution
-   becomes that Conv's int32 bias (ONNX Runtime fuses DQ -> Conv -> Q into
-   QLinearConv only with an int32 bias). Batch norms stay where Paddle has them.
+   Paddle's scales (ONNX scale = Paddle scale / (2^(bits-1) - 1)) on the same
+   tensors as in Paddle; weights stay int8 initializers (the file is ~1/4 of
+   FP32), dequantized per output channel; batch norms stay where Paddle has them.
+3. A quantized convolution whose output Paddle quantizes (QAT exports quantize
+   every conv output before its batch norm) gets its bias add as an int32 Conv
+   bias: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only with one. One
+   whose output Paddle leaves in float (PTQ exports) becomes ConvInteger + Mul by
+   (input scale x weight scale): ONNX Runtime has no INT8 conv with a float output
+   and would run DQ -> Conv in float.
 
 Activations are written as uint8 with zero point 128: the same numbers as
-Paddle's symmetric int8 (both round half to even and clip to 256 levels), but
-the form ONNX Runtime runs as INT8 on x86, where it fuses QDQ groups with int8
-activations only on ARM (``QDQIsInt8Allowed``) and has fast kernels for u8 x s8.
+Paddle's symmetric int8 (Paddle's quantize_linear rounds half to even and clips
+to [-128, 127], as QuantizeLinear does; checked), but the form ONNX Runtime runs
+as INT8 on x86, where it fuses QDQ groups with int8 activations only on ARM
+(``QDQIsInt8Allowed``).
 
-``check`` runs the ONNX model in ONNX Runtime and the export in Paddle (the
-quantized program executed as Paddle defines it, i.e. fake quantization) on a
-check batch and refuses a model whose labels agree on fewer than 99% of pixels.
+``check`` runs the converted model (in the ONNX Runtime session that will be
+used) and the export in Paddle's executor (the quantized program as Paddle
+defines it, i.e. fake quantization) on a check batch and refuses a model whose
+labels agree on fewer than ``MIN_AGREEMENT`` of the pixels.
 """
 import logging
 import os
