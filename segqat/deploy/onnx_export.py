@@ -34,9 +34,12 @@ drop the quantization (float weights, no Q/DQ), "rknn" keeps 34 of 110 pairs and
 
 Activations are written as uint8 with zero point 128: the same numbers as
 Paddle's symmetric int8 (Paddle's quantize_linear rounds half to even and clips
-to [-128, 127], as QuantizeLinear does; checked), but the form ONNX Runtime runs
-as INT8 on x86, where it fuses QDQ groups with int8 activations only on ARM
-(``QDQIsInt8Allowed``).
+to [-128, 127], as QuantizeLinear does; checked), in the form ONNX Runtime's x86
+kernels take. It fuses QDQ groups with int8 activations only on ARM
+(``QDQIsInt8Allowed``); on x86 it rewrites int8 pairs to uint8 itself
+(QDQS8ToU8Transformer), but not all: written as int8, 5 of BiSeNetV2's 56
+convolutions stayed in float. (TensorRT, which wants int8 with zero point 0, is
+not a target of this file; paddle2onnx's own "tensorrt" backend is.)
 
 ``check`` runs the converted model (in the ONNX Runtime session that will be
 used) and the export in Paddle's executor (the quantized program as Paddle
