@@ -85,6 +85,8 @@ def test_export_onnx_script(exports, synth, tmp_path, caplog):
 def test_onnxruntime_option_errors(exports, tmp_path):
     with pytest.raises(deploy.DeployError, match="--runtime onnxruntime does not take device"):
         deploy.create_predictor(str(exports / "fp32"), runtime="onnxruntime", device="cpu")
+    with pytest.raises(deploy.DeployError, match=r"min_agreement must be in \[0, 1\]"):
+        deploy.create_predictor(str(exports / "fp32"), runtime="onnxruntime", min_agreement=99)
     existing = tmp_path / "m.onnx"
     existing.write_bytes(b"")
     with pytest.raises(deploy.DeployError, match="save_onnx: .* exists"):

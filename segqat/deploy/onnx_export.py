@@ -85,14 +85,16 @@ def _paddle_program(dep):
     return prog, feeds, fetches, scope, exe
 
 
-def paddle_outputs(dep, batch):
-    """The export's output on ``batch`` as Paddle runs it (CPU executor, no oneDNN
-    passes: a quantized program runs its quantize/dequantize ops, fake quantization)."""
+def paddle_outputs(dep, batches):
+    """The export's output on each array of ``batches`` as Paddle runs it (CPU executor,
+    no oneDNN passes: a quantized program runs its quantize/dequantize ops, i.e. fake
+    quantization), concatenated."""
     import paddle
     from .. import compat
     prog, feeds, fetches, scope, exe = _paddle_program(dep)
     with compat.old_ir_static(), paddle.static.scope_guard(scope):
-        return np.asarray(exe.run(prog, feed={feeds[0]: batch}, fetch_list=fetches)[0])
+        return np.concatenate([np.asarray(exe.run(prog, feed={feeds[0]: b}, fetch_list=fetches)[0])
+                               for b in batches])
 
 
 def _is_quantized(desc):
@@ -539,7 +541,9 @@ def convert(dep):
 def check_batch(dep, preprocess, images=None, count=2):
     """Preprocessed check images, [N, C, H, W] float32: ``images`` (BGR arrays or file
     paths, one size) or ``count`` synthetic images (segqat.datagen) of deploy.yaml's
-    input size, CHECK_SIZE square where it leaves H, W free."""
+    input size, CHECK_SIZE square where it leaves H, W free. An export with a fixed
+    input size gets the preprocessed images resized to it (deploy.yaml's transforms
+    may resize elsewhere; slim/quant/bench_latency.py exports at 512x512)."""
     import cv2
     from .. import datagen
     if images:
@@ -557,9 +561,14 @@ def check_batch(dep, preprocess, images=None, count=2):
             (CHECK_SIZE, CHECK_SIZE)
         loaded = [cv2.resize(datagen.synthetic_image(max(h, w), seed=i), (w, h)) for i in range(count)]
     xs = [preprocess(im)[0] for im in loaded]
+    shape = list(dep.get("input_shape") or [])
+    if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:  # a fixed-size export: feed its size
+        xs = [x if x.shape[1:] == (shape[2], shape[3]) else
+              cv2.resize(x.transpose(1, 2, 0), (shape[3], shape[2])).reshape(shape[2], shape[3], -1)
+              .transpose(2, 0, 1) for x in xs]
     if len({x.shape for x in xs}) != 1:
         raise DeployError(f"check images differ in size after preprocessing: {sorted({x.shape for x in xs})}")
-    return np.stack(xs)
+    return np.stack(xs).astype(np.float32)
 
 
 def labels_of(dep, out):
@@ -571,7 +580,7 @@ def labels_of(dep, out):
 def check(dep, run, batch, min_agreement=MIN_AGREEMENT):
     """Pixel agreement of ``run``'s labels (the converted model, one image at a time) with
     Paddle's own run of the export on ``batch``; a DeployError below ``min_agreement``."""
-    ref = labels_of(dep, paddle_outputs(dep, batch))
+    ref = labels_of(dep, paddle_outputs(dep, [x[None] for x in batch]))
     got = labels_of(dep, np.concatenate([run(x[None]) for x in batch]))
     if got.shape != ref.shape:
         raise DeployError(f"{dep['path']}: the ONNX model's output has shape {got.shape}, "

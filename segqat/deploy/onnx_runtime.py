@@ -9,7 +9,8 @@ nothing is written beside it; ``save_onnx=PATH`` also writes the checked model
 (deploy/python/export_onnx.py does that for deployers). Before the predictor is
 returned, the model runs on a check batch in the very session it will use and
 is refused if its labels agree with Paddle's run of the export on fewer than
-``min_agreement`` of the pixels.
+``min_agreement`` of the pixels (0.99; 0 only reports the agreement: for
+latency runs on random weights, whose labels are chaotic under quantization).
 
 The session runs ``threads`` intra-op threads, all graph optimizations, and
 ``session.x64quantprecision=1``: on x86 CPUs without VNNI (AVX2 / AVX-512F),
@@ -67,8 +68,9 @@ class OnnxRuntimePredictor(Predictor):
             raise DeployError("--runtime onnxruntime: --precision fp16 is not offered here (CPU)")
         if save_onnx and os.path.exists(save_onnx):
             raise DeployError(f"save_onnx: {save_onnx} exists; remove it or choose another path")
-        if not 0 < float(min_agreement) <= 1:
-            raise DeployError(f"min_agreement must be in (0, 1], got {min_agreement!r}")
+        if not 0 <= float(min_agreement) <= 1:
+            raise DeployError(f"min_agreement must be in [0, 1] (0: report, never refuse), "
+                              f"got {min_agreement!r}")
         self.agreement = None
         self.model = model = onnx_export.convert(dep)
         tmp = tempfile.mkdtemp(prefix="segqat_ort_")
