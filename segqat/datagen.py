@@ -200,6 +200,14 @@ def _synthetic_sample(rng, size, num_classes, must_have):
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
+def synthetic_image(size, seed=0, num_classes=4):
+    """One image of the synthetic data set as BGR uint8 (size x size), e.g. to check a
+    converted model against its source without a data set at hand."""
+    rng = np.random.default_rng([seed, 2])
+    image, _ = _synthetic_sample(rng, size, num_classes, 1 + seed % (num_classes - 1))
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+
 def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, seed=0):
     """Write a deterministic synthetic multi-class segmentation data set.
 

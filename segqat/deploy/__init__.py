@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 RUNTIMES = {
     "paddle": ("paddle_inference", "PaddlePredictor"),
     "openvino": ("openvino", "OpenVINOPredictor"),
+    "onnxruntime": ("onnx_runtime", "OnnxRuntimePredictor"),
 }
 
 

@@ -1,0 +1,617 @@
+"""Our old-IR Paddle exports as ONNX models, checked against Paddle before use.
+
+    from segqat.deploy import load_deploy_config, onnx_export
+    dep = load_deploy_config("output/qat_infer")
+    model = onnx_export.convert(dep)                   # onnx.ModelProto
+    onnx_export.check(dep, run, batch)                  # DeployError if ``run`` deviates from Paddle
+
+FP32 exports go through paddle2onnx 1.3.1 as they are; on our models its output
+matches Paddle's labels exactly.
+
+INT8 exports (QAT and PTQ: quantize_linear / dequantize_linear ops, int8 weights
+with per-channel scales) cannot: paddle2onnx 1.3.1's ``deploy_backend=
+"onnxruntime"`` folds each batch norm into the convolution before it and then
+puts that convolution's pre-BN output scale on the post-BN tensor (PP-LiteSeg
+labels 0.5% of foreground pixels right, PADDLE_NOTES), "tensorrt" and "other"
+drop the quantization (float weights, no Q/DQ), "rknn" keeps 34 of 110 pairs and
+"others" aborts. So the quantization is carried over here:
+
+1. In a copy of the program each activation quantize -> dequantize pair becomes an
+   ``assign`` and each weight dequantize a ``cast`` (int8 -> float32); paddle2onnx
+   converts that FP32 program with its optimizer off, so every tensor keeps its
+   Paddle name. (paddleslim reuses names: two pairs on one tensor both write
+   ``x.quantized.dequantized``; each rewritten output gets its own name.)
+2. In the ONNX graph those nodes become QuantizeLinear / DequantizeLinear with
+   Paddle's scales (ONNX scale = Paddle scale / (2^(bits-1) - 1)) on the same
+   tensors as in Paddle; weights stay int8 initializers (the file is ~1/4 of
+   FP32), dequantized per output channel; batch norms stay where Paddle has them.
+3. A quantized convolution whose output Paddle quantizes (QAT exports quantize
+   every conv output before its batch norm) gets its bias add as an int32 Conv
+   bias: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only with one. One
+   whose output Paddle leaves in float (PTQ exports) becomes ConvInteger + Mul by
+   (input scale x weight scale): ONNX Runtime has no INT8 conv with a float output
+   and would run DQ -> Conv in float.
+
+Activations are written as uint8 with zero point 128: the same numbers as
+Paddle's symmetric int8 (Paddle's quantize_linear rounds half to even and clips
+to [-128, 127], as QuantizeLinear does; checked), in the form ONNX Runtime's x86
+kernels take. It fuses QDQ groups with int8 activations only on ARM
+(``QDQIsInt8Allowed``); on x86 it rewrites int8 pairs to uint8 itself
+(QDQS8ToU8Transformer), but not all: written as int8, 5 of BiSeNetV2's 56
+convolutions stayed in float. (TensorRT, which wants int8 with zero point 0, is
+not a target of this file; paddle2onnx's own "tensorrt" backend is.)
+
+``check`` runs the converted model (in the ONNX Runtime session that will be
+used) and the export in Paddle's executor (the quantized program as Paddle
+defines it, i.e. fake quantization) on a check batch and refuses a model whose
+labels agree on fewer than ``MIN_AGREEMENT`` of the pixels.
+"""
+import logging
+import os
+import tempfile
+from collections import Counter
+
+import numpy as np
+
+from .contract import DeployError
+
+logger = logging.getLogger(__name__)
+
+OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) needs 13
+MIN_AGREEMENT = 0.99
+CHECK_SIZE = 256  # check images are this size when deploy.yaml's input_shape leaves H, W free
+QUANT_OPS = ("quantize_linear", "dequantize_linear")
+# ONNX Runtime kernels that compute in INT8 (counted in its optimized graph)
+INT8_KERNELS = ("QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")
+
+
+# ---------------------------------------------------------------- Paddle side
+
+def _paddle_program(dep):
+    """(program, feed names, fetch vars, scope, executor) of the export, old IR."""
+    import paddle
+    from .. import compat
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    scope = paddle.static.Scope()
+    with compat.old_ir_static(), paddle.static.scope_guard(scope):
+        prefix = dep["model_file"][:-len(".pdmodel")]
+        if dep["params_file"] == prefix + ".pdiparams":
+            prog, feeds, fetches = paddle.static.load_inference_model(prefix, exe)
+        else:  # files named otherwise: the older (deprecated, warning) form
+            folder = os.path.dirname(dep["model_file"])
+            prog, feeds, fetches = paddle.static.load_inference_model(
+                folder, exe, model_filename=os.path.basename(dep["model_file"]),
+                params_filename=os.path.relpath(dep["params_file"], folder))
+    return prog, feeds, fetches, scope, exe
+
+
+def paddle_outputs(dep, batches):
+    """The export's output on each array of ``batches`` as Paddle runs it (CPU executor,
+    no oneDNN passes: a quantized program runs its quantize/dequantize ops, i.e. fake
+    quantization), concatenated."""
+    import paddle
+    from .. import compat
+    prog, feeds, fetches, scope, exe = _paddle_program(dep)
+    with compat.old_ir_static(), paddle.static.scope_guard(scope):
+        return np.concatenate([np.asarray(exe.run(prog, feed={feeds[0]: b}, fetch_list=fetches)[0])
+                               for b in batches])
+
+
+def _is_quantized(desc):
+    return any(desc.block(b).op(i).type() in QUANT_OPS
+               for b in range(desc.num_blocks()) for i in range(desc.block(b).op_size()))
+
+
+def _strip_quant(desc, values):
+    """Turn the quantize/dequantize ops of block 0 into ``assign`` (activations) and
+    ``cast`` (int8 weights); return {tensor: quant info} for the rewritten outputs.
+
+    paddleslim's programs are not single-assignment: two quantize/dequantize pairs on
+    one tensor (two convolutions reading ``x`` with their own scales) both write
+    ``x.quantized.dequantized``. Each rewritten output gets its own name here, and the
+    ops that read it until it is written again are renamed to match.
+    """
+    from paddle.base import core
+    for b in range(1, desc.num_blocks()):
+        blk = desc.block(b)
+        if any(blk.op(i).type() in QUANT_OPS for i in range(blk.op_size())):
+            raise DeployError("quantize/dequantize ops inside a control-flow block are not supported")
+    blk = desc.block(0)
+    ops = [blk.op(i) for i in range(blk.op_size())]
+    readers = {}
+    for op in ops:
+        for n in set(op.input_arg_names()):
+            readers.setdefault(n, set()).add(op.type())
+    quant, replace, dead = {}, {}, set()
+    writer, alias, taken = {}, {}, {n.name() for n in blk.all_vars()}
+    for op in ops:
+        for n in set(op.input_arg_names()):
+            if n in alias:
+                op._rename_input(n, alias[n])
+        if op.type() == "dequantize_linear":
+            x, y = op.input("X")[0], op.output("Y")[0]
+            q = writer.get(x)
+            observer_only = op.has_attr("only_observer") and op.attr("only_observer")
+            info = {"scale": values(op.input("Scale")[0]), "axis": op.attr("quant_axis"),
+                    "bits": op.attr("bit_length")}
+            zp = op.input("ZeroPoint")
+            if zp and values(zp[0]) is not None and np.any(values(zp[0]) != 0):
+                raise DeployError(f"dequantize_linear of {x}: non-zero zero point (asymmetric "
+                                  "quantization) is not supported")
+            if info["scale"] is None:
+                raise DeployError(f"dequantize_linear of {x}: scale {op.input('Scale')[0]} has no value")
+            if q is not None and q.type() == "quantize_linear":
+                if readers[x] != {"dequantize_linear"}:
+                    raise DeployError(f"quantized tensor {x} is read by ops other than "
+                                      f"dequantize_linear: {sorted(readers[x])}")
+                if not np.array_equal(values(q.input("Scale")[0]), info["scale"]):
+                    raise DeployError(f"quantize/dequantize pair on {q.input('X')[0]}: scales differ")
+                dead.add(id(q))
+                src, kind = q.input("X")[0], "act"
+            elif blk.find_var(x.encode()) is not None and blk.find_var(x.encode()).persistable():
+                src, kind = x, "weight"
+            else:
+                raise DeployError(f"dequantize_linear of {x}: not a weight and not after a "
+                                  "quantize_linear; this quantized program is not supported")
+            fresh, k = y, 0
+            while fresh in taken:
+                k += 1
+                fresh = f"{y}@{k}"
+            taken.add(fresh)
+            var, old = blk.var(fresh.encode()), blk.find_var(y.encode())
+            var.set_type(old.type())
+            var.set_dtype(old.dtype())
+            var.set_shape(old.shape())
+            replace[id(op)] = ("assign" if kind == "act" else "cast", src, fresh)
+            if not (kind == "act" and observer_only):
+                quant[fresh] = dict(info, kind=kind, src=src)
+            for n in op.output_arg_names():
+                alias.pop(n, None)
+            alias[y] = fresh
+            continue
+        for n in op.output_arg_names():
+            alias.pop(n, None)
+            writer[n] = op
+    for op in ops:
+        if op.type() == "quantize_linear" and id(op) not in dead:
+            raise DeployError(f"quantize_linear of {op.input('X')[0]} without its dequantize_linear")
+    for i in reversed(range(len(ops))):
+        op = ops[i]
+        if id(op) in dead:
+            blk._remove_op(i, i + 1)
+        elif id(op) in replace:
+            kind, src, dst = replace[id(op)]
+            new = blk._insert_op(i)
+            new.set_type(kind)
+            new.set_input("X", [src])
+            new.set_output("Out", [dst])
+            if kind == "cast":
+                new._set_int32_attr("in_dtype", int(blk.find_var(src.encode()).dtype()))
+                new._set_int32_attr("out_dtype", int(core.VarDesc.VarType.FP32))
+            blk._remove_op(i + 1, i + 2)
+    return quant
+
+
+# ---------------------------------------------------------------- ONNX side
+
+def _paddle2onnx(model_file, params_file, optimize):
+    import paddle2onnx
+    from .. import compat
+    try:
+        with compat.native_output(verbose=False):
+            return paddle2onnx.export(model_file, params_file, opset_version=OPSET, verbose=False,
+                                      enable_optimize=optimize, deploy_backend="onnxruntime")
+    except Exception as e:  # paddle2onnx raises plain Exceptions with its C++ message
+        raise DeployError(f"{model_file}: paddle2onnx cannot convert it: {e}") from e
+
+
+class _Graph:
+    """The bits of an ONNX graph the QDQ rewrite needs: constants by name, producers,
+    consumers, and helpers to add nodes and initializers."""
+
+    def __init__(self, model):
+        from onnx import numpy_helper
+        self.model, self.g = model, model.graph
+        self.const = {t.name: numpy_helper.to_array(t) for t in self.g.initializer}
+        for n in self.g.node:
+            if n.op_type == "Constant" and n.attribute[0].name == "value":
+                self.const[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        self.names = set(self.const) | {o for n in self.g.node for o in n.output}
+
+    def producer(self):
+        return {o: n for n in self.g.node for o in n.output}
+
+    def consumers(self):
+        c = {}
+        for n in self.g.node:
+            for i in n.input:
+                c.setdefault(i, []).append(n)
+        return c
+
+    def unique(self, base):
+        name, k = base, 0
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def initializer(self, base, array):
+        from onnx import numpy_helper
+        name = self.unique(base)
+        self.g.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        self.const[name] = np.asarray(array)
+        return name
+
+    def resolve_const(self, name, prod):
+        """Value of ``name`` if it is a constant, or a Reshape / Identity of one."""
+        if name in self.const:
+            return self.const[name]
+        n = prod.get(name)
+        if n is not None and n.op_type in ("Reshape", "Identity", "Unsqueeze") and n.input[0] in self.const:
+            return self.const[n.input[0]]
+        return None
+
+
+def _onnx_scale(info):
+    """Paddle's scale (abs max of the range) -> ONNX scale (one int step)."""
+    s = np.asarray(info["scale"], np.float32).reshape(-1) / float(2 ** (info["bits"] - 1) - 1)
+    if np.any(s <= 0) or not np.all(np.isfinite(s)):
+        raise DeployError(f"quantization scale of {info['src']} is not positive and finite")
+    return s
+
+
+def _insert_qdq(model, quant):
+    """Replace the assign/cast placeholders by QuantizeLinear/DequantizeLinear."""
+    from onnx import helper
+    gr = _Graph(model)
+    prod = gr.producer()
+    new_nodes = []
+    handled = set()
+    for n in model.graph.node:
+        out = n.output[0] if n.output else None
+        info = quant.get(out)
+        if info is None:
+            new_nodes.append(n)
+            continue
+        handled.add(out)
+        s = _onnx_scale(info)
+        if info["kind"] == "act":
+            if n.op_type != "Identity":
+                raise DeployError(f"paddle2onnx wrote {n.op_type} for the placeholder of {out}")
+            if info["axis"] not in (-1, None) or s.size != 1:
+                raise DeployError(f"{info['src']}: per-channel activation quantization is not supported")
+            scale = gr.initializer(f"{out}.scale", np.float32(s[0]))
+            zp = gr.initializer(f"{out}.zero_point", np.uint8(128))
+            q = gr.unique(f"{out}.quantized")
+            new_nodes.append(helper.make_node("QuantizeLinear", [n.input[0], scale, zp], [q],
+                                              name=gr.unique(f"{out}.QuantizeLinear")))
+            new_nodes.append(helper.make_node("DequantizeLinear", [q, scale, zp], [out],
+                                              name=gr.unique(f"{out}.DequantizeLinear")))
+        else:
+            if n.op_type != "Cast":
+                raise DeployError(f"paddle2onnx wrote {n.op_type} for the placeholder of {out}")
+            w = gr.resolve_const(n.input[0], prod)
+            if w is None or w.dtype != np.int8:
+                raise DeployError(f"weight {info['src']}: expected an int8 constant in the ONNX graph")
+            axis = info["axis"]
+            if s.size == 1:
+                scale_arr, zp_arr, attrs = np.float32(s[0]), np.int8(0), {}
+            else:
+                if axis is None or axis < 0 or w.shape[axis] != s.size:
+                    raise DeployError(f"weight {info['src']}: {s.size} scales for shape {w.shape}, "
+                                      f"axis {axis}")
+                scale_arr, zp_arr, attrs = s, np.zeros(s.size, np.int8), {"axis": int(axis)}
+            wname = gr.initializer(info["src"], w)
+            scale = gr.initializer(f"{info['src']}.scale", scale_arr)
+            zp = gr.initializer(f"{info['src']}.zero_point", zp_arr)
+            new_nodes.append(helper.make_node("DequantizeLinear", [wname, scale, zp], [out],
+                                              name=gr.unique(f"{out}.DequantizeLinear"), **attrs))
+    missing = set(quant) - handled
+    if missing:
+        raise DeployError(f"paddle2onnx dropped the quantized tensors {sorted(missing)[:5]}")
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return gr
+
+
+def _drop_identities(model):
+    """Remove Identity nodes (paddle2onnx writes one after most ops with its optimizer
+    off) by reading their input directly; an Identity writing a graph output stays."""
+    outputs = {o.name for o in model.graph.output}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.output[0] not in outputs}
+
+    def resolve(name):
+        while name in alias:
+            name = alias[name]
+        return name
+    nodes = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in nodes:
+        for i, name in enumerate(n.input):
+            n.input[i] = resolve(name)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _quantized_conv_inputs(n, prod, gr):
+    """(DQ of the activation, DQ of the int8 weight) of a Conv whose input and weight
+    both come from DequantizeLinear with constant parameters, else None."""
+    if n.op_type != "Conv" or len(n.input) > 2 and n.input[2]:
+        return None
+    dx, dw = prod.get(n.input[0]), prod.get(n.input[1])
+    if (dx is None or dw is None or dx.op_type != "DequantizeLinear" or dw.op_type != "DequantizeLinear"
+            or dx.input[0] in gr.const or dw.input[0] not in gr.const
+            or any(i not in gr.const for i in list(dx.input[1:]) + list(dw.input[1:]))
+            or gr.const[dw.input[0]].dtype != np.int8 or gr.const[dx.input[2]].dtype != np.uint8
+            or gr.const[dx.input[1]].size != 1):
+        return None
+    return dx, dw
+
+
+def _bias_add(n, cons, gr, prod, outputs):
+    """(Add node, bias values [C]) when the Conv's only reader adds a constant bias."""
+    users = cons.get(n.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add" or n.output[0] in outputs:
+        return None, None
+    add = users[0]
+    other = add.input[1] if add.input[0] == n.output[0] else add.input[0]
+    b = gr.resolve_const(other, prod)
+    cout = gr.const[prod[n.input[1]].input[0]].shape[0]
+    if (b is None or b.size != cout or b.dtype != np.float32
+            or b.ndim > 1 and b.shape not in ((1, cout, 1, 1), (cout, 1, 1))):
+        return None, None
+    return add, b.reshape(-1)
+
+
+def _lower_float_output_convs(model, gr):
+    """A quantized Conv whose output Paddle does not quantize (PTQ exports) becomes
+    ConvInteger + Cast + Mul(x scale * w scale): ONNX Runtime fuses DQ -> Conv into an
+    INT8 kernel only when a QuantizeLinear follows, and would otherwise run the Conv in
+    float on dequantized values. ONNX Runtime's CPU ConvInteger takes uint8 weights:
+    the int8 weights are stored shifted by 128 with zero point 128 (the same numbers),
+    and its u8 x u8 product does not saturate. Exact: the int32 sums are those Paddle's
+    float convolution of the dequantized values computes."""
+    from onnx import TensorProto, helper
+    prod, cons = gr.producer(), gr.consumers()
+    outputs = {o.name for o in model.graph.output}
+    nodes, count = [], 0
+    for n in model.graph.node:
+        pair = _quantized_conv_inputs(n, prod, gr)
+        if pair is None:
+            nodes.append(n)
+            continue
+        add, _ = _bias_add(n, cons, gr, prod, outputs)
+        last = add.output[0] if add is not None else n.output[0]
+        readers = cons.get(last, [])
+        if len(readers) == 1 and readers[0].op_type == "QuantizeLinear" and last not in outputs:
+            nodes.append(n)  # DQ -> Conv (-> bias) -> Q: QLinearConv after _fold_conv_bias
+            continue
+        dx, dw = pair
+        w = gr.const[dw.input[0]]
+        cout = w.shape[0]
+        sw = np.broadcast_to(np.asarray(gr.const[dw.input[1]], np.float32).reshape(-1), (cout,))
+        sx = float(gr.const[dx.input[1]])
+        base = n.output[0]
+        wu8 = gr.initializer(f"{base}.weight_u8", (w.astype(np.int16) + 128).astype(np.uint8))
+        wzp = gr.initializer(f"{base}.weight_zero_point", np.uint8(128))
+        scale = gr.initializer(f"{base}.output_scale", (sx * sw).astype(np.float32).reshape(1, cout, 1, 1))
+        acc, flt = gr.unique(f"{base}.int32"), gr.unique(f"{base}.float")
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        nodes.append(helper.make_node("ConvInteger", [dx.input[0], wu8, dx.input[2], wzp], [acc],
+                                      name=gr.unique(f"{base}.ConvInteger"), **attrs))
+        nodes.append(helper.make_node("Cast", [acc], [flt], name=gr.unique(f"{base}.Cast"),
+                                      to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [flt, scale], [base], name=gr.unique(f"{base}.Mul")))
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
+
+
+def _fold_conv_bias(model, gr):
+    """Conv(DQ x, DQ w) -> Add(bias) -> Q becomes Conv(DQ x, DQ w, DQ int32 bias) -> Q,
+    the form ONNX Runtime fuses into QLinearConv (it wants an int32 bias). The bias is
+    rounded to the accumulator's step (x scale * w scale), far below the output's
+    quantization step."""
+    from onnx import helper
+    prod, cons = gr.producer(), gr.consumers()
+    outputs = {o.name for o in model.graph.output}
+    rename, drop, new = {}, set(), []
+    for n in model.graph.node:
+        pair = _quantized_conv_inputs(n, prod, gr)
+        if pair is None:
+            continue
+        add, b = _bias_add(n, cons, gr, prod, outputs)
+        if add is None:
+            continue
+        dx, dw = pair
+        cout = b.size
+        sx = float(gr.const[dx.input[1]])
+        sw = np.broadcast_to(np.asarray(gr.const[dw.input[1]], np.float32).reshape(-1), (cout,))
+        bs = (sx * sw).astype(np.float32)
+        bq = np.round(b.astype(np.float64) / bs)
+        if np.abs(bq).max(initial=0) >= 2 ** 31:
+            continue
+        base = n.output[0]
+        bname = gr.initializer(f"{base}.bias_quantized", bq.astype(np.int32))
+        sname = gr.initializer(f"{base}.bias_scale", bs)
+        zname = gr.initializer(f"{base}.bias_zero_point", np.zeros(cout, np.int32))
+        bias = gr.unique(f"{base}.bias")
+        new.append(helper.make_node("DequantizeLinear", [bname, sname, zname], [bias],
+                                    name=gr.unique(f"{base}.bias.DequantizeLinear"), axis=0))
+        while len(n.input) < 3:
+            n.input.append("")
+        n.input[2] = bias
+        rename[n.output[0]] = add.output[0]
+        drop.add(id(add))
+    nodes = []
+    for n in model.graph.node:
+        if id(n) in drop:
+            continue
+        for i, o in enumerate(n.output):
+            if o in rename:
+                n.output[i] = rename[o]
+        nodes.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(new + nodes)
+    return len(new)
+
+
+def _prune(model):
+    """Drop nodes and initializers nothing reads (the float weights paddle2onnx
+    emitted before the rewrite, the Reshapes of folded biases)."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for n in reversed(list(model.graph.node)):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    keep.reverse()
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    inits = [t for t in model.graph.initializer if t.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+
+
+def _topological(model):
+    """Order the nodes so every input is produced before it is read."""
+    ready = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    pending, order = list(model.graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                order.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise DeployError(f"ONNX graph has a cycle or a dangling input at {rest[0].op_type} "
+                              f"{rest[0].name}")
+        pending = rest
+    del model.graph.node[:]
+    model.graph.node.extend(order)
+
+
+def convert(dep):
+    """The export named by ``dep`` (from ``load_deploy_config``) as an onnx.ModelProto:
+    FP32 as paddle2onnx writes it, INT8 as a QDQ model (module docstring)."""
+    import onnx
+    from paddle.base import core
+    if not dep["model_file"].endswith(".pdmodel"):
+        raise DeployError(f"ONNX conversion reads old-IR Paddle models (model.pdmodel); "
+                          f"{dep['model_file']} is not one. Re-export with this tool.")
+    with open(dep["model_file"], "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    if not _is_quantized(desc):
+        model = onnx.load_from_string(_paddle2onnx(dep["model_file"], dep["params_file"], True))
+        model.producer_name = "segqat (paddle2onnx)"
+        return model
+    _, _, _, scope, _ = _paddle_program(dep)
+
+    def values(name):
+        var = scope.find_var(name)
+        return None if var is None else np.array(var.get_tensor())
+
+    quant = _strip_quant(desc, values)
+    with tempfile.TemporaryDirectory(prefix="segqat_onnx_") as tmp:
+        plain = os.path.join(tmp, "model.pdmodel")
+        with open(plain, "wb") as f:
+            f.write(desc.serialize_to_string())
+        model = onnx.load_from_string(_paddle2onnx(plain, dep["params_file"], False))
+    gr = _insert_qdq(model, quant)
+    _drop_identities(model)
+    n_integer = _lower_float_output_convs(model, gr)
+    n_bias = _fold_conv_bias(model, gr)
+    _prune(model)
+    _topological(model)
+    model.producer_name = "segqat (paddle2onnx + QDQ)"
+    onnx.checker.check_model(model)
+    kinds = Counter(v["kind"] for v in quant.values())
+    logger.info("ONNX QDQ: %d quantized activations, %d int8 weights; %d convolutions with a "
+                "quantized output (int32 bias), %d with a float output (ConvInteger)",
+                kinds["act"], kinds["weight"], n_bias, n_integer)
+    return model
+
+
+# ---------------------------------------------------------------- the check against Paddle
+
+def check_batch(dep, preprocess, images=None, count=2):
+    """Preprocessed check images, [N, C, H, W] float32: ``images`` (BGR arrays or file
+    paths, one size) or ``count`` synthetic images (segqat.datagen) of deploy.yaml's
+    input size, CHECK_SIZE square where it leaves H, W free. An export with a fixed
+    input size gets the preprocessed images resized to it (deploy.yaml's transforms
+    may resize elsewhere; slim/quant/bench_latency.py exports at 512x512)."""
+    import cv2
+    from .. import datagen
+    if images:
+        loaded = []
+        for im in images:
+            if isinstance(im, str):
+                arr = cv2.imread(im)
+                if arr is None:
+                    raise DeployError(f"check image {im} cannot be read")
+                im = arr
+            loaded.append(im)
+    else:
+        shape = list(dep.get("input_shape") or [-1, 3, -1, -1])
+        h, w = (shape[2], shape[3]) if len(shape) == 4 and shape[2] > 0 and shape[3] > 0 else \
+            (CHECK_SIZE, CHECK_SIZE)
+        loaded = [cv2.resize(datagen.synthetic_image(max(h, w), seed=i), (w, h)) for i in range(count)]
+    xs = [preprocess(im)[0] for im in loaded]
+    shape = list(dep.get("input_shape") or [])
+    if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:  # a fixed-size export: feed its size
+        xs = [x if x.shape[1:] == (shape[2], shape[3]) else
+              cv2.resize(x.transpose(1, 2, 0), (shape[3], shape[2])).reshape(shape[2], shape[3], -1)
+              .transpose(2, 0, 1) for x in xs]
+    if len({x.shape for x in xs}) != 1:
+        raise DeployError(f"check images differ in size after preprocessing: {sorted({x.shape for x in xs})}")
+    return np.stack(xs).astype(np.float32)
+
+
+def labels_of(dep, out):
+    """Label maps [N, H, W] from a model output (argmax already, or scores [N, C, H, W])."""
+    out = np.asarray(out)
+    return out.astype(np.int64) if dep["output_op"] == "argmax" else out.argmax(1)
+
+
+def check(dep, run, batch, min_agreement=MIN_AGREEMENT):
+    """Pixel agreement of ``run``'s labels (the converted model, one image at a time) with
+    Paddle's own run of the export on ``batch``; a DeployError below ``min_agreement``."""
+    ref = labels_of(dep, paddle_outputs(dep, [x[None] for x in batch]))
+    got = labels_of(dep, np.concatenate([run(x[None]) for x in batch]))
+    if got.shape != ref.shape:
+        raise DeployError(f"{dep['path']}: the ONNX model's output has shape {got.shape}, "
+                          f"Paddle's {ref.shape}")
+    agreement = float((got == ref).mean())
+    what = "fake-quantized (quantize/dequantize executed)" if dep["precision"] == "int8" else "FP32"
+    if not agreement >= min_agreement:
+        raise DeployError(
+            f"{dep['path']}: the ONNX model deviates from Paddle's {what} run: labels agree on "
+            f"{agreement:.2%} of {got.size} pixels of {len(batch)} check images, below "
+            f"{min_agreement:.0%}. Not used.")
+    logger.info("ONNX vs Paddle %s: labels agree on %.3f%% of %d pixels (%d check images)",
+                what, agreement * 100, got.size, len(batch))
+    return agreement
+
+
+def save(model, path, overwrite=False):
+    """Write ``model`` to ``path`` (atomically; an existing file only with ``overwrite``)."""
+    if os.path.exists(path) and not overwrite:
+        raise DeployError(f"{path} exists; give --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".segqat_onnx_", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,115 @@
+"""The ONNX conversion behind --runtime onnxruntime on the tiny synthetic model: the QDQ
+layout of an INT8 export, the deviation check refusing a broken model, and
+deploy/python/export_onnx.py."""
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from paddle.base import core
+
+from conftest import run_script
+from segqat import compat, deploy
+from segqat.deploy import onnx_export, onnx_runtime
+
+
+def paddle_ops(export_dir):
+    with open(export_dir / "model.pdmodel", "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    blk = desc.block(0)
+    return desc, [blk.op(i) for i in range(blk.op_size())]
+
+
+def paddle_op_types(export_dir):
+    desc, ops = paddle_ops(export_dir)  # ops point into desc: keep it alive while they are read
+    return [op.type() for op in ops]
+
+
+def test_qat_export_becomes_qdq_with_paddles_placement(exports):
+    dep = deploy.load_deploy_config(str(exports / "int8"))
+    model = onnx_export.convert(dep)
+    ops = [n.op_type for n in model.graph.node]
+    pd_ops = paddle_op_types(exports / "int8")
+    # one QuantizeLinear per Paddle quantize_linear; batch norms stay (not folded)
+    assert ops.count("QuantizeLinear") == pd_ops.count("quantize_linear")
+    assert ops.count("BatchNormalization") == pd_ops.count("batch_norm") > 0
+    assert ops.count("Conv") == pd_ops.count("conv2d") + pd_ops.count("depthwise_conv2d")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    by_out = {o: n for n in model.graph.node for o in n.output}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq_w = by_out[conv.input[1]]
+        assert dq_w.op_type == "DequantizeLinear"
+        w, scale = inits[dq_w.input[0]], inits[dq_w.input[1]]
+        assert w.dtype == np.int8 and scale.shape == (w.shape[0],)  # per output channel
+        assert onnx.helper.get_attribute_value(dq_w.attribute[0]) == 0  # axis
+        assert by_out[conv.input[0]].op_type == "DequantizeLinear"
+        assert inits[by_out[conv.input[2]].input[0]].dtype == np.int32  # bias for QLinearConv
+    fp32 = onnx_export.convert(deploy.load_deploy_config(str(exports / "fp32")))
+    assert len(model.SerializeToString()) < 0.35 * len(fp32.SerializeToString())
+
+
+def test_corrupted_qdq_model_is_refused(exports):
+    """A scale multiplied by 10 (the first convolution's weights) fails the deviation check."""
+    dep = deploy.load_deploy_config(str(exports / "int8"))
+    model = onnx_export.convert(dep)
+    pred = deploy.create_predictor(str(exports / "fp32"), threads=1)
+    batch = onnx_export.check_batch(dep, pred.preprocess)
+    pred.close()
+    sess = onnx_runtime.session(model.SerializeToString(), 2)
+    assert onnx_export.check(dep, lambda x: sess.run(None, {"x": x})[0], batch) >= 0.99
+    first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    dq_w = next(n for n in model.graph.node if first_conv.input[1] in n.output)
+    t = next(t for t in model.graph.initializer if t.name == dq_w.input[1])
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 10, t.name))
+    sess = onnx_runtime.session(model.SerializeToString(), 2)
+    with pytest.raises(deploy.DeployError, match="deviates from Paddle's fake-quantized"):
+        onnx_export.check(dep, lambda x: sess.run(None, {"x": x})[0], batch)
+
+
+def test_export_onnx_script(exports, synth, tmp_path, caplog):
+    listing = sorted(p.name for p in (exports / "int8").iterdir())
+    out = tmp_path / "model.onnx"
+    args = ["--config", exports / "int8" / "deploy.yaml", "--save_path", out, "--cpu_threads", 2]
+    res = run_script("deploy/python/export_onnx.py", args + ["--image_path", synth / "val.txt"])
+    assert res["precision"] == "int8" and sum(res["int8_kernels"].values()) >= 40
+    assert res["agreement_with_paddle"] >= 0.99
+    model = onnx.load(str(out))
+    assert sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer) >= 40
+    stamp = out.stat().st_mtime_ns
+    with pytest.raises(SystemExit):
+        run_script("deploy/python/export_onnx.py", args)
+    assert "exists; give --overwrite" in caplog.text and out.stat().st_mtime_ns == stamp
+    run_script("deploy/python/export_onnx.py", args + ["--overwrite"])
+    assert sorted(p.name for p in (exports / "int8").iterdir()) == listing  # nothing written there
+
+
+def test_onnxruntime_option_errors(exports, tmp_path):
+    with pytest.raises(deploy.DeployError, match="--runtime onnxruntime does not take device"):
+        deploy.create_predictor(str(exports / "fp32"), runtime="onnxruntime", device="cpu")
+    with pytest.raises(deploy.DeployError, match=r"min_agreement must be in \[0, 1\]"):
+        deploy.create_predictor(str(exports / "fp32"), runtime="onnxruntime", min_agreement=99)
+    existing = tmp_path / "m.onnx"
+    existing.write_bytes(b"")
+    with pytest.raises(deploy.DeployError, match="save_onnx: .* exists"):
+        deploy.create_predictor(str(exports / "fp32"), runtime="onnxruntime", save_onnx=str(existing))
+
+
+def test_ptq_export_with_observer_only_pairs(syn_cfg, fp32_run, tmp_path, monkeypatch):
+    """paddleslim's PTQ also writes observer-only quantize/dequantize pairs (identity in
+    Paddle): they stay float in the ONNX model; the convolutions Paddle leaves with a float
+    output run as ConvInteger. Scores output (--output_op none) is compared by argmax."""
+    monkeypatch.setattr(compat, "drop_observer_only_quant", lambda *a, **k: 0)
+    raw = tmp_path / "raw"
+    run_script("slim/quant/ptq.py", ["--config", syn_cfg, "--model_path",
+                                     fp32_run / "best_model" / "model.pdparams", "--save_dir", raw,
+                                     "--batch_size", 4, "--batch_nums", 1, "--algo", "abs_max",
+                                     "--output_op", "none", "--cpu_threads", 2])
+    monkeypatch.undo()
+    desc, ops = paddle_ops(raw)
+    assert sum(op.type() == "quantize_linear" and op.has_attr("only_observer")
+               and op.attr("only_observer") for op in ops) > 20
+    pred = deploy.create_predictor(str(raw), runtime="onnxruntime", threads=2)
+    try:
+        assert pred.int8_ops()["ConvInteger"] >= 40 and pred.agreement >= 0.99
+        assert pred.run(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 4, 64, 64)
+    finally:
+        pred.close()
