@@ -25,8 +25,14 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 # tests marked slow (the tutorial's ResNet50 models end to end, ~15 min) run with test-slow
+# Tests that load OpenVINO / ONNX Runtime run in a second process: with their native
+# threads in the process, a later test crashed the first run with a segfault.
+RUNTIME_TESTS := tests/test_runtimes.py tests/test_onnx_export.py \
+                 tests/test_benchmark.py::test_benchmark_across_runtimes
 test: venv
-	$(BIN)/python -m pytest -q --durations=10 -m "not slow" tests
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow" tests --ignore=tests/test_runtimes.py \
+	    --ignore=tests/test_onnx_export.py --deselect tests/test_benchmark.py::test_benchmark_across_runtimes
+	$(BIN)/python -m pytest -q --durations=5 -m "not slow" $(RUNTIME_TESTS)
 
 test-slow: venv
 	$(BIN)/python -m pytest -q --durations=10 -m slow tests
