@@ -125,6 +125,12 @@ def add_cpu_threads(parser):
                         help="math-library threads on CPU (default: paddle's, 1)")
 
 
+def add_runtimes(parser):
+    from .deploy import RUNTIMES
+    parser.add_argument("--runtimes", nargs="+", default=["paddle"], choices=list(RUNTIMES),
+                        metavar="RUNTIME", help=f"runtimes to run on ({', '.join(RUNTIMES)}; default paddle)")
+
+
 def add_eval_args(parser):
     g = parser.add_argument_group("evaluation")
     g.add_argument("--is_slide", action="store_true", default=None, help="sliding-window evaluation")

@@ -993,7 +993,8 @@ def drop_observer_only_quant(pdmodel_path, out_path=None):
     ("Fail to convert dequantize_linear ... dims of scale should not be greater
     than 2"; their scales are 0-d). Consumers of each pair's output are rewired
     to its input; the scale variables stay in the program (the combined params
-    file lists them). The result is written to ``out_path`` (default: in place).
+    file lists them). When pairs were removed, the result is written to
+    ``out_path`` (default: in place).
     Paddle's own oneDNN INT8 passes do read those scales (on the synthetic
     BiSeNetV2, logits moved by up to 0.08 without them), so exports keep them
     and only the OpenVINO predictor reads a copy without. Returns the number of
@@ -1033,7 +1034,7 @@ def drop_observer_only_quant(pdmodel_path, out_path=None):
         for i in reversed(range(blk.op_size())):
             if id(ops[i]) in dead:
                 blk._remove_op(i, i + 1)
-    if count or out_path:
+    if count:
         with open(out_path or pdmodel_path, "wb") as f:
             f.write(desc.serialize_to_string())
     return count
@@ -1141,21 +1142,35 @@ def fold_constant_dequantize(infer_dir):
 
 # ---------------------------------------------------------------- reading an export back
 
-def load_old_ir_inference_model(infer_dir):
-    """Load an old-IR inference directory (program + every parameter) into a fresh scope.
+def load_old_ir_program(model_file, params_file):
+    """(program, feed names, fetch vars, scope, executor) of a saved old-IR program with
+    its parameters loaded into a fresh scope.
 
     paddle 3.3.1 reads static programs as new IR by default (``model.json``);
     the old-IR guard makes ``load_inference_model`` read ``model.pdmodel``.
-    Returns the number of ops. Raises whatever paddle raises on a truncated
-    or corrupt file.
+    Raises whatever paddle raises on a truncated or corrupt file.
     """
     import os
     exe = paddle.static.Executor(paddle.CPUPlace())
-    with old_ir_static():
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            prog, _, _ = paddle.static.load_inference_model(os.path.join(str(infer_dir), "model"), exe)
-            return len(prog.global_block().ops)
+    scope = paddle.static.Scope()
+    with old_ir_static(), paddle.static.scope_guard(scope):
+        prefix = model_file[:-len(".pdmodel")]
+        if params_file == prefix + ".pdiparams":
+            prog, feeds, fetches = paddle.static.load_inference_model(prefix, exe)
+        else:  # files named otherwise: the older (deprecated, warning) form
+            folder = os.path.dirname(model_file)
+            prog, feeds, fetches = paddle.static.load_inference_model(
+                folder, exe, model_filename=os.path.basename(model_file),
+                params_filename=os.path.relpath(params_file, folder))
+    return prog, feeds, fetches, scope, exe
+
+
+def load_old_ir_inference_model(infer_dir):
+    """Load an old-IR inference directory (program + every parameter); returns the number of ops."""
+    import os
+    prog = load_old_ir_program(os.path.join(str(infer_dir), "model.pdmodel"),
+                               os.path.join(str(infer_dir), "model.pdiparams"))[0]
+    return len(prog.global_block().ops)
 
 
 # ---------------------------------------------------------------- inference passes

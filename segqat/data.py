@@ -63,6 +63,18 @@ def is_truncated_jpeg(path):
     return not tail.endswith(b"\xff\xd9")
 
 
+def read_image(path, where, flag=cv2.IMREAD_COLOR):
+    """An image as OpenCV (PaddleSeg's reader) decodes it; an unreadable file or a truncated
+    JPEG is a DataError naming ``where`` and the file."""
+    img = cv2.imread(path, flag)
+    if img is None:
+        raise DataError(f"{where}: cannot read image file {path} (not an image, or corrupt)")
+    if is_truncated_jpeg(path):
+        raise DataError(f"{where}: image file {path} is a truncated JPEG (no end-of-image "
+                        "marker): re-copy or re-encode it")
+    return img
+
+
 def read_label(path):
     """A label image as class indices, through Pillow as PaddleSeg reads it: a palette PNG
     gives its indices, and PNG, BMP, TIFF and GIF are read alike. None if unreadable."""
@@ -121,13 +133,7 @@ class CheckedDataset(paddle.io.Dataset):
     def read(self, idx):
         """The raw (image, label) arrays of sample ``idx``, checked."""
         img_path, lab_path = self.file_list[idx]
-        img = cv2.imread(img_path, self.transforms.read_flag)
-        if img is None:
-            raise DataError(f"{self.name}: cannot read image file {img_path} "
-                            "(not an image, or corrupt)")
-        if is_truncated_jpeg(img_path):
-            raise DataError(f"{self.name}: image file {img_path} is a truncated JPEG (no end-of-image "
-                            "marker): re-copy or re-encode it")
+        img = read_image(img_path, self.name, self.transforms.read_flag)
         label = read_index_label(lab_path, self.name)
         if img.shape[:2] != label.shape[:2]:
             raise DataError(f"{self.name}: image {img_path} is {img.shape[1]}x{img.shape[0]} but "

@@ -45,12 +45,11 @@ import os
 import re
 import shutil
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from . import outputs
-from .data import DataError, is_truncated_jpeg
+from .data import DataError, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -281,13 +280,7 @@ def write_image(src, dst_stem):
     """Copy or convert one image; returns (file name written, (width, height))."""
     ext = os.path.splitext(src)[1].lower()
     if ext in COPIED_EXTS:
-        img = cv2.imread(src, cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"cannot read image {src} (OpenCV, which PaddleSeg reads images with, "
-                            "does not decode it)")
-        if is_truncated_jpeg(src):
-            raise DataError(f"image {src} is a truncated JPEG (no end-of-image marker): re-copy "
-                            "or re-encode it")
+        img = read_image(src, "--images")  # what PaddleSeg (cv2) will read
         shutil.copyfile(src, dst_stem + ext)
         return os.path.basename(dst_stem + ext), (img.shape[1], img.shape[0])
     with _open(src, "image") as im:

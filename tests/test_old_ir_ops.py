@@ -228,6 +228,12 @@ class _ConvReshapeTransposeMatmul(paddle.nn.Layer):
         return (self.c ** -.5) * paddle.matmul(q, key)
 
 
+def _save_old_ir(layer, prefix, shape=(-1, 3, -1, -1)):
+    """Export ``layer`` (input "x" of ``shape``) under segqat's old-IR guard."""
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec(list(shape), "float32", "x")])
+
+
 def _paddle_inference(prefix, inputs, onednn):
     """Run an old-IR program with Paddle Inference's default passes (not segqat's predictor,
     which deletes the broken fuse pass: these tests check the exports avoid it themselves).
@@ -323,9 +329,7 @@ def test_isanet_head_with_padding_exports(tmp_path, monkeypatch):
     paddle.seed(0)
     layer = _ISAHeadOnly()
     layer.eval()
-    with compat.old_ir_export(layer, timeout=120):
-        paddle.jit.save(layer, str(tmp_path / "m"),
-                        input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    _save_old_ir(layer, tmp_path / "m")
     # dygraph's padding branch needs the same promotion (dygraph concat rejects 0-d too)
     monkeypatch.setattr(paddle, "concat", compat._zero_d_promotions()["concat"][1])
     r = np.random.RandomState(2)
@@ -513,9 +517,7 @@ def test_fc_on_a_parameter_runs_in_segqats_predictor(tmp_path):
     paddle.seed(0)
     layer = _ParamThroughLinear()
     layer.eval()
-    with compat.old_ir_export(layer, timeout=120):
-        paddle.jit.save(layer, str(tmp_path / "m"),
-                        input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    _save_old_ir(layer, tmp_path / "m")
     x = np.random.RandomState(6).rand(1, 3, 5, 7).astype("float32")
     np.save(tmp_path / "x.npy", x)
     want = layer(paddle.to_tensor(x))[0].numpy()

@@ -31,8 +31,7 @@ def get_args_parser():
     p.add_argument("--qat_model_path", default=None,
                    help="QAT weights of the first --int8 model: also evaluate its fake-quant model")
     p.add_argument("--save_dir", default="./output/benchmark")
-    p.add_argument("--runtimes", nargs="+", default=["paddle"], metavar="RUNTIME",
-                   help="runtimes to run every model on (paddle, openvino, ...; default paddle)")
+    cli.add_runtimes(p)
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
     p.add_argument("--repeats", type=cli.positive_int, default=20)
@@ -42,10 +41,8 @@ def get_args_parser():
 
 
 def main(args):
-    from segqat import deploy, report
+    from segqat import report
     from segqat.config import load_config
-    for rt in args.runtimes:
-        deploy.runtime_class(rt)  # an unknown name is an error before any work
     if len(set(args.runtimes)) != len(args.runtimes):
         raise ValueError(f"--runtimes names a runtime twice: {' '.join(args.runtimes)}")
     dirs = [args.fp32] + args.int8

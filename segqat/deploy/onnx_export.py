@@ -69,20 +69,8 @@ INT8_KERNELS = ("QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")
 
 def _paddle_program(dep):
     """(program, feed names, fetch vars, scope, executor) of the export, old IR."""
-    import paddle
     from .. import compat
-    exe = paddle.static.Executor(paddle.CPUPlace())
-    scope = paddle.static.Scope()
-    with compat.old_ir_static(), paddle.static.scope_guard(scope):
-        prefix = dep["model_file"][:-len(".pdmodel")]
-        if dep["params_file"] == prefix + ".pdiparams":
-            prog, feeds, fetches = paddle.static.load_inference_model(prefix, exe)
-        else:  # files named otherwise: the older (deprecated, warning) form
-            folder = os.path.dirname(dep["model_file"])
-            prog, feeds, fetches = paddle.static.load_inference_model(
-                folder, exe, model_filename=os.path.basename(dep["model_file"]),
-                params_filename=os.path.relpath(dep["params_file"], folder))
-    return prog, feeds, fetches, scope, exe
+    return compat.load_old_ir_program(dep["model_file"], dep["params_file"])
 
 
 def paddle_outputs(dep, batches):

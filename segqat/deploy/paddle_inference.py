@@ -44,20 +44,16 @@ def program_op_types(pdmodel_path):
 def conv_input_scales(infer_dir):
     """Scales of the quantize_linear ops that quantize a convolution's input, in an
     exported INT8 directory (one value per op: the max over its scale tensor)."""
-    import paddle
     from .. import compat
-    exe = paddle.static.Executor(paddle.CPUPlace())
-    with compat.old_ir_static():
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            prog, _, _ = paddle.static.load_inference_model(os.path.join(str(infer_dir), "model"), exe)
-            ops = prog.global_block().ops
-            conv_inputs = {o.input("Input")[0] for o in ops
-                           if o.type in ("conv2d", "depthwise_conv2d", "conv2d_transpose")}
-            dequant_of = {o.input("X")[0]: o.output("Y")[0] for o in ops if o.type == "dequantize_linear"}
-            return [float(np.array(scope.find_var(op.input("Scale")[0]).get_tensor()).max())
-                    for op in ops if op.type == "quantize_linear"
-                    and dequant_of.get(op.output("Y")[0]) in conv_inputs]
+    prog, _, _, scope, _ = compat.load_old_ir_program(os.path.join(str(infer_dir), "model.pdmodel"),
+                                                      os.path.join(str(infer_dir), "model.pdiparams"))
+    ops = prog.global_block().ops
+    conv_inputs = {o.input("Input")[0] for o in ops
+                   if o.type in ("conv2d", "depthwise_conv2d", "conv2d_transpose")}
+    dequant_of = {o.input("X")[0]: o.output("Y")[0] for o in ops if o.type == "dequantize_linear"}
+    return [float(np.array(scope.find_var(op.input("Scale")[0]).get_tensor()).max())
+            for op in ops if op.type == "quantize_linear"
+            and dequant_of.get(op.output("Y")[0]) in conv_inputs]
 
 
 def _optim_cache_dir():

@@ -33,8 +33,7 @@ def get_args_parser():
     p.add_argument("--model_path", default=None, help="FP32 weights (only with one --config)")
     p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
-    p.add_argument("--runtimes", nargs="+", default=["paddle"], metavar="RUNTIME",
-                   help="runtimes to time (paddle, openvino, ...; default paddle)")
+    cli.add_runtimes(p)
     p.add_argument("--warmup", type=cli.positive_int, default=10)
     p.add_argument("--repeats", type=cli.positive_int, default=30)
     p.add_argument("--save_json", default=None, help="write the results here")
@@ -60,8 +59,6 @@ def main(args):
     from segqat.config import load_config
     if args.model_path and len(args.config) > 1:
         raise ValueError("--model_path goes with a single --config")
-    for rt in args.runtimes:
-        deploy.runtime_class(rt)  # an unknown name is an error before any work
     cli.setup(args)
     results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "paddle": paddle.__version__},
                "input_shape": args.input_shape, "cpu_threads": args.cpu_threads,
