@@ -113,7 +113,26 @@ def test_runtime_errors(exports, caplog):
     with pytest.raises(SystemExit):
         run_script("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path", "x.png",
                                               "--runtime", "openvino", "--enable_mkldnn", "false"])
-    assert "--enable_mkldnn: Paddle Inference options; --runtime is openvino" in caplog.text
+    assert "--enable_mkldnn (paddle): not options of --runtime openvino" in caplog.text
+    with pytest.raises(SystemExit):
+        run_script("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path", "x.png",
+                                              "--save_onnx", "m.onnx"])
+    assert "--save_onnx (onnxruntime): not options of --runtime paddle" in caplog.text
+
+
+def test_infer_passes_runtime_options(exports, synth, tmp_path):
+    """infer.py hands --save_onnx/--check_images/--min_agreement to ONNX Runtime."""
+    image = synth / "images" / "val_0000.png"
+    onnx_path = tmp_path / "int8.onnx"
+    run_script("deploy/python/infer.py", [
+        "--config", exports / "int8", "--image_path", image, "--runtime", "onnxruntime",
+        "--save_onnx", onnx_path, "--check_images", image, "--min_agreement", 0.5,
+        "--save_dir", tmp_path / "pred"])
+    assert onnx_path.stat().st_size > 0 and (tmp_path / "pred").is_dir()
+    with pytest.raises(SystemExit):  # never overwritten
+        run_script("deploy/python/infer.py", [
+            "--config", exports / "int8", "--image_path", image, "--runtime", "onnxruntime",
+            "--save_onnx", onnx_path, "--save_dir", tmp_path / "pred2"])
 
 
 def test_bench_latency_across_runtimes(tmp_path):

@@ -49,6 +49,17 @@ def get_args_parser():
                    help="TensorRT dynamic shape: smallest input")
     g.add_argument("--opt_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
     g.add_argument("--max_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
+    g = p.add_argument_group("OpenVINO")
+    g.add_argument("--inference_precision", choices=["f32", "bf16"], default="f32",
+                   help="OpenVINO's precision hint (default f32; bf16 changes FP32 results)")
+    g = p.add_argument_group("ONNX Runtime")
+    g.add_argument("--save_onnx", default=None,
+                   help="also write the checked ONNX model to this path (never overwritten)")
+    g.add_argument("--check_images", nargs="+", default=None, metavar="IMAGE",
+                   help="images the ONNX model is checked on against Paddle (default: 2 synthetic)")
+    g.add_argument("--min_agreement", type=float, default=None,
+                   help="refuse an ONNX model whose labels agree with Paddle's on less than this "
+                        "fraction of pixels (default 0.99; 0 only reports)")
     b = p.add_argument_group("benchmark")
     b.add_argument("--benchmark", type=cli.str2bool, default=False,
                    help="time the model instead of writing results (true/false)")
@@ -76,6 +87,36 @@ def list_images(path):
     return files
 
 
+# flag -> (runtime, option name); a flag given for another runtime than --runtime is an error
+RUNTIME_FLAGS = {
+    "device": ("paddle", "device"), "enable_mkldnn": ("paddle", "enable_mkldnn"),
+    "use_trt": ("paddle", "use_trt"),
+    "min_shape": ("paddle", "trt_min_shape"), "opt_shape": ("paddle", "trt_opt_shape"),
+    "max_shape": ("paddle", "trt_max_shape"),
+    "inference_precision": ("openvino", "inference_precision"),
+    "save_onnx": ("onnxruntime", "save_onnx"), "check_images": ("onnxruntime", "check_images"),
+    "min_agreement": ("onnxruntime", "min_agreement"),
+}
+
+
+def runtime_options(args):
+    """The options of --runtime from its flags; another runtime's flag, if set, is an error."""
+    parser = get_args_parser()
+    options, foreign = {}, []
+    for flag, (runtime, name) in RUNTIME_FLAGS.items():
+        value = getattr(args, flag)
+        if runtime == args.runtime:
+            if value is not None:
+                options[name] = value
+        elif value != parser.get_default(flag):
+            foreign.append(f"--{flag} ({runtime})")
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)}: not options of --runtime {args.runtime}")
+    if args.runtime == "paddle":  # Paddle sizes its input for the batch; the others take any
+        options["batch_size"] = args.batch_size
+    return options
+
+
 def main(args):
     import cv2
     import numpy as np
@@ -84,17 +125,7 @@ def main(args):
     shapes = [args.min_shape, args.opt_shape, args.max_shape]
     if args.use_trt and any(shapes) and not all(shapes):
         raise ValueError("--min_shape, --opt_shape and --max_shape go together")
-    options = {}
-    if args.runtime == "paddle":
-        options = dict(device=args.device, enable_mkldnn=args.enable_mkldnn, batch_size=args.batch_size,
-                       use_trt=args.use_trt, trt_min_shape=args.min_shape, trt_opt_shape=args.opt_shape,
-                       trt_max_shape=args.max_shape)
-    else:
-        given = [f for f, v, default in (("--device", args.device, "cpu"), ("--use_trt", args.use_trt, False),
-                                         ("--enable_mkldnn", args.enable_mkldnn, True))
-                 if v != default]
-        if given:
-            raise ValueError(f"{', '.join(given)}: Paddle Inference options; --runtime is {args.runtime}")
+    options = runtime_options(args)
     files = list_images(args.image_path)
     pred = deploy.create_predictor(args.config, runtime=args.runtime, precision=args.precision,
                                    threads=args.cpu_threads, verbose=args.verbose, **options)
