@@ -26,13 +26,16 @@ venv: $(STAMP)
 
 # tests marked slow (the tutorial's ResNet50 models end to end, ~15 min) run with test-slow
 # Tests that load OpenVINO / ONNX Runtime run in a second process: with their native
-# threads in the process, a later test crashed the first run with a segfault.
+# threads in the process, a later test crashed the first run with a segfault. Both
+# processes share one folder of session fixtures (tests/conftest.py), built once.
 RUNTIME_TESTS := tests/test_runtimes.py tests/test_onnx_export.py \
                  tests/test_benchmark.py::test_benchmark_across_runtimes
 test: venv
-	$(BIN)/python -m pytest -q --durations=10 -m "not slow" tests --ignore=tests/test_runtimes.py \
-	    --ignore=tests/test_onnx_export.py --deselect tests/test_benchmark.py::test_benchmark_across_runtimes
-	$(BIN)/python -m pytest -q --durations=5 -m "not slow" $(RUNTIME_TESTS)
+	share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=10 -m "not slow" tests \
+	    --ignore=tests/test_runtimes.py --ignore=tests/test_onnx_export.py \
+	    --deselect tests/test_benchmark.py::test_benchmark_across_runtimes && \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=5 -m "not slow" $(RUNTIME_TESTS)
 
 test-slow: venv
 	$(BIN)/python -m pytest -q --durations=10 -m slow tests

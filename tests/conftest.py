@@ -5,6 +5,8 @@ several tests share, so the whole suite stays within a few minutes on 2 CPUs.
 """
 import importlib.util
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,47 +51,65 @@ def write_config(path, base=SYN_CONFIG, data_root=None, extra=""):
     return path
 
 
+# `make test` runs two pytest processes (see the Makefile) and points both at one
+# SEGQAT_TEST_SHARE folder, so the second reuses the session fixtures the first built.
+SHARE = os.environ.get("SEGQAT_TEST_SHARE")
+
+
+def _session_dir(tmp_path_factory, name, build):
+    """The folder of a session fixture: built by ``build(path)`` once per share."""
+    if not SHARE:
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    path = Path(SHARE) / name
+    if (path / ".built").exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)  # a half-built one from an interrupted run
+    path.mkdir(parents=True)
+    build(path)
+    (path / ".built").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory):
     from segqat import datagen
-    root = tmp_path_factory.mktemp("synthetic")
-    datagen.make_synthetic(str(root), num_train=64, num_val=12, size=64, num_classes=4, seed=0)
-    return root
+    return _session_dir(tmp_path_factory, "synthetic", lambda root: datagen.make_synthetic(
+        str(root), num_train=64, num_val=12, size=64, num_classes=4, seed=0))
 
 
 @pytest.fixture(scope="session")
 def syn_cfg(synth, tmp_path_factory):
-    return write_config(tmp_path_factory.mktemp("cfg") / "syn.yml", data_root=synth)
+    return _session_dir(tmp_path_factory, "cfg",
+                        lambda d: write_config(d / "syn.yml", data_root=synth)) / "syn.yml"
 
 
 @pytest.fixture(scope="session")
 def fp32_run(syn_cfg, tmp_path_factory):
     """A BiSeNetV2 trained briefly on the synthetic data (eval at the end)."""
-    out = tmp_path_factory.mktemp("fp32")
-    run_script("tools/train.py", ["--config", syn_cfg, "--iters", 150, "--batch_size", 8,
-                                  "--save_interval", 150, "--log_iters", 50, "--do_eval",
-                                  "--save_dir", out, "--cpu_threads", 2])
-    return out
+    return _session_dir(tmp_path_factory, "fp32", lambda out: run_script("tools/train.py", [
+        "--config", syn_cfg, "--iters", 150, "--batch_size", 8, "--save_interval", 150,
+        "--log_iters", 50, "--do_eval", "--save_dir", out, "--cpu_threads", 2]))
 
 
 @pytest.fixture(scope="session")
 def qat_run(syn_cfg, fp32_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("qat")
-    run_script("slim/quant/qat_train.py", [
+    return _session_dir(tmp_path_factory, "qat", lambda out: run_script("slim/quant/qat_train.py", [
         "--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
         "--learning_rate", 0.005, "--iters", 30, "--batch_size", 8, "--save_interval", 15,
-        "--log_iters", 15, "--do_eval", "--save_dir", out, "--cpu_threads", 2])
-    return out
+        "--log_iters", 15, "--do_eval", "--save_dir", out, "--cpu_threads", 2]))
 
 
 @pytest.fixture(scope="session")
 def exports(syn_cfg, fp32_run, qat_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exports")
-    run_script("tools/export.py", ["--config", syn_cfg, "--model_path",
-                                   fp32_run / "best_model" / "model.pdparams", "--save_dir", out / "fp32"])
-    run_script("slim/quant/qat_export.py", ["--config", syn_cfg, "--model_path",
-                                            qat_run / "best_model" / "model.pdparams", "--save_dir", out / "int8"])
-    return out
+    def build(out):
+        run_script("tools/export.py", ["--config", syn_cfg, "--model_path",
+                                       fp32_run / "best_model" / "model.pdparams", "--save_dir", out / "fp32"])
+        run_script("slim/quant/qat_export.py", ["--config", syn_cfg, "--model_path",
+                                                qat_run / "best_model" / "model.pdparams",
+                                                "--save_dir", out / "int8"])
+    return _session_dir(tmp_path_factory, "exports", build)
 
 
 @pytest.fixture(autouse=True)
