@@ -32,11 +32,13 @@ CAMVID_VOID = 11
 ISBI_CLASSES = ("membrane", "cell")
 IGNORE_INDEX = 255
 
-# Per foreground class (1..7): base RGB colour, jittered by +-_COLOUR_JITTER per
+# Per foreground class (1..7): base RGB colour, jittered by +-COLOUR_JITTER per
 # channel so that colour ranges overlap between classes, and a texture.
 _BASE_COLOURS = ((220, 70, 70), (70, 200, 70), (80, 100, 230), (220, 200, 60),
                  (200, 80, 210), (70, 200, 210), (235, 140, 50))
-_COLOUR_JITTER = 90
+COLOUR_JITTER = 90
+# An object's radius, as a fraction of the image side (uniform in this range).
+OBJECT_SIZE = (0.09, 0.2)
 _TEXTURES = (("stripes", 0), ("checker", 3), ("stripes", 90), ("plain", 0),
              ("stripes", 45), ("dots", 5), ("stripes", 135))
 
@@ -126,10 +128,10 @@ def _finish(out, names, lists):
 
 
 # --------------------------------------------------------------- synthetic
-def _shape_mask(rng, kind, size):
+def _shape_mask(rng, kind, size, object_size=OBJECT_SIZE):
     """Boolean mask of one randomly sized, placed and rotated filled shape."""
     mask = np.zeros((size, size), np.uint8)
-    r = rng.uniform(0.09, 0.2) * size
+    r = rng.uniform(*object_size) * size
     cx, cy = rng.uniform(0.5 * r, size - 0.5 * r, 2)
     theta = rng.uniform(0, 2 * np.pi)
 
@@ -179,7 +181,7 @@ def _texture(rng, kind, param, yy, xx):
     raise ValueError(f"unknown texture {kind!r}")
 
 
-def _synthetic_sample(rng, size, num_classes, must_have):
+def _synthetic_sample(rng, size, num_classes, must_have, object_size=None, colour_jitter=None):
     """One RGB image (uint8 HxWx3) and its label (uint8 HxW)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     # background: random base colour + smooth low-frequency blobs
@@ -189,9 +191,10 @@ def _synthetic_sample(rng, size, num_classes, must_have):
     label = np.zeros((size, size), np.uint8)
     classes = list(rng.integers(1, num_classes, rng.integers(1, 4))) + [must_have]
     for cls in classes:  # later objects are drawn on top, and their label wins
-        mask = _shape_mask(rng, SYNTHETIC_CLASSES[cls], size)
+        mask = _shape_mask(rng, SYNTHETIC_CLASSES[cls], size, object_size or OBJECT_SIZE)
+        jitter = COLOUR_JITTER if colour_jitter is None else colour_jitter
         colour = np.clip(np.asarray(_BASE_COLOURS[cls - 1]) +
-                         rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3), 40, 255)
+                         rng.integers(-jitter, jitter + 1, 3), 40, 255)
         pattern = _texture(rng, *_TEXTURES[cls - 1], yy, xx)
         obj = colour[None, None, :] * (1 - rng.uniform(0.35, 0.6) * pattern[..., None])
         image[mask] = obj[mask]
@@ -208,7 +211,8 @@ def synthetic_image(size, seed=0, num_classes=4):
     return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
 
 
-def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, seed=0):
+def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, seed=0,
+                   object_size=OBJECT_SIZE, colour_jitter=COLOUR_JITTER):
     """Write a deterministic synthetic multi-class segmentation data set.
 
     Class 0 is a noisy, blotchy background; class k >= 1 is a shape
@@ -221,6 +225,12 @@ def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, s
     num_classes - 1. Each image has its own RNG seeded from (seed, split, i):
     the same seed gives byte-identical files.
 
+    ``object_size`` (radius range, a fraction of the side) and ``colour_jitter``
+    (+- per channel) set how hard it is: the defaults make small objects whose
+    colours overlap; ``object_size=(0.2, 0.4), colour_jitter=30`` (the model
+    zoo's data) makes large objects that colour alone nearly identifies, which
+    even a large model trained from scratch learns in a few dozen iterations.
+
     Layout: images/{train,val}_NNNN.png (RGB), labels/{train,val}_NNNN.png
     (single-channel uint8, 0..num_classes-1), train.txt, val.txt, labels.txt.
     """
@@ -229,6 +239,11 @@ def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, s
     _check_int("num_train", num_train, 1)
     _check_int("num_val", num_val, 1)
     _check_int("seed", seed, 0)
+    _check_int("colour_jitter", colour_jitter, 0, 255)
+    lo, hi = (float(v) for v in object_size)
+    if not 0 < lo <= hi <= 0.5:
+        raise ValueError(f"object_size={tuple(object_size)!r} is not allowed: expected "
+                         "MIN MAX with 0 < MIN <= MAX <= 0.5 (fractions of the image side)")
     out = _prepare_out(out_dir)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "labels"), exist_ok=True)
@@ -237,7 +252,8 @@ def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, s
         lines = []
         for i in range(count):
             rng = np.random.default_rng([seed, split_id, i])
-            image, label = _synthetic_sample(rng, size, num_classes, 1 + i % (num_classes - 1))
+            image, label = _synthetic_sample(rng, size, num_classes, 1 + i % (num_classes - 1),
+                                             (lo, hi), colour_jitter)
             name = f"{split}_{i:04d}.png"
             _imwrite(os.path.join(out, "images", name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             _imwrite(os.path.join(out, "labels", name), label)

@@ -93,10 +93,24 @@ def test_synthetic_colour_does_not_identify_class(tmp_path):
         assert any(lo < h2 and l2 < hi for j, (l2, h2) in enumerate(ranges) if j != k)
 
 
+def test_synthetic_zoo_variant_has_large_objects(tmp_path):
+    """The model zoo's set: large objects (background well under the default's ~85%)."""
+    def background_share(root):
+        labels = [_label(root / f"labels/val_{i:04d}.png") for i in range(20)]
+        return float(np.mean([np.mean(lab == 0) for lab in labels]))
+    datagen.make_synthetic(tmp_path / "a", num_train=1, num_val=20, seed=0)
+    datagen.make_synthetic(tmp_path / "b", num_train=1, num_val=20, seed=0,
+                           object_size=(0.2, 0.4), colour_jitter=30)
+    assert background_share(tmp_path / "a") > 0.8
+    assert background_share(tmp_path / "b") < 0.65
+
+
 @pytest.mark.parametrize("kwargs,flag", [
     (dict(num_classes=9), "num_classes"), (dict(num_classes=1), "num_classes"),
     (dict(size=16), "size"), (dict(num_train=0), "num_train"),
     (dict(num_val=0), "num_val"), (dict(num_classes=3.0), "num_classes"),
+    (dict(colour_jitter=300), "colour_jitter"), (dict(object_size=(0.3, 0.2)), "object_size"),
+    (dict(object_size=(0.1, 0.6)), "object_size"),
 ])
 def test_synthetic_rejects_bad_arguments(tmp_path, kwargs, flag):
     with pytest.raises(ValueError, match=flag) as err:

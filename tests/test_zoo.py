@@ -64,6 +64,13 @@ def test_zoo_build_resume_and_failures(tmp_path):
     slow = {r["model"]: r for r in rows}["slow"]
     assert slow["status"] == "✗" and slow["reason"].startswith("fp32_train timed out after 1 s")
 
+    # an entry whose config changed after its build is not reported with the old results
+    _entry(cfgs / "tiny.yml", data, "iters: 3\n")
+    rows = run_script("tools/zoo.py", common + ["--phase", "report"])
+    tiny = {r["model"]: r for r in rows}["tiny"]
+    assert tiny["status"] == "…" and "changed since its last build" in tiny["reason"]
+    assert "int8_convs" not in tiny
+
 
 def test_error_reason_picks_the_exception_and_its_frame():
     from segqat.zoo import error_reason
