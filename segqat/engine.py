@@ -103,8 +103,10 @@ def predict_logits(model, img, test_cfg, num_classes):
     return total
 
 
-def iter_predictions(model, dataset, test_cfg=None, num_classes=None, indices=None):
-    """Yield ``(index, predicted labels, label)`` at the label's size for val samples."""
+def iter_predictions(model, dataset, test_cfg=None, num_classes=None, indices=None, margins=False):
+    """Yield ``(index, predicted labels, label)`` at the label's size for val samples;
+    with ``margins``, ``(index, labels, label, margin)``: the softmax probability of the
+    top class minus that of the runner-up, per pixel (near 0: a near tie)."""
     test_cfg = test_cfg or {}
     num_classes = num_classes or dataset.num_classes
     model.eval()
@@ -113,7 +115,12 @@ def iter_predictions(model, dataset, test_cfg=None, num_classes=None, indices=No
             img, lab, trans_info = dataset[i]
             logits = predict_logits(model, paddle.to_tensor(img[np.newaxis]), test_cfg, num_classes)
             logits = _reverse_transform(logits, trans_info)
-            yield i, paddle.argmax(logits, axis=1).numpy()[0], lab
+            labels = paddle.argmax(logits, axis=1).numpy()[0]
+            if margins:
+                top2 = paddle.topk(paddle.nn.functional.softmax(logits, axis=1), 2, axis=1)[0].numpy()[0]
+                yield i, labels, lab, top2[0] - top2[1]
+            else:
+                yield i, labels, lab
 
 
 def evaluate(model, dataset, test_cfg=None, num_classes=None, progress=True, label="Evaluate"):

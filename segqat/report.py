@@ -64,6 +64,11 @@ def count_params_flops(cfg, hw):
 _METRIC_KEYS = ("mIoU", "Acc", "Kappa", "Dice", "class_IoU", "class_Dice")
 
 
+# a pixel whose top-2 softmax probabilities differ by less than this is a near tie: any
+# rounding may flip it, so disagreement there says little about the deployed kernels
+NEAR_TIE = 0.1
+
+
 def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, warmup=5,
                   repeats=20, num_images=None, num_samples=4, runtimes=("paddle",)):
     """``models``: ordered {name: inference dir}; the first is the FP32 reference.
@@ -101,6 +106,9 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     cms = {name: ConfusionMatrix(nc, val_ds.ignore_index) for name in names}
     agree = {name: [0, 0] for name in names}       # vs FP32 on the same runtime: [equal, total]
     agree_fq = {name: [0, 0] for name in names}    # vs fake-quant model
+    # disagreements with fake quant at near ties (fake quant's top-2 probability margin
+    # < NEAR_TIE), and agreement where the margin is clear: [disagree at ties, equal, total] clear
+    ties_fq = {name: [0, 0, 0] for name in names}
     samples = []
     fq_cm = None
     fq_iter = None
@@ -109,15 +117,17 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     if qat_model_path:
         fq_model, _ = quant.build_model(cfg, qat_model_path, quantized=True, stage="eval")
         fq_cm = ConfusionMatrix(nc, val_ds.ignore_index)
-        fq_iter = engine.iter_predictions(fq_model, val_ds, builder.test_config(cfg), indices=range(n))
+        fq_iter = engine.iter_predictions(fq_model, val_ds, builder.test_config(cfg), indices=range(n),
+                                          margins=True)
     for i in _progress(range(n), n, "benchmark"):
         img, lab = val_ds.read(i)
         img = to_bgr8(img)
         outs = {name: p.predict([img])[0] for name, p in preds.items()}
         fq = None
         if fq_iter is not None:
-            _, fq, _ = next(fq_iter)
+            _, fq, _, margin = next(fq_iter)
             fq_cm.update(fq, lab)
+            clear = margin >= NEAR_TIE
         for name, o in outs.items():
             cms[name].update(o, lab)
             agree[name][0] += int((o == outs[ref_of[name]]).sum())
@@ -125,6 +135,9 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
             if fq is not None and name in fq_owners:
                 agree_fq[name][0] += int((o == fq).sum())
                 agree_fq[name][1] += o.size
+                ties_fq[name][0] += int(((o != fq) & ~clear).sum())
+                ties_fq[name][1] += int(((o == fq) & clear).sum())
+                ties_fq[name][2] += int(clear.sum())
         if len(samples) < num_samples:
             samples.append((img, lab, outs))
 
@@ -150,6 +163,10 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
              **model_size(models[model]), "num_params": n_params, "macs": flops}
         if fq_cm is not None and name in fq_owners:
             r["agreement_with_fake_quant"] = agree_fq[name][0] / max(agree_fq[name][1], 1)
+            differ = agree_fq[name][1] - agree_fq[name][0]
+            r["fake_quant_disagreement_at_near_ties"] = ties_fq[name][0] / differ if differ else None
+            r["agreement_with_fake_quant_clear_margin"] = ties_fq[name][1] / max(ties_fq[name][2], 1)
+            r["clear_margin_share"] = ties_fq[name][2] / max(agree_fq[name][1], 1)
         results["models"][name] = r
     if fq_cm is not None:
         fm = compute_metrics(fq_cm.mat)
@@ -189,6 +206,17 @@ def _warnings(results, ref_of):
     return out
 
 
+def margin_note(r):
+    """Where the disagreement with fake quant is: at near ties, or at clear margins."""
+    if r.get("clear_margin_share") is None:
+        return ""
+    ties = r.get("fake_quant_disagreement_at_near_ties")
+    where = "" if ties is None else f"{ties * 100:.0f}% of the differing pixels are near ties, "
+    return (f" ({where}fake quant's top-2 probability margin < {NEAR_TIE:g}; with a clear margin, "
+            f"{r['clear_margin_share'] * 100:.1f}% of the pixels, the agreement is "
+            f"{r['agreement_with_fake_quant_clear_margin'] * 100:.2f}%)")
+
+
 def markdown_table(results):
     lines = ["| Model | Runtime | Dtype | mIoU | Acc | Kappa | Agreement w/ FP32 | w/ fake-quant "
              "| Time (ms/img) | p90 (ms) | Ratio | INT8 kernels | Size (MB) |",
@@ -215,7 +243,7 @@ def markdown_table(results):
     for name, r in results["models"].items():
         if "agreement_with_fake_quant" in r and r["precision"] == "int8":
             lines.append(f"{name}: pixel agreement with its fake-quant model "
-                         f"{r['agreement_with_fake_quant'] * 100:.2f}%.")
+                         f"{r['agreement_with_fake_quant'] * 100:.2f}%{margin_note(r)}.")
     for w in results["warnings"]:
         lines.append(f"**Warning:** {w}")
     lines += ["", *class_table(results)]

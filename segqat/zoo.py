@@ -560,6 +560,10 @@ def evaluate_entry(config, entry_dir, cpu_threads=1, num_images=None):
               "fp32_mIoU": f["mIoU"], "int8_mIoU": i["mIoU"], "fake_quant_mIoU": res["fake_quant"]["mIoU"],
               "agreement_int8_vs_fake_quant": i["agreement_with_fake_quant"],
               "agreement_int8_vs_fp32": i["agreement_with_fp32"],
+              "agreement_clear_margin": i.get("agreement_with_fake_quant_clear_margin"),
+              "clear_margin_share": i.get("clear_margin_share"),
+              "disagreement_at_near_ties": i.get("fake_quant_disagreement_at_near_ties"),
+              "near_tie": report.NEAR_TIE,
               "params_mb_fp32": f["params_mb"], "params_mb_int8": i["params_mb"],
               "params_ratio": i["params_mb"] / f["params_mb"], "num_params": f["num_params"],
               "int8_convs": int8_convs, "all_convs": all_convs, "conv_ops": convs, "int8_ops": int8_ops,
@@ -637,6 +641,23 @@ def _write_json(path, obj):
 
 # ------------------------------------------------------------------ table, json, plot
 
+def _margin_cause(ev):
+    """Why deployed INT8 and fake quant differ: near ties (weak margins) or real differences."""
+    clear = ev.get("agreement_clear_margin")
+    if clear is None:  # evaluated before margins were measured
+        return ""
+    share, tie = 100 * ev["clear_margin_share"], ev["near_tie"]
+    ties = ev.get("disagreement_at_near_ties") or 0
+    if clear >= MIN_AGREEMENT:
+        return (f"; {100 * ties:.0f}% of the differing pixels are near ties (fake quant's top-2 "
+                f"probability margin < {tie:g}) and on the {share:.0f}% of pixels with a "
+                f"clear margin it agrees on {100 * clear:.2f}%: the model's margins are too small, "
+                "train longer (--fp32_iters)")
+    return (f"; even on the {share:.0f}% of pixels with a clear margin (>= {tie:g}) it agrees "
+            f"on only {100 * clear:.2f}%: the deployed INT8 program computes something other than "
+            "fake quant (see evaluate/benchmark/results.md in the work dir)")
+
+
 def entry_row(name, e, work_dir=None):
     """One table row from an entry's state: status, reason and the measured numbers."""
     steps = (e or {}).get("steps", {})
@@ -671,7 +692,7 @@ def entry_row(name, e, work_dir=None):
         elif ev["agreement_int8_vs_fake_quant"] < MIN_AGREEMENT:
             row["reason"] = (f"deployed INT8 agrees with its fake-quant model on "
                              f"{100 * ev['agreement_int8_vs_fake_quant']:.2f}% of pixels "
-                             f"(< {100 * MIN_AGREEMENT:.0f}%)")
+                             f"(< {100 * MIN_AGREEMENT:.0f}%)" + _margin_cause(ev))
         else:
             row["status"] = "✓"
     elif row["reason"] is None:

@@ -22,6 +22,13 @@ def test_benchmark_outputs(syn_cfg, fp32_run, qat_run, exports, tmp_path):
     fp32, int8 = saved["models"]["FP32"], saved["models"]["INT8"]
     assert fp32["agreement_with_fp32"] == 1.0 and 0.9 < int8["agreement_with_fp32"] <= 1.0
     assert int8["agreement_with_fake_quant"] >= 0.99
+    # where the differing pixels are: near ties + clear margins account for all of them
+    share, clear = int8["clear_margin_share"], int8["agreement_with_fake_quant_clear_margin"]
+    assert 0.5 < share <= 1 and clear >= int8["agreement_with_fake_quant"]
+    ties = int8["fake_quant_disagreement_at_near_ties"] or 0
+    differ = 1 - int8["agreement_with_fake_quant"]
+    assert differ * (1 - ties) == pytest.approx(share * (1 - clear), abs=1e-9)
+    assert "with a clear margin" in (out / "results.md").read_text()
     assert int8["params_mb"] <= 0.3 * fp32["params_mb"]
     assert fp32["num_params"] > 1e6 and fp32["macs"] > 1e6
     assert len(fp32["latency"]) and fp32["ratio_to_fp32"] == 1.0

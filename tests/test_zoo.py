@@ -107,6 +107,12 @@ def test_row_marks():
     assert row()["status"] == "✓" and row()["reason"] is None and row()["build_seconds"] == 5.0
     low = row(agreement_int8_vs_fake_quant=0.985)
     assert low["status"] == "✗" and "98.50% of pixels (< 99%)" in low["reason"]
+    margins = dict(agreement_int8_vs_fake_quant=0.985, clear_margin_share=0.9, near_tie=0.1)
+    ties = row(**margins, agreement_clear_margin=0.995, disagreement_at_near_ties=0.7)
+    assert ties["status"] == "✗" and "70% of the differing pixels are near ties" in ties["reason"]
+    assert "margins are too small, train longer" in ties["reason"]
+    real = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2)
+    assert "even on the 90% of pixels with a clear margin (>= 0.1) it agrees on only 97.00%" in real["reason"]
     flat = row(fp32_mIoU=0.30, predicted_classes_fp32=2, agreement_int8_vs_fake_quant=1.0)
     assert flat["status"] == "✗"
     assert "after 20 iterations FP32 mIoU 30.0 is not 10 points above" in flat["reason"]
