@@ -228,8 +228,8 @@ def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, s
     ``object_size`` (radius range, a fraction of the side) and ``colour_jitter``
     (+- per channel) set how hard it is: the defaults make small objects whose
     colours overlap; ``object_size=(0.2, 0.4), colour_jitter=30`` (the model
-    zoo's data) makes large objects that colour alone nearly identifies, which
-    even a large model trained from scratch learns in a few dozen iterations.
+    zoo's data) makes large objects (about 45% of the pixels) whose colours barely
+    overlap, which models trained from scratch learn in a few hundred iterations.
 
     Layout: images/{train,val}_NNNN.png (RGB), labels/{train,val}_NNNN.png
     (single-channel uint8, 0..num_classes-1), train.txt, val.txt, labels.txt.
