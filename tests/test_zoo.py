@@ -32,6 +32,10 @@ def test_zoo_build_resume_and_failures(tmp_path):
     # tiny: every build step ran; INT8 kernels proven; the row's mark follows the 99% rule
     assert tiny["int8_convs"] > 0 and tiny["int8_convs"] <= tiny["all_convs"]
     assert 0 < tiny["params_ratio"] < 0.5
+    # what QAT quantized (ops reading an int8 weight), to compare with what runs INT8
+    assert tiny["quantized_ops"].get("conv2d", 0) >= 20
+    assert sum(tiny["quantized_ops"].values()) >= tiny["int8_convs"]
+    assert 0 <= tiny["clear_margin_share"] <= 1  # 2 iterations: nearly every pixel is a near tie
     assert tiny["num_classes"] == 4 and 0 < tiny["majority_class_mIoU"] < 0.25 and tiny["num_images"] == 2
     assert tiny["status"] == "✓" or tiny["status"] == "✗" and tiny["reason"]
     # broken: ✗ at its first step, with the real error (the bad argument) as the reason
@@ -113,6 +117,10 @@ def test_row_marks():
     assert "margins are too small, train longer" in ties["reason"]
     real = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2)
     assert "even on the 90% of pixels with a clear margin (>= 0.1) it agrees on only 97.00%" in real["reason"]
+    assert "not yet explained" in real["reason"]
+    fp32_convs = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2,
+                     quantized_ops={"conv2d": 45, "depthwise_conv2d": 8, "matmul_v2": 2})
+    assert "3 of the 53 convolutions QAT quantized run in FP32" in fp32_convs["reason"]
     flat = row(fp32_mIoU=0.30, predicted_classes_fp32=2, agreement_int8_vs_fake_quant=1.0)
     assert flat["status"] == "✗"
     assert "after 20 iterations FP32 mIoU 30.0 is not 10 points above" in flat["reason"]

@@ -56,6 +56,22 @@ def conv_input_scales(infer_dir):
             and dequant_of.get(op.output("Y")[0]) in conv_inputs]
 
 
+def quantized_weight_ops(infer_dir):
+    """Op types of an exported INT8 program whose weights are quantized (they read a
+    ``dequantize_linear`` of a stored int8 weight), counted: what QAT/PTQ quantized, to
+    compare with the ops that run INT8 kernels after the runtime's optimization."""
+    from collections import Counter
+    from .. import compat
+    prog = compat.load_old_ir_program(os.path.join(str(infer_dir), "model.pdmodel"),
+                                      os.path.join(str(infer_dir), "model.pdiparams"))[0]
+    block = prog.global_block()
+    ops = block.ops
+    weights = {o.output("Y")[0] for o in ops if o.type == "dequantize_linear"
+               and block.has_var(o.input("X")[0]) and block.var(o.input("X")[0]).persistable}
+    return Counter(o.type for o in ops if o.type != "dequantize_linear"
+                   and any(n in weights for n in o.input_arg_names))
+
+
 def _optim_cache_dir():
     """A temp folder for Paddle's optimized-program cache, named by process; the folders
     of dead processes (killed before ``close``) are removed here, and ours at exit."""
