@@ -698,7 +698,7 @@ def entry_row(name, e, work_dir=None):
                              f"{100 * ev['majority_class_mIoU']:.1f} of labelling every pixel with the most "
                              f"frequent class (FP32 predicts {ev['predicted_classes_fp32']} of "
                              f"{ev['num_classes']} classes), so the agreement "
-                             f"({100 * ev['agreement_int8_vs_fake_quant']:.2f}%) says little; train longer "
+                             f"({_pct(ev['agreement_int8_vs_fake_quant'])}) says little; train longer "
                              "(--fp32_iters)")
         elif ev["int8_convs"] == 0:
             row["reason"] = "no convolution runs INT8 in the optimized program"
@@ -810,7 +810,7 @@ def plot(rows, path):
         if "agreement_int8_vs_fake_quant" in r:
             v = 100 * r["agreement_int8_vs_fake_quant"]
             a1.barh(yi, v, color="#8d8" if r["status"] == "✓" else "#f99")
-            a1.text(90.15, yi, f"{v:.2f}%   {r['int8_convs']}/{r['all_convs']} convs INT8", va="center",
+            a1.text(90.15, yi, f"{_pct(v / 100)}   {r['int8_convs']}/{r['all_convs']} convs INT8", va="center",
                     fontsize=7)
         elif r["status"] == "✗":
             a1.text(90.15, yi, f"✗ {r['reason'][:95]}", va="center", fontsize=6.5, color="#a22")
