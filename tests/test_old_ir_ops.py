@@ -417,17 +417,24 @@ def _op_types(prefix):
     return Counter(op.type for op in prog.global_block().ops)
 
 
+def _quantized_for_eval(layer, seed):
+    """QAT-wrap ``layer`` with the default quant config, calibrate it on two random 6x6
+    batches and put it in eval mode; returns the quanter and the RNG for further inputs."""
+    from segqat import quant
+    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
+    r = np.random.RandomState(seed)
+    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
+    layer.eval()
+    return quanter, r
+
+
 def test_computed_filters_become_conv3d_and_qat_weights_stay_conv2d(tmp_path):
     """Only a filter computed from the input becomes conv3d; a QAT layer's weight (the
     parameter behind fake quantization ops, ``compat._stored_weight``) stays a conv2d that
     oneDNN runs in INT8."""
-    from segqat import quant
     paddle.seed(0)
     layer = _CrossAttention()
-    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
-    r = np.random.RandomState(4)
-    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
-    layer.eval()
+    quanter, r = _quantized_for_eval(layer, seed=4)
     with compat.old_ir_export(layer, timeout=120, infer_reshape_dims=True):
         quanter.save_quantized_model(layer, str(tmp_path / "m"), input_spec=[
             paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
@@ -459,13 +466,9 @@ def test_int8_constant_outside_a_weight_input_is_folded(tmp_path):
     type of data (float32) ... [operator < matmul_v2 > error]". compat.fold_constant_dequantize
     stores that constant as float (paddle's own dequantize kernel): same results, INT8 runs."""
     import shutil
-    from segqat import quant
     paddle.seed(0)
     layer = _ParamThroughLinear()
-    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
-    r = np.random.RandomState(5)
-    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
-    layer.eval()
+    quanter, r = _quantized_for_eval(layer, seed=5)
     x = r.rand(1, 3, 5, 7).astype("float32")
     # fake quantization, run before the export: a dygraph run after an export and before a
     # oneDNN INT8 predictor segfaults in paddle 3.3.1 (any QAT model, with or without this fix)
