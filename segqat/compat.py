@@ -38,6 +38,11 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
 * ``fold_constant_dequantize(dir)``: an INT8 export's int8 constants outside
   a weight input (GINet's class embedding) stored as float, which Paddle
   Inference's oneDNN INT8 passes would feed to a matmul as int8.
+* QAT export: paddle's ONNX-format save turns paddleslim's output observers
+  into rounding quantize/dequantize pairs; they are written as observers
+  (``_output_observers_stay_identity``), so the export computes what QAT
+  trained. A conv whose filter is computed in the forward pass (RTFormer)
+  is a matmul when 1x1: as conv3d, oneDNN reused the first run's filter.
 * ``configure_inference(config)``: deletes the Paddle Inference passes that
   compute wrong results or crash (``BROKEN_INFERENCE_PASSES``).
 """
@@ -455,6 +460,34 @@ def _stored_weight(var):
     return False
 
 
+def _is_plain_1x1(weight, stride, padding, dilation):
+    """A 1x1 filter at stride 1, dilation 1, no padding: a per-pixel matrix product."""
+    def ones(v):
+        return all(int(t) == 1 for t in ([v] if isinstance(v, int) else v))
+    pad_none = padding in (0, "VALID", [0, 0], [0, 0, 0, 0], (0, 0)) or (
+        isinstance(padding, (list, tuple)) and all(isinstance(p, int) and p == 0 for p in padding))
+    return list(weight.shape[2:]) == [1, 1] and ones(stride) and ones(dilation) and pad_none
+
+
+def _conv1x1_as_matmul(x, weight, bias, groups):
+    """``F.conv2d(x, weight, bias, groups=groups)`` for a 1x1 ``weight`` (NCHW, stride 1,
+    no padding) as transpose + matmul: x [N, C, H, W], weight [O, C/g, 1, 1]."""
+    g = int(groups)
+    cg = int(weight.shape[1])
+    xt = paddle.transpose(x, [0, 2, 3, 1])                       # N H W C
+    if g == 1:
+        w = paddle.transpose(paddle.reshape(weight, [-1, cg]), [1, 0])  # C O
+        out = paddle.matmul(xt, w)                               # N H W O
+    else:
+        xt = paddle.reshape(xt, [0, 0, 0, g, 1, cg])             # N H W g 1 C/g
+        w = paddle.transpose(paddle.reshape(weight, [g, -1, cg]), [0, 2, 1])  # g C/g O/g
+        out = paddle.reshape(paddle.matmul(xt, w), [0, 0, 0, -1])  # N H W O
+    out = paddle.transpose(out, [0, 3, 1, 2])
+    if bias is not None:
+        out = out + paddle.reshape(bias, [1, -1, 1, 1])
+    return out
+
+
 def _conv2d_for_export():
     """``F.conv2d`` for the export: tensor-valued int arguments and computed filters.
 
@@ -466,12 +499,20 @@ def _conv2d_for_export():
       paddle's own check misreports it as ``The groups of conv2d should be not
       be zero.``; this names the cause and the remedy.
     * A filter computed in the forward pass (RTFormer's cross k/v, DMNet's
-      generated filters) is built as conv3d over a depth-1 volume (same result).
-      Paddle Inference 3.3.1's oneDNN INT8 pipeline takes the Filter of every
-      conv2d / depthwise_conv2d / fused_conv2d for a stored weight
-      (``compute_propagate_scales_onednn_pass``, ComputeVarScales) and stops the
-      predictor with ``(NotFound) The input persistable var [reshape2_6.tmp_0] of
-      [conv2d] op is not found.``; conv3d is outside that set and runs FP32.
+      generated filters) cannot be a conv2d op: Paddle Inference 3.3.1's oneDNN
+      INT8 pipeline takes the Filter of every conv2d / depthwise_conv2d /
+      fused_conv2d for a stored weight (``compute_propagate_scales_onednn_pass``,
+      ComputeVarScales) and stops the predictor with ``(NotFound) The input
+      persistable var [reshape2_6.tmp_0] of [conv2d] op is not found.``. Nor a
+      conv3d over a depth-1 volume, as this export first wrote it: once
+      ``is_test_pass`` marks the op for inference, oneDNN's conv keeps the
+      filter it reordered on the first run and reuses it for every later
+      input (RTFormer: FP32 output identical to paddle's executor on a
+      predictor's first image, 1-2% of pixels different on each later one;
+      ``is_test_pass`` deleted or oneDNN off: identical on all). A 1x1 filter
+      at stride 1 without padding (RTFormer's, any batch size) is therefore
+      built as a matmul (``_conv1x1_as_matmul``), which reads both operands on
+      every run; other computed filters still become conv3d and get a warning.
     """
     import inspect
     original = F.conv2d
@@ -501,8 +542,15 @@ def _conv2d_for_export():
                     f"-1]}}' in the config.")
         if not (_static_var(a["x"]) and _static_var(a["weight"])) or _stored_weight(a["weight"]):
             return original(*args, **kwargs)
-        _TRACING.last_op = "F.conv2d with a computed filter -> conv3d"
         pad = a["padding"]
+        if _is_plain_1x1(a["weight"], a["stride"], pad, a["dilation"]) and a["data_format"] == "NCHW":
+            _TRACING.last_op = "F.conv2d with a computed 1x1 filter -> matmul"
+            return _conv1x1_as_matmul(a["x"], a["weight"], a["bias"], a["groups"])
+        _TRACING.last_op = "F.conv2d with a computed filter -> conv3d"
+        logger.warning("old-IR export: F.conv2d with a computed %s filter at %s is written as conv3d; "
+                       "oneDNN reuses the filter of a predictor's first run for later inputs (see "
+                       "compat._conv2d_for_export): check the deployed output on several images",
+                       "x".join(str(d) for d in a["weight"].shape[2:]), _TRACING.where())
         if isinstance(pad, str):
             pad3 = pad
         elif isinstance(pad, int):
@@ -611,6 +659,45 @@ def _ir_graph_links_unchecked():
 
     return {"link_to": link_to, "update_input_link": update_input_link,
             "update_output_link": update_output_link}
+
+
+def _output_observers_stay_identity():
+    """paddle's QAT export without rounding where QAT only observed.
+
+    paddleslim's QAT wraps each quantized layer in ``MAOutputScaleLayer``,
+    whose ``MovingAverageAbsMaxScale`` only records the output's range: in
+    training and in the fake-quant model the output passes unchanged. The
+    ONNX-format export (``ReplaceFakeQuantDequantPass._replace_op``,
+    paddle/static/quantization/quantization_pass.py) turns that observer into
+    a plain quantize_linear/dequantize_linear pair, so the exported program
+    rounds every quantized layer's output to 8 bits, which the trained model
+    never did. Measured on the zoo's PP-MobileSeg: the INT8 export run by
+    paddle's own executor agreed with its fake-quant model on 87-98% of an
+    image's pixels. Here the pair is written with ``only_observer=True``, as
+    paddle's PTQ export writes its observers: Paddle runs it as identity, the
+    scale stays in the program for the runtimes that read it, and OpenVINO and
+    the ONNX writer drop it (``drop_observer_only_quant``).
+    """
+    from paddle.static.quantization import quantization_pass as qp
+    original = qp.ReplaceFakeQuantDequantPass._replace_op
+
+    def _replace_op(self, graph, op):
+        if op.name() != "moving_average_abs_max_scale":
+            return original(self, graph, op)
+        create = graph.create_op_node
+
+        def create_op_node(op_type, attrs, inputs, outputs):
+            if op_type in ("quantize_linear", "dequantize_linear"):
+                attrs = {**attrs, "only_observer": True}
+            return create(op_type, attrs, inputs, outputs)
+
+        graph.create_op_node = create_op_node
+        try:
+            return original(self, graph, op)
+        finally:
+            del graph.create_op_node
+
+    return qp.ReplaceFakeQuantDequantPass, {"_replace_op": _replace_op}
 
 
 def _module_refs(originals):
@@ -744,6 +831,10 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False
         for n, fn in _ir_graph_links_unchecked().items():
             saved.append((framework.IrGraph, n, framework.IrGraph.__dict__[n]))
             setattr(framework.IrGraph, n, fn)
+        cls, methods = _output_observers_stay_identity()
+        for n, fn in methods.items():
+            saved.append((cls, n, cls.__dict__[n]))
+            setattr(cls, n, fn)
         # x.reshape(...) on a Variable is paddle.reshape itself (paddle's monkey_patch_variable)
         for n, (orig, fixed) in replaced.items():
             if framework.Variable.__dict__.get(n) is orig:

@@ -238,6 +238,11 @@ def _paddle_inference(prefix, inputs, onednn):
     """Run an old-IR program with Paddle Inference's default passes (not segqat's predictor,
     which deletes the broken fuse pass: these tests check the exports avoid it themselves).
     ``onednn="int8"`` also runs the oneDNN INT8 passes (segqat's INT8 op set)."""
+    return _paddle_inference_runs(prefix, [inputs], onednn)[0]
+
+
+def _paddle_inference_runs(prefix, runs, onednn):
+    """``_paddle_inference`` for several inputs (tuples) through one predictor, in order."""
     from paddle import inference as pi
     cfg = pi.Config(f"{prefix}.pdmodel", f"{prefix}.pdiparams")
     cfg.enable_new_ir(False)
@@ -249,10 +254,15 @@ def _paddle_inference(prefix, inputs, onednn):
     if onednn == "int8":
         cfg.enable_onednn_int8({"conv2d", "depthwise_conv2d", "fused_conv2d"})  # as segqat.deploy
     pred = pi.create_predictor(cfg)
-    for name, a in zip(pred.get_input_names(), inputs):
-        pred.get_input_handle(name).copy_from_cpu(a)
-    pred.run()
-    return pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+    outs = []
+    for inputs in runs:
+        for name, a in zip(pred.get_input_names(), inputs):
+            h = pred.get_input_handle(name)
+            h.reshape(a.shape)
+            h.copy_from_cpu(a)
+        pred.run()
+        outs.append(pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu())
+    return outs
 
 
 def test_conv_reshape_transpose_matmul_in_paddle_inference(tmp_path):
@@ -388,8 +398,10 @@ def test_rtformer_cross_attention_exports_with_a_fixed_batch(tmp_path, batch):
     built. A fixed batch (1) used to fail anyway ("The groups of conv2d should be not be zero.":
     paddle's reshape inference lost it); now it exports and matches dygraph, also through the
     oneDNN INT8 passes, which stopped at the computed filter ("The input persistable var
-    [reshape2_6.tmp_0] of [conv2d] op is not found") until it became a conv3d. A dynamic batch
-    cannot work: the error says to export with a fixed one."""
+    [reshape2_6.tmp_0] of [conv2d] op is not found") until it stopped being a conv2d. One
+    predictor runs three different inputs: as a conv3d, the computed filter of the first run
+    was reused by oneDNN for the later ones (wrong outputs from the second input on). A
+    dynamic batch cannot work: the error says to export with a fixed one."""
     paddle.seed(0)
     layer = _CrossAttention()
     layer.eval()
@@ -401,11 +413,13 @@ def test_rtformer_cross_attention_exports_with_a_fixed_batch(tmp_path, batch):
         return
     with compat.old_ir_export(layer, timeout=120, infer_reshape_dims=True):
         paddle.jit.save(layer, str(tmp_path / "m"), input_spec=spec)
-    x = np.random.RandomState(3).randn(1, 3, 5, 7).astype("float32")
-    want = layer(paddle.to_tensor(x)).numpy()
+    r = np.random.RandomState(3)
+    xs = [r.randn(1, 3, 5, 7).astype("float32") for _ in range(3)]
+    want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
     for onednn in (False, True, "int8"):
-        got = _paddle_inference(tmp_path / "m", (x,), onednn)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"onednn={onednn}")
+        got = _paddle_inference_runs(tmp_path / "m", [(x,) for x in xs], onednn)
+        for i, (g, w) in enumerate(zip(got, want)):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"onednn={onednn}, input {i}")
 
 
 def _op_types(prefix):
@@ -428,10 +442,10 @@ def _quantized_for_eval(layer, seed):
     return quanter, r
 
 
-def test_computed_filters_become_conv3d_and_qat_weights_stay_conv2d(tmp_path):
-    """Only a filter computed from the input becomes conv3d; a QAT layer's weight (the
-    parameter behind fake quantization ops, ``compat._stored_weight``) stays a conv2d that
-    oneDNN runs in INT8."""
+def test_computed_1x1_filters_become_matmul_and_qat_weights_stay_conv2d(tmp_path):
+    """Only a filter computed from the input leaves conv2d (a 1x1 one becomes a matmul); a QAT
+    layer's weight (the parameter behind fake quantization ops, ``compat._stored_weight``)
+    stays a conv2d that oneDNN runs in INT8."""
     paddle.seed(0)
     layer = _CrossAttention()
     quanter, r = _quantized_for_eval(layer, seed=4)
@@ -439,9 +453,74 @@ def test_computed_filters_become_conv3d_and_qat_weights_stay_conv2d(tmp_path):
         quanter.save_quantized_model(layer, str(tmp_path / "m"), input_spec=[
             paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
     ops = _op_types(tmp_path / "m")
-    assert ops["conv2d"] == 2 and ops["conv3d"] == 2, ops  # stem + kv; the cross k/v convs
+    # stem + kv stay conv2d; the cross k and v convs are matmuls (with ExternalAttention's own)
+    assert ops["conv2d"] == 2 and ops["conv3d"] == 0 and ops["matmul_v2"] >= 2, ops
     got = _paddle_inference(tmp_path / "m", (r.rand(1, 3, 5, 7).astype("float32"),), "int8")
     assert got.shape == (1, 8, 5, 7) and np.isfinite(got).all()
+
+
+class _Computed3x3(paddle.nn.Layer):
+    """A 3x3 filter computed from the input (DMNet-style dynamic filters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gen = paddle.nn.Conv2D(3, 4 * 3 * 9, 1)
+
+    def forward(self, x):
+        w = self.gen(F.adaptive_avg_pool2d(x, 1)).reshape([4, 3, 3, 3])
+        return F.conv2d(x, w, padding=1)
+
+
+def test_other_computed_filters_stay_conv3d_with_a_warning(tmp_path, caplog):
+    """A computed filter that is not a plain 1x1 is still written as conv3d (same result on a
+    predictor's first run), and the export warns about oneDNN's filter reuse."""
+    paddle.seed(0)
+    layer = _Computed3x3()
+    layer.eval()
+    with caplog.at_level("WARNING", logger="segqat.compat"):
+        _save_old_ir(layer, tmp_path / "m", shape=(1, 3, -1, -1))
+    assert _op_types(tmp_path / "m")["conv3d"] == 1
+    assert any("computed 3x3 filter" in r.getMessage() and "conv3d" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    x = np.random.RandomState(5).randn(1, 3, 6, 6).astype("float32")
+    np.testing.assert_allclose(_paddle_inference(tmp_path / "m", (x,), False),
+                               layer(paddle.to_tensor(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+class _ConvBNReLUConv(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.c1 = paddle.nn.Conv2D(3, 8, 3, padding=1, bias_attr=False)
+        self.bn = paddle.nn.BatchNorm2D(8)
+        self.c2 = paddle.nn.Conv2D(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.bn(self.c1(x))))
+
+
+def test_qat_export_computes_the_fake_quant_model(tmp_path):
+    """paddleslim's QAT only observes each quantized layer's output (MAOutputScaleLayer); paddle's
+    ONNX-format export turned that observer into a quantize/dequantize pair that rounds the
+    output. Exported, it is an observer (``only_observer``): paddle's executor computes the
+    fake-quant model (measured: identical; with the rounding pairs the mean difference was ~9e-3)."""
+    paddle.seed(0)
+    layer = _ConvBNReLUConv()
+    quanter, r = _quantized_for_eval(layer, seed=6)
+    xs = [r.rand(1, 3, 6, 6).astype("float32") for _ in range(3)]
+    want = [layer(paddle.to_tensor(x)).numpy() for x in xs]  # before the save converts forward
+    with compat.old_ir_export(layer, timeout=120):
+        quanter.save_quantized_model(layer, str(tmp_path / "m"), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    prog, feeds, fetches, scope, exe = compat.load_old_ir_program(str(tmp_path / "m.pdmodel"),
+                                                                  str(tmp_path / "m.pdiparams"))
+    ops = prog.global_block().ops
+    observers = [o for o in ops if o.type == "quantize_linear" and o.has_attr("only_observer")
+                 and o.attr("only_observer")]
+    rounding = [o for o in ops if o.type == "quantize_linear" and o not in observers]
+    assert len(observers) == 2 and len(rounding) == 2, [o.type for o in ops]  # outputs / inputs
+    with compat.old_ir_static(), paddle.static.scope_guard(scope):
+        got = [exe.run(prog, feed={feeds[0]: x}, fetch_list=fetches)[0] for x in xs]
+    assert max(float(np.abs(g - w).mean()) for g, w in zip(got, want)) < 1e-6
 
 
 class _ParamThroughLinear(paddle.nn.Layer):
