@@ -45,6 +45,9 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   is a matmul when 1x1: as conv3d, oneDNN reused the first run's filter.
 * ``configure_inference(config)``: deletes the Paddle Inference passes that
   compute wrong results or crash (``BROKEN_INFERENCE_PASSES``).
+* ``unsafe_int8_residual_fusions(optimized program)``: INT8 convolutions with
+  a fused residual of the other 8-bit type, which oneDNN adds wrongly; the
+  predictor then runs without ``INT8_RESIDUAL_FUSE_PASS``.
 """
 import contextlib
 import functools
@@ -1283,6 +1286,55 @@ def load_old_ir_inference_model(infer_dir):
 #   its class embedding, a parameter (GIHead.inp): its FP32 export killed the process.
 #   The pass only fuses chains of fc + relu into fusion_repeated_fc_relu (MLPs).
 BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass", "repeated_fc_relu_fuse_pass")
+
+
+# paddle 3.3.1's oneDNN INT8 pipeline fuses a residual add into the convolution
+# (conv_elementwise_add_onednn_fuse_pass) and then lets oneDNN add the residual
+# in the convolution's output type. When one is u8 (after relu/relu6) and the
+# other s8, the residual's bytes are read in the wrong type: values above 127
+# become negative. Measured: a conv-BN-relu / conv-BN-relu-conv-BN + add block
+# (tests/test_runtimes.py) was 54-72% off its fake-quant output with the fusion,
+# 3-9% without; the zoo's TopFormer agreed with fake quant on 77% of pixels
+# (INT8 mIoU 34.7 vs 49.1) and 95% (50.0) without it.
+INT8_RESIDUAL_FUSE_PASS = "conv_elementwise_add_onednn_fuse_pass"
+_UNSIGNED_ACTS = ("relu", "relu6")
+
+
+def unsafe_int8_residual_fusions(pdmodel_path):
+    """Output names of the INT8 convolutions in an optimized oneDNN program (Paddle's
+    ``_optimized.pdmodel``) that add a residual of the other 8-bit type (u8 vs s8)."""
+    from paddle.base import core
+    with open(pdmodel_path, "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    blk = desc.block(0)  # a view into desc, which must stay alive
+
+    def attr(op, name, default=None):
+        return op.attr(name) if op.has_attr(name) else default
+
+    def out_type(op):
+        if op.type() == "quantize":
+            return "s8" if attr(op, "is_negative_input", True) else "u8"
+        if op.type() != "fused_conv2d" or attr(op, "mkldnn_data_type") != "int8" \
+                or attr(op, "force_fp32_output", False):
+            return "f32"
+        return "u8" if attr(op, "fuse_activation", "") in _UNSIGNED_ACTS else "s8"
+
+    producer = {}
+    ops = [blk.op(i) for i in range(blk.op_size())]
+    for op in ops:
+        for k in op.output_names():
+            for n in op.output(k):
+                producer[n] = op
+    bad = []
+    for op in ops:
+        if op.type() != "fused_conv2d" or not attr(op, "fuse_residual_connection", False):
+            continue
+        res = op.input("ResidualData")
+        src = producer.get(res[0]) if res else None
+        types = {out_type(op), out_type(src) if src is not None else "f32"}
+        if types == {"u8", "s8"}:
+            bad.append(op.output("Output")[0])
+    return bad
 
 
 def configure_inference(config):

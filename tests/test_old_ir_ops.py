@@ -663,3 +663,56 @@ def test_dygraph_conv_and_reshape_untouched_inside_the_guard(monkeypatch):
     with compat.old_ir_export(timeout=60, infer_reshape_dims=True):
         np.testing.assert_allclose(F.conv2d(x, w).numpy(), want, rtol=1e-6)
         assert paddle.reshape(x, [0, -1]).shape == [2, 90]
+
+
+class _ResidualBlock(paddle.nn.Layer):
+    """conv-BN-relu, then conv-BN-relu-conv-BN added to it without a relu after the add
+    (TopFormer's and MobileNetV2's inverted residuals): the add's inputs are u8 and s8."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = paddle.nn.Conv2D(3, 16, 3, padding=1, bias_attr=False), paddle.nn.BatchNorm2D(16)
+        self.c2, self.b2 = paddle.nn.Conv2D(16, 16, 1, bias_attr=False), paddle.nn.BatchNorm2D(16)
+        self.c3, self.b3 = paddle.nn.Conv2D(16, 16, 1, bias_attr=False), paddle.nn.BatchNorm2D(16)
+        self.c4 = paddle.nn.Conv2D(16, 8, 1)
+
+    def forward(self, x):
+        r = F.relu(self.b1(self.c1(x)))
+        t = F.relu(self.b2(self.c2(r)))
+        return self.c4(r + self.b3(self.c3(t)))
+
+
+def test_int8_residual_add_of_u8_and_s8_runs_unfused(tmp_path):
+    """Paddle 3.3.1's oneDNN INT8 conv + residual-add fusion reads a u8 residual as s8: this
+    block's INT8 output was 54-72% (of its range) off the fake-quant model with the fusion and
+    3-9% without. segqat's predictor finds such fusions in the optimized program
+    (``compat.unsafe_int8_residual_fusions``) and runs without the fusion pass."""
+    import yaml
+    from segqat import quant
+    from segqat.deploy.contract import load_deploy_config
+    from segqat.deploy.paddle_inference import PaddlePredictor
+    paddle.seed(0)
+    layer = _ResidualBlock()
+    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
+    r = np.random.RandomState(6)
+    quant.calibrate(layer, [r.rand(1, 3, 8, 8).astype("float32") for _ in range(4)])
+    layer.eval()
+    xs = [r.rand(1, 3, 8, 8).astype("float32") for _ in range(3)]
+    want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
+    with compat.old_ir_export(layer, timeout=120):
+        quanter.save_quantized_model(layer, str(tmp_path / "model"), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": {
+        "model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
+        "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
+        "precision": "int8", "num_classes": 8}}))
+    # Paddle's own pipeline makes the fusion this guards against
+    unguarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    assert max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(unguarded, want)) > 0.3
+    pred = PaddlePredictor(load_deploy_config(str(tmp_path / "deploy.yaml")), "int8", 1,
+                           optim_dir=str(tmp_path / "optim"))
+    assert compat.unsafe_int8_residual_fusions(str(tmp_path / "optim" / "_optimized.pdmodel")) == []
+    assert sum(pred.int8_ops().values()) == 4
+    for x, w in zip(xs, want):
+        got = pred._run(x)
+        assert float(np.abs(got - w).max() / np.abs(w).max()) < 0.15

@@ -6,6 +6,7 @@ FP32 (about 2x slower than FP32, see PADDLE_NOTES), so that combination is an
 error here, not a silent fallback. The proof of INT8 is the optimized program
 Paddle saves: its ops with ``mkldnn_data_type == "int8"``.
 """
+import glob
 import logging
 import os
 import shutil
@@ -111,39 +112,55 @@ class PaddlePredictor(Predictor):
         if use_trt and device != "gpu":
             raise DeployError("--use_trt needs --device gpu")
 
-        cfg = pi.Config(dep["model_file"], dep["params_file"])
-        if old_ir:
-            cfg.enable_new_ir(False)
-        cfg.disable_glog_info()
-        compat.configure_inference(cfg)
         self._optim_dir = None
-        if device == "gpu":
-            cfg.enable_use_gpu(256, 0)
-            if use_trt:
-                prec = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half,
-                        "int8": pi.PrecisionType.Int8}[precision]
-                cfg.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=batch_size,
-                                           min_subgraph_size=3, precision_mode=prec,
-                                           use_static=False, use_calib_mode=False)
-                if trt_min_shape:
-                    name = "x"
-                    cfg.set_trt_dynamic_shape_info({name: trt_min_shape}, {name: trt_max_shape},
-                                                   {name: trt_opt_shape})
-            elif precision == "int8":
-                raise DeployError("--precision int8 on GPU needs TensorRT (--use_trt true)")
-        else:
-            cfg.disable_gpu()
-            cfg.set_cpu_math_library_num_threads(threads)
-            if enable_mkldnn:
-                cfg.enable_onednn()
-                if precision == "int8":
-                    cfg.enable_onednn_int8(ONEDNN_INT8_OPS)
-                    self._optim_dir = optim_dir or _optim_cache_dir()
-                    cfg.enable_save_optim_model(True)
-                    cfg.set_optim_cache_dir(self._optim_dir)
+
+        def config(delete=()):
+            cfg = pi.Config(dep["model_file"], dep["params_file"])
+            if old_ir:
+                cfg.enable_new_ir(False)
+            cfg.disable_glog_info()
+            compat.configure_inference(cfg)
+            if device == "gpu":
+                cfg.enable_use_gpu(256, 0)
+                if use_trt:
+                    prec = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half,
+                            "int8": pi.PrecisionType.Int8}[precision]
+                    cfg.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=batch_size,
+                                               min_subgraph_size=3, precision_mode=prec,
+                                               use_static=False, use_calib_mode=False)
+                    if trt_min_shape:
+                        name = "x"
+                        cfg.set_trt_dynamic_shape_info({name: trt_min_shape}, {name: trt_max_shape},
+                                                       {name: trt_opt_shape})
+                elif precision == "int8":
+                    raise DeployError("--precision int8 on GPU needs TensorRT (--use_trt true)")
+            else:
+                cfg.disable_gpu()
+                cfg.set_cpu_math_library_num_threads(threads)
+                if enable_mkldnn:
+                    cfg.enable_onednn()
+                    if precision == "int8":
+                        cfg.enable_onednn_int8(ONEDNN_INT8_OPS)
+                        self._optim_dir = self._optim_dir or optim_dir or _optim_cache_dir()
+                        cfg.enable_save_optim_model(True)
+                        cfg.set_optim_cache_dir(self._optim_dir)
+            for name in delete:
+                cfg.delete_pass(name)
+            return cfg
+
         self.device = device
         with compat.native_output(verbose):  # oneDNN's INT8 passes print ~30 lines
-            self.predictor = pi.create_predictor(cfg)
+            self.predictor = pi.create_predictor(config())
+        if self._optim_dir and precision == "int8":
+            bad = compat.unsafe_int8_residual_fusions(os.path.join(self._optim_dir, "_optimized.pdmodel"))
+            if bad:
+                logger.info("%s: %d INT8 convolution(s) with a residual add oneDNN would compute wrongly "
+                            "(u8/s8, e.g. %s): running without %s", dep["model_file"], len(bad), bad[0],
+                            compat.INT8_RESIDUAL_FUSE_PASS)
+                for f in glob.glob(os.path.join(self._optim_dir, "_optimized.*")):
+                    os.remove(f)  # written by the predictor just made: the proof must be the new one's
+                with compat.native_output(verbose):
+                    self.predictor = pi.create_predictor(config([compat.INT8_RESIDUAL_FUSE_PASS]))
         self.input_name = self.predictor.get_input_names()[0]
         if device == "cpu":
             self._check_int8()
