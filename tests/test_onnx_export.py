@@ -29,26 +29,39 @@ def test_qat_export_becomes_qdq_with_paddles_placement(exports):
     model = onnx_export.convert(dep)
     ops = [n.op_type for n in model.graph.node]
     pd_ops = paddle_op_types(exports / "int8")
-    # one QuantizeLinear per Paddle quantize_linear; batch norms stay (not folded)
-    assert ops.count("QuantizeLinear") == pd_ops.count("quantize_linear")
+    desc, pd = paddle_ops(exports / "int8")
+    rounding = sum(op.type() == "quantize_linear" and not (op.has_attr("only_observer")
+                                                           and op.attr("only_observer")) for op in pd)
+    # one QuantizeLinear per Paddle quantize_linear that rounds (observers are identity in
+    # Paddle, compat._output_observers_stay_identity); batch norms stay (not folded)
+    assert 0 < rounding < pd_ops.count("quantize_linear")
+    assert ops.count("QuantizeLinear") == rounding
     assert ops.count("BatchNormalization") == pd_ops.count("batch_norm") > 0
-    assert ops.count("Conv") == pd_ops.count("conv2d") + pd_ops.count("depthwise_conv2d")
+    # QAT leaves every convolution's output in float (its output observer is identity), so
+    # each convolution with a quantized input is a ConvInteger on the u8 input and the shifted
+    # int8 weights (one activation quantizer per such convolution); the others stay Conv
+    assert ops.count("ConvInteger") == rounding
+    assert ops.count("ConvInteger") + ops.count("Conv") == pd_ops.count("conv2d") + pd_ops.count(
+        "depthwise_conv2d")
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     by_out = {o: n for n in model.graph.node for o in n.output}
-    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
-        dq_w = by_out[conv.input[1]]
-        assert dq_w.op_type == "DequantizeLinear"
-        w, scale = inits[dq_w.input[0]], inits[dq_w.input[1]]
-        assert w.dtype == np.int8 and scale.shape == (w.shape[0],)  # per output channel
-        assert onnx.helper.get_attribute_value(dq_w.attribute[0]) == 0  # axis
-        assert by_out[conv.input[0]].op_type == "DequantizeLinear"
-        assert inits[by_out[conv.input[2]].input[0]].dtype == np.int32  # bias for QLinearConv
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for conv in (n for n in model.graph.node if n.op_type == "ConvInteger"):
+        assert by_out[conv.input[0]].op_type == "QuantizeLinear"
+        w = inits[conv.input[1]]
+        assert w.dtype == np.uint8 and int(inits[conv.input[3]]) == 128  # int8 + 128
+        cast = consumers[conv.output[0]][0]
+        mul = consumers[cast.output[0]][0]
+        assert mul.op_type == "Mul" and inits[mul.input[1]].shape == (1, w.shape[0], 1, 1)
     fp32 = onnx_export.convert(deploy.load_deploy_config(str(exports / "fp32")))
     assert len(model.SerializeToString()) < 0.35 * len(fp32.SerializeToString())
 
 
 def test_corrupted_qdq_model_is_refused(exports):
-    """A scale multiplied by 10 (the first convolution's weights) fails the deviation check."""
+    """A scale multiplied by 10 (the first convolution's output scale) fails the deviation check."""
     dep = deploy.load_deploy_config(str(exports / "int8"))
     model = onnx_export.convert(dep)
     pred = deploy.create_predictor(str(exports / "fp32"), threads=1)
@@ -56,9 +69,10 @@ def test_corrupted_qdq_model_is_refused(exports):
     pred.close()
     sess = onnx_runtime.session(model.SerializeToString(), 2)
     assert onnx_export.check(dep, lambda x: sess.run(None, {"x": x})[0], batch) >= 0.99
-    first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    dq_w = next(n for n in model.graph.node if first_conv.input[1] in n.output)
-    t = next(t for t in model.graph.initializer if t.name == dq_w.input[1])
+    first_conv = next(n for n in model.graph.node if n.op_type == "ConvInteger")
+    cast = next(n for n in model.graph.node if first_conv.output[0] in n.input)
+    mul = next(n for n in model.graph.node if cast.output[0] in n.input)  # x scale * w scale
+    t = next(t for t in model.graph.initializer if t.name == mul.input[1])
     t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 10, t.name))
     sess = onnx_runtime.session(model.SerializeToString(), 2)
     with pytest.raises(deploy.DeployError, match="deviates from Paddle's fake-quantized"):
@@ -73,7 +87,8 @@ def test_export_onnx_script(exports, synth, tmp_path, caplog):
     assert res["precision"] == "int8" and sum(res["int8_kernels"].values()) >= 40
     assert res["agreement_with_paddle"] >= 0.99
     model = onnx.load(str(out))
-    assert sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer) >= 40
+    assert sum(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)  # weights: u8 = int8 + 128
+               for t in model.graph.initializer) >= 40
     stamp = out.stat().st_mtime_ns
     with pytest.raises(SystemExit):
         run_script("deploy/python/export_onnx.py", args)
