@@ -676,7 +676,10 @@ def _output_observers_stay_identity():
     rounds every quantized layer's output to 8 bits, which the trained model
     never did. Measured on the zoo's PP-MobileSeg: the INT8 export run by
     paddle's own executor agreed with its fake-quant model on 87-98% of an
-    image's pixels. Here the pair is written with ``only_observer=True``, as
+    image's pixels. (Where a quantized layer's output feeds the next quantized
+    layer directly, paddle drops that layer's input quantizer and lets this
+    pair round instead, with the producer's scale: such a pair stays.) Here
+    every other pair is written with ``only_observer=True``, as
     paddle's PTQ export writes its observers: Paddle runs it as identity, the
     scale stays in the program for the runtimes that read it, and OpenVINO and
     the ONNX writer drop it (``drop_observer_only_quant``).
@@ -686,6 +689,11 @@ def _output_observers_stay_identity():
 
     def _replace_op(self, graph, op):
         if op.name() != "moving_average_abs_max_scale":
+            return original(self, graph, op)
+        out = graph._find_node_by_name(op.outputs, op.output("Out")[0])
+        if any(n.name() in qp._fake_quant_dequant_op_list for n in out.outputs):
+            # the next layer's input quantizer was dropped in favour of this pair
+            # (apply(): a quantizer reading an observer's output): it must round
             return original(self, graph, op)
         create = graph.create_op_node
 
