@@ -25,10 +25,12 @@ drop the quantization (float weights, no Q/DQ), "rknn" keeps 34 of 110 pairs and
    Paddle's scales (ONNX scale = Paddle scale / (2^(bits-1) - 1)) on the same
    tensors as in Paddle; weights stay int8 initializers (the file is ~1/4 of
    FP32), dequantized per output channel; batch norms stay where Paddle has them.
-3. A quantized convolution whose output Paddle quantizes (QAT exports quantize
-   every conv output before its batch norm) gets its bias add as an int32 Conv
+3. A quantized convolution whose output Paddle quantizes (a QAT conv feeding
+   another quantized conv directly) gets its bias add as an int32 Conv
    bias: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only with one. One
-   whose output Paddle leaves in float (PTQ exports) becomes ConvInteger + Mul by
+   whose output Paddle leaves in float (every other QAT conv: their output
+   observers are identity, compat._output_observers_stay_identity; PTQ
+   exports) becomes ConvInteger + Mul by
    (input scale x weight scale): ONNX Runtime has no INT8 conv with a float output
    and would run DQ -> Conv in float.
 

@@ -1,7 +1,7 @@
 """ONNX Runtime (CPU execution provider) on our exports, converted to ONNX at load.
 
     pred = create_predictor("output/qat_infer", runtime="onnxruntime", threads=2)
-    pred.int8_ops()        # {'QLinearConv': 56}: INT8 kernels in ONNX Runtime's optimized graph
+    pred.int8_ops()        # {'ConvInteger': 54}: INT8 kernels in ONNX Runtime's optimized graph
 
 The export is converted in memory by ``onnx_export.convert`` (FP32 through
 paddle2onnx; INT8 as a QDQ model with Paddle's quantization placement) and
