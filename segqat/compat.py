@@ -465,11 +465,13 @@ def _stored_weight(var):
 
 def _is_plain_1x1(weight, stride, padding, dilation):
     """A 1x1 filter at stride 1, dilation 1, no padding: a per-pixel matrix product."""
-    def ones(v):
-        return all(int(t) == 1 for t in ([v] if isinstance(v, int) else v))
-    pad_none = padding in (0, "VALID", [0, 0], [0, 0, 0, 0], (0, 0)) or (
-        isinstance(padding, (list, tuple)) and all(isinstance(p, int) and p == 0 for p in padding))
-    return list(weight.shape[2:]) == [1, 1] and ones(stride) and ones(dilation) and pad_none
+    from numbers import Integral
+
+    def all_equal(v, want):
+        return all(isinstance(t, Integral) and t == want for t in ([v] if isinstance(v, Integral) else v))
+    no_padding = padding == "VALID" or (not isinstance(padding, str) and all_equal(padding, 0))
+    return list(weight.shape[2:]) == [1, 1] and all_equal(stride, 1) and all_equal(dilation, 1) \
+        and no_padding
 
 
 def _conv1x1_as_matmul(x, weight, bias, groups):
@@ -478,7 +480,7 @@ def _conv1x1_as_matmul(x, weight, bias, groups):
     g = int(groups)
     cg = int(weight.shape[1])
     xt = paddle.transpose(x, [0, 2, 3, 1])                       # N H W C
-    if g == 1:
+    if g == 1:  # RTFormer at batch 1: a plain 4-D matmul, no 6-D broadcast for oneDNN
         w = paddle.transpose(paddle.reshape(weight, [-1, cg]), [1, 0])  # C O
         out = paddle.matmul(xt, w)                               # N H W O
     else:
@@ -1301,9 +1303,10 @@ BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass", "repeate
 # in the convolution's output type. When one is u8 (after relu/relu6) and the
 # other s8, the residual's bytes are read in the wrong type: values above 127
 # become negative. Measured: a conv-BN-relu / conv-BN-relu-conv-BN + add block
-# (tests/test_runtimes.py) was 54-72% off its fake-quant output with the fusion,
-# 3-9% without; the zoo's TopFormer agreed with fake quant on 77% of pixels
-# (INT8 mIoU 34.7 vs 49.1) and 95% (50.0) without it.
+# (tests/test_old_ir_ops.py::test_int8_residual_add_of_u8_and_s8_runs_unfused)
+# was 64-70% off its fake-quant output with the fusion, 3-10% without; the
+# zoo's TopFormer agreed with fake quant on 77% of pixels (INT8 mIoU 34.7 vs
+# 49.1) and 95% (50.0) without it.
 INT8_RESIDUAL_FUSE_PASS = "conv_elementwise_add_onednn_fuse_pass"
 _UNSIGNED_ACTS = ("relu", "relu6")
 
