@@ -5,6 +5,8 @@ process, frequency changes) evenly over the models being compared, so the
 INT8/FP32 ratio is fair even when absolute times drift.
 """
 import logging
+import os
+import platform
 import time
 
 import numpy as np
@@ -35,3 +37,31 @@ def summarize(times, batch_size=1):
                      "mean_ms": float(ms.mean()), "runs": len(ts),
                      "images_per_s": float(1000 / np.median(ms))}
     return out
+
+
+# CPU features that decide what INT8 gains on x86: VNNI (AVX512_VNNI or AVX_VNNI) gives oneDNN
+# u8s8 dot products in one instruction; without it INT8 convolutions can be slower than FP32
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def machine():
+    """The CPU a timing ran on: name, cores, the ISA_FLAGS it has, load average."""
+    name, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    name = ln.split(":", 1)[1].strip()
+                elif ln.startswith("flags"):
+                    flags = set(ln.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags],
+            "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}), "load_average_1min": os.getloadavg()[0]}
+
+
+def isa_label(m):
+    """'VNNI' / 'AVX2, no VNNI' for a machine() record (older records without flags: '')."""
+    if not m or "vnni" not in m:
+        return ""
+    return "VNNI" if m["vnni"] else ("AVX2, no VNNI" if "avx2" in m.get("isa", ()) else "no VNNI")

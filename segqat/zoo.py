@@ -60,6 +60,8 @@ import sys
 import threading
 import time
 
+from . import bench
+
 logger = logging.getLogger(__name__)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -600,10 +602,11 @@ def measure_latency(entry_dir, cpu_threads=2, warmup=3, repeats=10):
     1x3x512x1024 first; a model that fails at that size is timed at 512x512 and
     the first error is kept."""
     import numpy as np
-    from . import bench, deploy
+    from . import deploy
     out = os.path.join(entry_dir, "latency")
     os.makedirs(out, exist_ok=True)
     load_before = os.getloadavg()[0]
+    host = bench.machine()
     preds = {"fp32": deploy.create_predictor(os.path.join(entry_dir, "fp32_infer"), precision="fp32",
                                          threads=cpu_threads),
              "int8": deploy.create_predictor(os.path.join(entry_dir, "int8_infer"), precision="int8",
@@ -623,7 +626,7 @@ def measure_latency(entry_dir, cpu_threads=2, warmup=3, repeats=10):
                   "fp32_ms": s["fp32"]["median_ms"], "int8_ms": s["int8"]["median_ms"],
                   "fp32_p90_ms": s["fp32"]["p90_ms"], "int8_p90_ms": s["int8"]["p90_ms"],
                   "ratio": s["int8"]["median_ms"] / s["fp32"]["median_ms"], "errors": errors,
-                  "load_average_1min": [load_before, os.getloadavg()[0]]}
+                  "load_average_1min": [load_before, os.getloadavg()[0]], "machine": host}
         break
     for p in preds.values():
         p.close()
@@ -772,8 +775,9 @@ def markdown(rows, meta):
             size = f"{r['params_ratio']:.2f} ({r['params_mb_fp32']:.1f} -> {r['params_mb_int8']:.1f} MB)"
         if "latency" in r:
             la = r["latency"]
+            isa = bench.isa_label(la.get("machine"))
             lat = (f"{la['ratio']:.2f} ({la['fp32_ms']:.0f} -> {la['int8_ms']:.0f} ms, "
-                   f"{la['input_shape'][2]}x{la['input_shape'][3]})")
+                   f"{la['input_shape'][2]}x{la['input_shape'][3]}{', ' + isa if isa else ''})")
         elif "latency_error" in r:
             lat = "failed: " + r["latency_error"]
         else:
@@ -788,8 +792,12 @@ def markdown(rows, meta):
               "interleaved runs, batch 1, 2 threads, 1x3x512x1024 (or 512x512 where a model fails at "
               "that size), measured separately on an idle machine "
               "(`python tools/zoo.py --phase latency`).", ""]
+    if meta.get("carried_over"):
+        lines += [f"Rows of {', '.join(meta['carried_over'])} are carried over from an earlier run of this "
+                  "table whose work dir is not here; their configs are unchanged since (same file hash).", ""]
     if meta.get("runs"):
-        lines.append("Runs (work dir `" + meta["work_dir"] + "`):")
+        lines.append("Runs (work dir `" + meta["work_dir"] + "`" + (" and earlier ones" if meta.get("carried_over")
+                                                                    else "") + "):")
         lines += [f"- {r['time']} {r['event']}: `{r['command']}`"
                   + (f" ({r['seconds']} s)" if r.get("seconds") is not None else "") for r in meta["runs"]]
         lines.append("")
@@ -820,8 +828,10 @@ def plot(rows, path):
         if "latency" in r:
             la = r["latency"]
             a2.barh(yi, la["ratio"], color="#8d8" if la["ratio"] <= 0.5 else "#fc6")
+            isa = bench.isa_label(la.get("machine"))
             a2.text(la["ratio"] + 0.01, yi, f"{la['ratio']:.2f} ({la['fp32_ms']:.0f}->{la['int8_ms']:.0f} ms"
-                    f"{'' if la['input_shape'][3] == 1024 else ', 512x512'})", va="center", fontsize=7)
+                    f"{'' if la['input_shape'][3] == 1024 else ', 512x512'}{', ' + isa if isa else ''})",
+                    va="center", fontsize=7)
         else:
             a2.text(0.02, yi, "not measured" if "latency_error" not in r else "failed", va="center",
                     fontsize=7, color="#777")
@@ -848,14 +858,23 @@ def write_outputs(state, entries, args):
     """zoo.md, zoo.json and zoo.png in args.out_dir from the state of every entry."""
     with state.lock:
         data = json.loads(json.dumps(state.data))
-    rows = []
+    previous, previous_meta = _previous_table(args.out_dir)
+    rows, carried = [], []
     for name, config in entries.items():
-        e = data.get(name)
-        if e and e.get("config_hash") != _file_hash(config):  # results of an earlier version
+        e, config_hash = data.get(name), _file_hash(config)
+        old = previous.get(name)
+        if e and e.get("config_hash") != config_hash:  # results of an earlier version
             row = entry_row(name, None)
             row["reason"] = f"{os.path.relpath(config, ROOT)} changed since its last build: not built with it yet"
+        elif not e and old and old.get("status") != "…" and old.get("config_hash") == config_hash:
+            # built by an earlier run whose work dir is not here (another machine, a fresh
+            # clone): the table keeps that run's row as long as the config is the same
+            row = dict(old, carried_over=True)
+            carried.append(name)
         else:
             row = entry_row(name, e, args.work_dir)
+            row["config_hash"] = config_hash
+            row.pop("carried_over", None)
         rows.append(row)
     phase_seconds = {}
     for e in data.values():
@@ -870,13 +889,39 @@ def write_outputs(state, entries, args):
     meta = {"command": "python tools/zoo.py " + " ".join(getattr(args, "argv", []) or []),
             "updated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "paddle": pv,
             "work_dir": args.work_dir, "phase_seconds": phase_seconds, "min_agreement": MIN_AGREEMENT,
-            "runs": _read_runs(args.work_dir)}
+            "runs": _merge_runs(previous_meta.get("runs", []) if carried else [], _read_runs(args.work_dir)),
+            "carried_over": carried}
     os.makedirs(args.out_dir, exist_ok=True)
     _write_json(os.path.join(args.out_dir, "zoo.json"), {"meta": meta, "rows": rows})
     with open(os.path.join(args.out_dir, "zoo.md"), "w") as f:
         f.write(markdown(rows, meta))
     plot(rows, os.path.join(args.out_dir, "zoo.png"))
     return rows
+
+
+def _previous_table(out_dir):
+    """Rows ({model: row}) and meta of out_dir/zoo.json as an earlier run wrote it."""
+    path = os.path.join(out_dir, "zoo.json")
+    if not os.path.isfile(path):
+        return {}, {}
+    try:
+        with open(path) as f:
+            table = json.load(f)
+        return {r["model"]: r for r in table["rows"]}, table.get("meta", {})
+    except (ValueError, KeyError, TypeError) as e:
+        raise ZooError(f"{path}: not a zoo table ({type(e).__name__}: {e}); move it away or give another "
+                       "--out_dir") from e
+
+
+def _merge_runs(*lists):
+    """Run records of several work dirs, each once, in time order."""
+    seen, out = set(), []
+    for r in sorted((r for runs in lists for r in runs), key=lambda r: r["time"]):
+        key = (r["time"], r["event"], r["command"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def _read_runs(work_dir):

@@ -130,3 +130,41 @@ def test_row_marks():
         "status": "failed", "seconds": 2.0, "reason": "qat_train: TypeError: boom"}}})
     assert failed["status"] == "✗" and failed["failed_step"] == "qat_train"
     assert failed["reason"] == "qat_train: TypeError: boom"
+
+
+def test_table_keeps_rows_built_elsewhere_while_their_config_is_unchanged(tmp_path):
+    """A zoo run in a new work dir (a fresh clone, another machine) rewrites the table without
+    losing the rows it did not rebuild, unless their config changed since."""
+    import threading
+    from types import SimpleNamespace
+    from segqat.zoo import _file_hash, write_outputs
+    cfgs, out = tmp_path / "configs", tmp_path / "out"
+    cfgs.mkdir()
+    out.mkdir()
+    for n in ("kept", "edited", "rebuilt"):
+        (cfgs / f"{n}.yml").write_text(f"# {n}\n")
+    entries = {n: str(cfgs / f"{n}.yml") for n in ("edited", "kept", "rebuilt")}
+    old_run = {"event": "end", "time": "2026-01-01T00:00:00", "command": "python tools/zoo.py --old",
+               "seconds": 5}
+    old_row = {"status": "✓", "reason": None, "model_type": "X", "build_seconds": 9.0, "int8_convs": 5,
+               "all_convs": 5, "agreement_int8_vs_fake_quant": 0.995}
+    (out / "zoo.json").write_text(json.dumps({"meta": {"runs": [old_run]}, "rows": [
+        dict(old_row, model="kept", config_hash=_file_hash(entries["kept"])),
+        dict(old_row, model="edited", config_hash="0123456789ab"),
+        dict(old_row, model="rebuilt", config_hash=_file_hash(entries["rebuilt"]))]}))
+    failed = {"status": "failed", "seconds": 1.0, "reason": "fp32_train: RuntimeError: boom"}
+    state = SimpleNamespace(lock=threading.Lock(), data={"rebuilt": {
+        "config_hash": _file_hash(entries["rebuilt"]), "steps": {"fp32_train": failed}}})
+    args = SimpleNamespace(out_dir=str(out), work_dir=str(tmp_path / "work"), argv=["--phase", "report"])
+    rows = {r["model"]: r for r in write_outputs(state, entries, args)}
+    assert rows["kept"]["status"] == "✓" and rows["kept"]["carried_over"] is True
+    assert rows["kept"]["agreement_int8_vs_fake_quant"] == 0.995
+    assert rows["edited"]["status"] == "…" and "carried_over" not in rows["edited"]  # its config changed
+    assert rows["rebuilt"]["status"] == "✗" and rows["rebuilt"]["reason"] == failed["reason"]
+    saved = json.loads((out / "zoo.json").read_text())
+    assert saved["meta"]["carried_over"] == ["kept"] and saved["meta"]["runs"] == [old_run]
+    assert "Rows of kept are carried over" in (out / "zoo.md").read_text()
+    # a carried row is carried again by the next report, and dropped once its config changes
+    (cfgs / "kept.yml").write_text("# kept, edited\n")
+    rows = {r["model"]: r for r in write_outputs(state, entries, args)}
+    assert rows["kept"]["status"] == "…" and "carried_over" not in rows["kept"]

@@ -18,7 +18,6 @@ Run it on an otherwise idle machine.
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 
@@ -41,16 +40,6 @@ def get_args_parser():
     return p
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
 
 def main(args):
     import numpy as np
@@ -60,7 +49,7 @@ def main(args):
     if args.model_path and len(args.config) > 1:
         raise ValueError("--model_path goes with a single --config")
     cli.setup(args)
-    results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "paddle": paddle.__version__},
+    results = {"machine": dict(bench.machine(), paddle=paddle.__version__),
                "input_shape": args.input_shape, "cpu_threads": args.cpu_threads,
                "runtimes": list(args.runtimes),
                "warmup": args.warmup, "repeats": args.repeats, "models": {}}
