@@ -42,7 +42,7 @@ from typing import List, Optional
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import yaml
 
-from . import builder, engine, ptq, quant
+from . import builder, engine, export, ptq, quant
 from .config import ConfigError
 from . import outputs
 from .engine import _fmt_eta
@@ -135,7 +135,8 @@ def _quantized(cfg, fp32_state, qc, extra_skips, scales=None):
     with paddle.utils.unique_name.guard():
         model = builder.build_model(cfg)
         model.set_state_dict(fp32_state)
-        quant.quantize(model, dict(qc, skip_layers=list(qc.get("skip_layers") or []) + list(extra_skips)))
+        quant.quantize(model, dict(qc, skip_layers=list(qc.get("skip_layers") or []) + list(extra_skips)),
+                       in_channels=export.in_channels(cfg))
     if scales is not None:
         own = {k: t for k, t in model.state_dict().items() if quant._is_quant_key(k)}
         missing = set(own) - set(scales)

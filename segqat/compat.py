@@ -64,6 +64,15 @@ logger = logging.getLogger(__name__)
 PADDLE_VERSION = paddle.__version__
 
 
+# paddle 3.3.1's ImperativeQuantAware(fuse_conv_bn=True), which paddleslim's QAT config
+# passes on, does not fold: quantization/imperative/fuse_utils.fuse_conv_bn folds a deep copy
+# (fuse_layers(..., inplace=False)) and drops it. segqat folds itself (quant.fold_batch_norms)
+# and always gives paddleslim fuse_conv_bn=False; tests/test_quant_options.py checks both.
+def paddleslim_qat_config(cfg):
+    """paddleslim QAT config with paddle's no-op folding switched off (see above)."""
+    return dict(cfg, fuse_conv_bn=False)
+
+
 def scalar(t):
     """Python float of a 0-d or 1-element tensor (numpy 2.x safe)."""
     return float(np.asarray(t.numpy()).reshape(-1)[0])

@@ -328,7 +328,9 @@ def quantize_static(fp32_dir, out_dir, calib, opts, qc, skip_tensors):
                 algo=opts.algo, hist_percent=opts.hist_percent, quantizable_op_type=ops,
                 weight_bits=int(qc["weight_bits"]), activation_bits=int(qc["activation_bits"]),
                 weight_quantize_type=qc["weight_quantize_type"], onnx_format=True,
-                skip_tensor_list=skip_tensors or None)
+                skip_tensor_list=skip_tensors or None,
+                # fold batch norm into the convolutions before quantizing their weights
+                optimize_model=bool(qc["fuse_conv_bn"]))
     return ops
 
 

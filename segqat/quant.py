@@ -26,6 +26,8 @@ import logging
 import numpy as np  # noqa: F401  (before paddle, see compat)
 
 from . import builder
+from . import compat
+from . import export
 from . import weights
 from .weights import WeightsError
 from .config import ConfigError
@@ -211,17 +213,136 @@ def pact_layer(alpha_init):
 def make_quanter(qc, pact=None):
     from paddleslim import QAT
     cfg = {k: v for k, v in qc.items() if k not in _OWN_KEYS}
+    cfg = compat.paddleslim_qat_config(cfg)  # quantize() folds batch norms itself
     cfg["onnx_format"] = True  # real int8 weights with quantize/dequantize_linear ops
     use_pact = qc.get("pact") if pact is None else pact
     return QAT(config=cfg, act_preprocess=pact_layer(qc["pact_alpha_init"]) if use_pact else None)
 
 
-def quantize(model, qc, pact=None):
-    """Insert fake-quant layers into ``model`` in place; returns the quanter."""
+def quantize(model, qc, pact=None, in_channels=3):
+    """Insert fake-quant layers into ``model`` in place; returns the quanter.
+
+    With ``fuse_conv_bn: true`` the batch norms that follow a convolution are
+    first folded into it (``fold_batch_norms``), so the weights are quantized as
+    a target that folds before quantizing sees them."""
+    if qc.get("fuse_conv_bn"):
+        fold_batch_norms(model, in_channels)
     _mark_skipped(model, qc)
     quanter = make_quanter(qc, pact)
     quanter.quantize(model)
     return quanter
+
+
+def fold_batch_norms(model, in_channels=3, size=64):
+    """Fold every BatchNorm whose input is a Conv2D's output into that convolution, in place.
+
+    W' = W * g / sqrt(var + eps) per output channel, b' = (b - mean) * g / sqrt(var + eps)
+    + beta, with the BN's running statistics; the BN becomes an identity, and a
+    convolution without bias gets one. The pairs are found by running the model
+    once (hooks: the BN's input is the very tensor a Conv2D returned), and the folded
+    model is checked against the original on that input (eval mode): a convolution
+    whose output is also used elsewhere (a residual branch before the BN) would
+    change that other use, and is an error naming the pair. Returns the folded
+    (conv, bn) layer names. During training the folded model has no batch
+    statistics: the BN is frozen at its running averages, as QAT with folding does.
+    """
+    import copy
+    import paddle
+    from paddle.nn.layer.norm import _BatchNormBase
+    layers = dict(model.named_sublayers())
+    names = {id(layer): n for n, layer in layers.items()}
+    produced, pairs, keep, hooks = {}, [], [], []
+
+    def after_conv(layer, inputs, output):
+        produced[id(output)] = names[id(layer)]
+        keep.append(output)  # ids stay unique while the run lasts
+
+    def before_bn(layer, inputs):
+        conv = produced.get(id(inputs[0]))
+        bn = names[id(layer)]
+        if conv and all(c != conv for c, _ in pairs) and getattr(layer, "_data_format", "NCHW") == "NCHW" \
+                and layers[conv]._data_format == "NCHW" and layer.weight.shape[0] == layers[conv].weight.shape[0]:
+            pairs.append((conv, bn))
+
+    for layer in layers.values():
+        if isinstance(layer, paddle.nn.Conv2D):
+            hooks.append(layer.register_forward_post_hook(after_conv))
+        elif isinstance(layer, _BatchNormBase):
+            hooks.append(layer.register_forward_pre_hook(before_bn))
+    was_training = model.training
+    model.eval()
+    x = paddle.to_tensor(np.random.RandomState(0).rand(1, in_channels, size, size).astype("float32") * 2 - 1)
+    try:
+        with paddle.no_grad():
+            reference = _first_output(model(x)).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+        keep.clear()
+    original = copy.deepcopy(model) if pairs else None
+    for conv_name, bn_name in pairs:
+        conv, bn = layers[conv_name], layers[bn_name]
+        scale = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
+        w = conv.weight.numpy()
+        b = conv.bias.numpy() if conv.bias is not None else np.zeros(w.shape[0], "float32")
+        conv.weight.set_value((w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype))
+        if conv.bias is None:
+            conv.bias = conv.create_parameter([w.shape[0]], is_bias=True)
+        conv.bias.set_value(((b - bn._mean.numpy()) * scale + bn.bias.numpy()).astype("float32"))
+        parent_name, _, attr = bn_name.rpartition(".")
+        parent = layers[parent_name] if parent_name else model
+        parent._sub_layers[attr] = paddle.nn.Identity()
+    if pairs:
+        with paddle.no_grad():
+            folded = _first_output(model(x)).numpy()
+        err = float(np.abs(folded - reference).max())
+        if not err <= 1e-3 * max(1.0, float(np.abs(reference).max())):
+            bad = _first_unfoldable(original, pairs, x, reference)
+            raise ConfigError(
+                f"quant_config.fuse_conv_bn: folding batch norm into the convolutions of "
+                f"{type(model).__name__} changes its output (max difference {err:.3g}); the pair "
+                f"{bad} cannot be folded (the convolution's output is also used elsewhere). "
+                "Set fuse_conv_bn: false")
+    logger.info("fuse_conv_bn: folded %d batch norms into their convolutions", len(pairs))
+    if was_training:
+        model.train()
+    return pairs
+
+
+def _first_output(out):
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _first_unfoldable(model, pairs, x, reference):
+    """The first (conv, bn) pair whose folding alone changes ``model``'s output."""
+    import copy
+    import paddle
+    for pair in pairs:
+        trial = copy.deepcopy(model)
+        layers = dict(trial.named_sublayers())
+        conv, bn = layers[pair[0]], layers[pair[1]]
+        scale = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
+        conv.weight.set_value(conv.weight.numpy() * scale.reshape(-1, 1, 1, 1))
+        if conv.bias is not None:
+            conv.bias.set_value(conv.bias.numpy() * scale)
+        shift = bn._mean.numpy() * scale - bn.bias.numpy()
+        parent_name, _, attr = pair[1].rpartition(".")
+        (layers[parent_name] if parent_name else trial)._sub_layers[attr] = _Shift(shift)
+        with paddle.no_grad():
+            out = _first_output(trial(x)).numpy()
+        if not np.abs(out - reference).max() <= 1e-3 * max(1.0, float(np.abs(reference).max())):
+            return f"{pair[0]} -> {pair[1]}"
+    return "?"
+
+
+def _Shift(shift):
+    """y = x - shift per channel (a folded BN's bias part, for _first_unfoldable)."""
+    import paddle
+
+    class Shift(paddle.nn.Layer):
+        def forward(self, x):
+            return x - paddle.to_tensor(shift.reshape(1, -1, 1, 1))
+    return Shift()
 
 
 def calibrate(model, batches, reset=True):
@@ -282,7 +403,7 @@ def without_pact(cfg, model, qc):
     state = {k: v for k, v in model.state_dict().items() if _PACT_KEY_MARK not in k}
     with paddle.utils.unique_name.guard():
         plain = builder.build_model(cfg)
-        quanter = quantize(plain, qc, pact=False)
+        quanter = quantize(plain, qc, pact=False, in_channels=export.in_channels(cfg))
     own = plain.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
@@ -324,11 +445,11 @@ def _build_model(cfg, weights, quantized, stage):
         if not weights:
             raise WeightsError("--model_path is required: QAT starts from trained FP32 weights")
         _load(model, weights, expect_quant=False)
-        quanter = quantize(model, qc)
+        quanter = quantize(model, qc, in_channels=export.in_channels(cfg))
     else:
         if not weights:
             raise WeightsError("--model_path is required: the QAT weights (save_dir/best_model/model.pdparams)")
-        quanter = quantize(model, qc)
+        quanter = quantize(model, qc, in_channels=export.in_channels(cfg))
         _load(model, weights, expect_quant=True)
         if stage == "export" and qc["pact"]:
             model, quanter = without_pact(cfg, model, qc)

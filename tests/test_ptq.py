@@ -98,6 +98,16 @@ def test_ptq_int8_export_agrees_with_fp32(algo, syn_cfg, synth, fp32_run, export
     assert f"[EVAL] #Images: 12 mIoU: {saved['mIoU']:.4f}" in caplog.text
 
 
+def test_fuse_conv_bn_folds_before_quantizing(syn_cfg, fp32_run, exports, tmp_path):
+    """quant_config.fuse_conv_bn: paddleslim folds the batch norms into the convolutions
+    before quantizing their weights (optimize_model), as per-tensor targets need."""
+    out = tmp_path / "ptq_fold"
+    run_ptq(syn_cfg, fp32_run, out, "--algo", "abs_max", "--batch_nums", 1,
+            "--opts", "quant_config.fuse_conv_bn=true")
+    assert op_counts(exports / "fp32" / "model.pdmodel")["batch_norm"] > 30
+    assert op_counts(out / "model.pdmodel")["batch_norm"] == 0
+
+
 def test_random_calibration_warns(syn_cfg, fp32_run, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "ptq_random"

@@ -191,3 +191,82 @@ def test_pact_clipping_reaches_the_exported_scales(tmp_path):
     # output scale (1 of 55 in BiSeNetV2: a conv without BN feeding convs), see README.
     assert sum(clipped) >= 0.9 * len(clipped), with_pact
     assert sum(v <= alpha * 1.001 for v in plain) <= 0.1 * len(plain), plain
+
+
+def test_paddles_own_conv_bn_fusion_does_nothing():
+    """Why segqat folds itself (compat.paddleslim_qat_config): paddle 3.3.1's fuse_conv_bn,
+    which ImperativeQuantAware(fuse_conv_bn=True) calls, leaves the model as it was."""
+    from paddle.quantization.imperative import fuse_utils
+    model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3), paddle.nn.BatchNorm2D(4))
+    fuse_utils.fuse_conv_bn(model)
+    assert isinstance(model[1], paddle.nn.BatchNorm2D)
+    assert quant.make_quanter(dict(quant.DEFAULT_QUANT_CONFIG, fuse_conv_bn=True)).config["fuse_conv_bn"] is False
+
+
+def _trained_bn_statistics(model, seed=0):
+    """Batch-norm statistics far from their initial 0 / 1, as training leaves them."""
+    rng = np.random.RandomState(seed)
+    for layer in model.sublayers():
+        if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
+            n = layer.weight.shape[0]
+            layer._mean.set_value(rng.randn(n).astype("float32"))
+            layer._variance.set_value(rng.uniform(0.01, 4, n).astype("float32"))
+            layer.weight.set_value(rng.uniform(0.2, 2, n).astype("float32"))
+            layer.bias.set_value(rng.randn(n).astype("float32"))
+
+
+def test_fold_batch_norms_keeps_the_output(tmp_path):
+    cfg = load_config(str(SYN_CONFIG))
+    model, _ = quant.build_model(cfg)
+    _trained_bn_statistics(model)
+    model.eval()
+    x = paddle.to_tensor(np.random.RandomState(1).rand(1, 3, 64, 64).astype("float32"))
+    before = model(x)[0].numpy()
+    n_bn = sum(isinstance(m, paddle.nn.layer.norm._BatchNormBase) for m in model.sublayers())
+    pairs = quant.fold_batch_norms(model)
+    after = model(x)[0].numpy()
+    left = sum(isinstance(m, paddle.nn.layer.norm._BatchNormBase) for m in model.sublayers())
+    assert len(pairs) >= 0.8 * n_bn and left == n_bn - len(pairs)  # BiSeNetV2: nearly every BN follows a conv
+    assert np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
+    assert not any(k.endswith(("._mean", "._variance")) and pairs[0][1] in k for k in model.state_dict())
+
+
+def test_fold_refuses_a_convolution_whose_output_is_used_twice():
+    class Residual(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(3, 3, 3, padding=1)
+            self.bn = paddle.nn.BatchNorm2D(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # folding the BN into conv would change the second use of y
+
+    model = Residual()
+    _trained_bn_statistics(model)
+    with pytest.raises(ConfigError, match=r"fuse_conv_bn.*the pair conv -> bn cannot be folded"):
+        quant.fold_batch_norms(model)
+
+
+def test_fuse_conv_bn_qat_exports_int8(tmp_path, fp32_run):
+    """fuse_conv_bn: true in QAT: the quantizers see folded weights (the BNs are gone), and
+    qat_val / qat_export rebuild the same folded model, export it and run it INT8."""
+    cfg = load_config(str(write_config(tmp_path / "f.yml", extra="quant_config:\n  fuse_conv_bn: true\n"
+                                                                "  weight_granularity: per_tensor\n")))
+    weights = str(fp32_run / "best_model" / "model.pdparams")
+    model, quanter = quant.build_model(cfg, weights, quantized=True, stage="train")
+
+    def n_bn(m):
+        return sum(isinstance(x, paddle.nn.layer.norm._BatchNormBase) for x in m.sublayers())
+    plain, _ = quant.build_model(cfg, weights)
+    assert n_bn(model) < n_bn(plain) / 5
+    quant.calibrate(model, [np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32")])
+    paddle.save(model.state_dict(), str(tmp_path / "qat.pdparams"))
+    # qat_val / qat_export build the same folded structure and load those weights
+    again, quanter = quant.build_model(cfg, str(tmp_path / "qat.pdparams"), quantized=True, stage="export")
+    export.export_model(cfg, again, str(tmp_path / "qat_infer"), quanter=quanter)
+    pred = deploy.create_predictor(str(tmp_path / "qat_infer"), precision="int8", threads=1)
+    assert sum(pred.int8_ops().values()) > 20
+    pred.close()
+    # the BNs left (not after a conv; some only in the training heads) are all the program has
+    assert ptq.program_op_counts(str(tmp_path / "qat_infer" / "model.pdmodel"))["batch_norm"] <= n_bn(model)
