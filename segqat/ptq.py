@@ -400,7 +400,7 @@ def run_ptq(cfg, model_path, save_dir, opts):
             "calibration": calib.source, "calibration_detail": calib.describe,
             "accuracy_meaningful": not calib.random,
             "model_path": os.path.abspath(model_path), "config": os.path.abspath(cfg.path),
-            "weight_quantize_type": qc["weight_quantize_type"],
+            "weight_quantize_type": qc["weight_quantize_type"], "fuse_conv_bn": bool(qc["fuse_conv_bn"]),
             "quantizable_op_type": ops, "skipped_weights": skip_tensors,
             "quantize_linear_ops": counts.get("quantize_linear", 0),
             "dequantize_linear_ops": counts.get("dequantize_linear", 0),

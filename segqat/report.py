@@ -77,8 +77,10 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     when there are several); each INT8 row is compared with the FP32 model on
     its own runtime. ``qat_model_path`` (optional) are the QAT weights of the
     first INT8 model: its fake-quant model is evaluated too, and compared with
-    that model on each runtime. All predictors are timed interleaved on the
-    same input with the same thread count.
+    that model on each runtime. The predictors of a runtime are timed
+    interleaved on the same input with the same thread count; runtimes one
+    after another (``bench.interleaved_latency``: a runtime's spinning threads
+    slow whatever runs after them).
 
     Returns the results dict and writes results.json, results.md and plots.
     """
@@ -143,7 +145,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
 
     # latency: interleaved on the first image's preprocessed input
     x = preds[ref].preprocess(to_bgr8(val_ds.read(0)[0]))[0][None]
-    lat = bench.summarize(bench.interleaved_latency(preds, x, warmup, repeats))
+    lat = bench.summarize(bench.interleaved_latency(preds, x, warmup, repeats, group=lambda k: rows[k][0]))
     n_params, flops = count_params_flops(cfg, x.shape[2:])
 
     results = {"config": cfg.path, "num_images": n, "input_shape": list(x.shape),
@@ -238,7 +240,8 @@ def markdown_table(results):
     macs = f", {r0['macs'] / 1e9:.2f} GMACs per image" if r0.get("macs") else ""
     lines.append(f"Model: {r0['num_params'] / 1e6:.2f} M parameters{macs}.")
     lines.append(f"{results['num_images']} validation images, input {results['input_shape']}, "
-                 f"{results['cpu_threads']} threads, median of {results['repeats']} interleaved runs. "
+                 f"{results['cpu_threads']} threads, median of {results['repeats']} interleaved runs"
+                 f"{' (runtimes timed one after another)' if len(results.get('runtimes', [])) > 1 else ''}. "
                  "Ratio: time over the FP32 model's on the same runtime.")
     for name, r in results["models"].items():
         if "agreement_with_fake_quant" in r and r["precision"] == "int8":

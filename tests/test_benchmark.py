@@ -143,3 +143,26 @@ def test_benchmark_across_runtimes(syn_cfg, qat_run, exports, tmp_path):
             "--config", syn_cfg, "--fp32", exports / "fp32", "--int8", exports / "int8",
             "--save_dir", tmp_path / "x", "--runtimes", "paddle", "tensorrt"])
     assert not (tmp_path / "x").exists()
+
+
+def test_latency_groups_are_timed_apart():
+    """Predictors of one group (runtime) are interleaved with each other; groups run one after
+    another, so one runtime's spinning threads never precede another runtime's run."""
+    from segqat import bench
+    order = []
+
+    class P:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, batch):
+            order.append(self.name)
+
+    preds = {n: P(n) for n in ("a fp32", "a int8", "b fp32", "b int8")}
+    times = bench.interleaved_latency(preds, None, warmup=1, repeats=2, group=lambda k: k.split()[0], pause=0)
+    assert order == ["a fp32", "a int8", "a fp32", "a int8", "a fp32", "a int8",
+                     "b fp32", "b int8", "b fp32", "b int8", "b fp32", "b int8"]
+    assert {k: len(v) for k, v in times.items()} == dict.fromkeys(preds, 2)
+    order.clear()
+    bench.interleaved_latency(preds, None, warmup=0, repeats=1)  # no groups: all interleaved
+    assert order == list(preds)

@@ -8,9 +8,11 @@
 For each config: build the model (random weights, or --model_path FP32
 weights for a single config), export FP32; insert fake quantization,
 calibrate its scales on a few random batches, export INT8; then time both
-predictors interleaved on the same input; with --runtimes paddle openvino every
-runtime's FP32 and INT8 predictors are interleaved together and INT8/FP32 is
-reported within each runtime and best INT8 over best FP32 across them.
+predictors interleaved on the same input; with --runtimes paddle openvino each
+runtime's FP32 and INT8 predictors are interleaved with each other, the runtimes
+timed one after another (a runtime's spinning worker threads slow whatever runs
+next), and INT8/FP32 is reported within each runtime and best INT8 over best
+FP32 across them.
 Latency does not depend on the
 weight values; accuracy is measured elsewhere (qat_val, benchmark).
 Run it on an otherwise idle machine.
@@ -77,7 +79,8 @@ def main(args):
                     preds[f"{rt} {k}"] = deploy.create_predictor(os.path.join(tmp, f"{i}_{k}"), runtime=rt,
                                                                  precision=k, threads=args.cpu_threads,
                                                                  **options)
-            t = bench.summarize(bench.interleaved_latency(preds, x, args.warmup, args.repeats),
+            t = bench.summarize(bench.interleaved_latency(preds, x, args.warmup, args.repeats,
+                                                          group=lambda k: k.split()[0]),
                                 args.input_shape[0])
             s = {"params_mb": {k: os.path.getsize(os.path.join(tmp, f"{i}_{k}", "model.pdiparams")) / 2 ** 20
                                for k in ("fp32", "int8")}, "runtimes": {}}
