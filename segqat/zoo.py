@@ -815,16 +815,19 @@ def plot(rows, path):
     names = [r["model"] for r in rows]
     y = list(range(len(rows)))[::-1]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 0.32 * len(rows) + 1.6), sharey=True)
+    # the agreement axis starts at 90%, or lower when a row is below that (its bar must show)
+    lo = min([90] + [math.floor(100 * r["agreement_int8_vs_fake_quant"]) - 1 for r in rows
+                     if "agreement_int8_vs_fake_quant" in r])
     for yi, r in zip(y, rows):
         if "agreement_int8_vs_fake_quant" in r:
             v = 100 * r["agreement_int8_vs_fake_quant"]
             a1.barh(yi, v, color="#8d8" if r["status"] == "✓" else "#f99")
-            a1.text(90.15, yi, f"{_pct(v / 100)}   {r['int8_convs']}/{r['all_convs']} convs INT8", va="center",
+            a1.text(lo + 0.15, yi, f"{_pct(v / 100)}   {r['int8_convs']}/{r['all_convs']} convs INT8", va="center",
                     fontsize=7)
         elif r["status"] == "✗":
-            a1.text(90.15, yi, f"✗ {r['reason'][:95]}", va="center", fontsize=6.5, color="#a22")
+            a1.text(lo + 0.15, yi, f"✗ {r['reason'][:95]}", va="center", fontsize=6.5, color="#a22")
         else:
-            a1.text(90.15, yi, r["reason"], va="center", fontsize=7, color="#777")
+            a1.text(lo + 0.15, yi, r["reason"], va="center", fontsize=7, color="#777")
         if "latency" in r:
             la = r["latency"]
             a2.barh(yi, la["ratio"], color="#8d8" if la["ratio"] <= 0.5 else "#fc6")
@@ -835,10 +838,10 @@ def plot(rows, path):
         else:
             a2.text(0.02, yi, "not measured" if "latency_error" not in r else "failed", va="center",
                     fontsize=7, color="#777")
-    a1.set_xlim(90, 100.5)
+    a1.set_xlim(lo, 100.5)
     a1.set_ylim(-0.7, len(rows) - 0.3)
     a1.axvline(100 * MIN_AGREEMENT, color="k", lw=0.8, ls="--")
-    a1.set_xlabel("deployed INT8 vs fake-quant pixel agreement (%), axis from 90%; dashed: 99%")
+    a1.set_xlabel(f"deployed INT8 vs fake-quant pixel agreement (%), axis from {lo}%; dashed: 99%")
     a1.set_yticks(y)
     a1.set_yticklabels([f"{r['status']} {n}" for r, n in zip(rows, names)], fontsize=8)
     # room for the largest ratio and its label (text outside the axes breaks the layout)

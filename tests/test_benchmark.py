@@ -166,3 +166,14 @@ def test_latency_groups_are_timed_apart():
     order.clear()
     bench.interleaved_latency(preds, None, warmup=0, repeats=1)  # no groups: all interleaved
     assert order == list(preds)
+
+
+def test_machine_record_names_the_int8_instructions():
+    from segqat import bench
+    m = bench.machine()
+    assert m["cores"] >= 1 and isinstance(m["cpu"], str)
+    assert set(m["isa"]) <= set(bench.ISA_FLAGS)
+    assert m["vnni"] == bool({"avx512_vnni", "avx_vnni"} & set(m["isa"]))
+    assert bench.isa_label(m) in ("VNNI", "AVX2, no VNNI", "no VNNI")
+    assert bench.isa_label({"isa": ["avx2"], "vnni": False}) == "AVX2, no VNNI"
+    assert bench.isa_label({"cpu": "x"}) == ""  # recorded before the flags were
