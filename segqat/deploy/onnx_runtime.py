@@ -41,6 +41,11 @@ def session_options(threads, optimized_path=None, verbose=False):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.x64quantprecision", "1")
+    # no busy-waiting after a run: spinning workers took the CPU from the next model timed
+    # (BiSeNetV2 at 512x512, 2 threads: ORT FP32 87 ms beside Paddle / OpenVINO, 128 ms
+    # interleaved with its own INT8 session, whose threads spun meanwhile)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     if not verbose:  # its warning that an ORT_ENABLE_ALL graph is hardware-specific
