@@ -279,25 +279,14 @@ def fold_batch_norms(model, in_channels=3, size=64):
         for h in hooks:
             h.remove()
         keep.clear()
-    original = copy.deepcopy(model) if pairs else None
-    for conv_name, bn_name in pairs:
-        conv, bn = layers[conv_name], layers[bn_name]
-        scale = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
-        w = conv.weight.numpy()
-        b = conv.bias.numpy() if conv.bias is not None else np.zeros(w.shape[0], "float32")
-        conv.weight.set_value((w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype))
-        if conv.bias is None:
-            conv.bias = conv.create_parameter([w.shape[0]], is_bias=True)
-        conv.bias.set_value(((b - bn._mean.numpy()) * scale + bn.bias.numpy()).astype("float32"))
-        parent_name, _, attr = bn_name.rpartition(".")
-        parent = layers[parent_name] if parent_name else model
-        parent._sub_layers[attr] = paddle.nn.Identity()
+    original = copy.deepcopy(model) if pairs else None  # to name a pair that cannot be folded
+    for pair in pairs:
+        _fold_pair(model, layers, *pair)
     if pairs:
-        with paddle.no_grad():
-            folded = _first_output(model(x)).numpy()
-        err = float(np.abs(folded - reference).max())
-        if not err <= 1e-3 * max(1.0, float(np.abs(reference).max())):
-            bad = _first_unfoldable(original, pairs, x, reference)
+        err = _output_change(model, x, reference)
+        if err is not None:
+            bad = next((f"{c} -> {b}" for c, b in pairs if _fold_changes_output(original, (c, b), x, reference)),
+                       "?")
             raise ConfigError(
                 f"quant_config.fuse_conv_bn: folding batch norm into the convolutions of "
                 f"{type(model).__name__} changes its output (max difference {err:.3g}); the pair "
@@ -313,36 +302,36 @@ def _first_output(out):
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def _first_unfoldable(model, pairs, x, reference):
-    """The first (conv, bn) pair whose folding alone changes ``model``'s output."""
+def _fold_pair(model, layers, conv_name, bn_name):
+    """Fold batch norm ``bn_name`` into convolution ``conv_name`` (``layers``: model's sublayers)."""
+    import paddle
+    conv, bn = layers[conv_name], layers[bn_name]
+    scale = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
+    w = conv.weight.numpy()
+    b = conv.bias.numpy() if conv.bias is not None else np.zeros(w.shape[0], "float32")
+    conv.weight.set_value((w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype))
+    if conv.bias is None:
+        conv.bias = conv.create_parameter([w.shape[0]], is_bias=True)
+    conv.bias.set_value(((b - bn._mean.numpy()) * scale + bn.bias.numpy()).astype("float32"))
+    parent_name, _, attr = bn_name.rpartition(".")
+    (layers[parent_name] if parent_name else model)._sub_layers[attr] = paddle.nn.Identity()
+
+
+def _output_change(model, x, reference):
+    """Max difference of ``model(x)`` from ``reference`` if beyond rounding, else None."""
+    import paddle
+    with paddle.no_grad():
+        out = _first_output(model(x)).numpy()
+    err = float(np.abs(out - reference).max())
+    return None if err <= 1e-3 * max(1.0, float(np.abs(reference).max())) else err
+
+
+def _fold_changes_output(model, pair, x, reference):
+    """Whether folding ``pair`` alone into a copy of the unfolded ``model`` changes its output."""
     import copy
-    import paddle
-    for pair in pairs:
-        trial = copy.deepcopy(model)
-        layers = dict(trial.named_sublayers())
-        conv, bn = layers[pair[0]], layers[pair[1]]
-        scale = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
-        conv.weight.set_value(conv.weight.numpy() * scale.reshape(-1, 1, 1, 1))
-        if conv.bias is not None:
-            conv.bias.set_value(conv.bias.numpy() * scale)
-        shift = bn._mean.numpy() * scale - bn.bias.numpy()
-        parent_name, _, attr = pair[1].rpartition(".")
-        (layers[parent_name] if parent_name else trial)._sub_layers[attr] = _Shift(shift)
-        with paddle.no_grad():
-            out = _first_output(trial(x)).numpy()
-        if not np.abs(out - reference).max() <= 1e-3 * max(1.0, float(np.abs(reference).max())):
-            return f"{pair[0]} -> {pair[1]}"
-    return "?"
-
-
-def _Shift(shift):
-    """y = x - shift per channel (a folded BN's bias part, for _first_unfoldable)."""
-    import paddle
-
-    class Shift(paddle.nn.Layer):
-        def forward(self, x):
-            return x - paddle.to_tensor(shift.reshape(1, -1, 1, 1))
-    return Shift()
+    trial = copy.deepcopy(model)
+    _fold_pair(trial, dict(trial.named_sublayers()), *pair)
+    return _output_change(trial, x, reference) is not None
 
 
 def calibrate(model, batches, reset=True):
