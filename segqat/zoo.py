@@ -70,9 +70,16 @@ LATENCY_STEPS = ("latency",)
 PHASES = {"build": BUILD_STEPS, "latency": LATENCY_STEPS, "all": BUILD_STEPS + LATENCY_STEPS,
           "report": ()}
 MIN_AGREEMENT = 0.99
+# a Paddle Inference row whose clear-margin pixels differ is put down to oneDNN's INT8
+# requantization when OpenVINO, running the same export, agrees on at least this share of them
+ONEDNN_CAUSE_CLEAR = 0.995
 # a row is measured only on a model whose FP32 mIoU beats "every pixel is the most frequent
 # class" by this much: below it the model labels (nearly) every pixel alike (see predicted_classes)
 MIN_MIOU_GAIN = 0.10
+# runtimes that also run each entry's exports in the evaluate step (beside Paddle Inference,
+# which decides ✓): OpenVINO executes the export's own quantize/dequantize placement, so it
+# tells whether a Paddle Inference mismatch is in the export or in oneDNN's INT8 passes
+CROSS_CHECK_RUNTIMES = ("openvino",)
 LATENCY_SHAPES = ([1, 3, 512, 1024], [1, 3, 512, 512])
 # op types of the optimized oneDNN program that are convolutions
 CONV_OPS = {"conv2d", "depthwise_conv2d", "fused_conv2d", "conv2d_transpose",
@@ -573,11 +580,35 @@ def evaluate_entry(config, entry_dir, cpu_threads=1, num_images=None):
               "params_ratio": i["params_mb"] / f["params_mb"], "num_params": f["num_params"],
               "int8_convs": int8_convs, "all_convs": all_convs, "conv_ops": convs, "int8_ops": int8_ops,
               **predicted_classes(res)}
+    for rt in CROSS_CHECK_RUNTIMES:
+        result[rt] = runtime_agreement(cfg, fp32_dir, int8_dir, os.path.join(out, f"benchmark_{rt}"), qat[-1],
+                                       rt, cpu_threads, num_images)
     _write_json(os.path.join(out, "evaluate.json"), result)
     logger.info("%s: INT8 convs %d/%d, agreement with fake quant %.2f%%, params %.2f -> %.2f MB", entry_dir,
                 int8_convs, all_convs, 100 * result["agreement_int8_vs_fake_quant"], f["params_mb"],
                 i["params_mb"])
     return result
+
+
+def runtime_agreement(cfg, fp32_dir, int8_dir, save_dir, qat_path, runtime, cpu_threads=1, num_images=None):
+    """The evaluate comparison on another runtime: its INT8 kernels, mIoU and agreement with
+    the fake-quant model, or ``{"error": ...}`` when that runtime cannot run the export (the
+    row then says so; the traceback is in the step's log)."""
+    from . import report
+    try:
+        res = report.run_benchmark(cfg, {"FP32": fp32_dir, "INT8": int8_dir}, save_dir, qat_model_path=qat_path,
+                                   cpu_threads=cpu_threads, warmup=0, repeats=1, num_images=num_images,
+                                   runtimes=(runtime,))
+    except Exception as e:  # recorded in the row; the step itself succeeded on Paddle Inference
+        logger.exception("%s: %s cannot run this export", int8_dir, runtime)
+        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]}
+    f, i = res["models"]["FP32"], res["models"]["INT8"]
+    return {"fp32_mIoU": f["mIoU"], "int8_mIoU": i["mIoU"], "int8_kernels": i["int8_kernels"],
+            "agreement_int8_vs_fake_quant": i["agreement_with_fake_quant"],
+            "agreement_clear_margin": i.get("agreement_with_fake_quant_clear_margin"),
+            "clear_margin_share": i.get("clear_margin_share"),
+            "disagreement_at_near_ties": i.get("fake_quant_disagreement_at_near_ties"),
+            "agreement_int8_vs_fp32": i["agreement_with_fp32"]}
 
 
 def predicted_classes(bench_results):
@@ -670,9 +701,38 @@ def _margin_cause(ev):
     convs = (f"{quantized - ev['int8_convs']} of the {quantized} convolutions QAT quantized run in FP32 "
              "after Paddle Inference's optimization" if quantized > ev["int8_convs"]
              else "every quantized convolution runs INT8")
-    return (f"; even on the {share:.0f}% of pixels with a clear margin (>= {tie:g}) it agrees "
+    text = (f"; even on the {share:.0f}% of pixels with a clear margin (>= {tie:g}) it agrees "
             f"on only {100 * clear:.2f}%: the deployed INT8 program computes something other than "
-            f"fake quant ({convs}; cause not yet explained)")
+            f"fake quant ({convs})")
+    ov = ev.get("openvino") or {}
+    if ov.get("agreement_clear_margin") is not None and ov["agreement_clear_margin"] >= ONEDNN_CAUSE_CLEAR:
+        return text + (f". The export itself computes fake quant: OpenVINO runs it at "
+                       f"{100 * ov['agreement_clear_margin']:.2f}% on those pixels. What differs is Paddle "
+                       "Inference's oneDNN INT8 requantization (tensors after ReLU as u8 with 255 levels where "
+                       "fake quant trained 127; one quantized copy of a convolution's output also feeds float "
+                       "consumers such as residual adds; benchmarks/zoo/onednn_grid): deploy with "
+                       "--runtime openvino, or accept Paddle's finer grid")
+    return text + "; not explained by the export: " + (
+        f"OpenVINO agrees on {100 * ov['agreement_clear_margin']:.2f}% of them too" if ov.get("agreement_clear_margin")
+        is not None else "no other runtime measured")
+
+
+def _runtime_status(ev, rt):
+    """(✓/✗/"", reason) of the cross-check runtime ``rt`` on an evaluated entry, by the rules
+    Paddle Inference's rows follow (INT8 kernels, agreement, a model trained enough)."""
+    r = (ev or {}).get(rt)
+    if not r:
+        return "", "not measured"
+    if "error" in r:
+        return "✗", r["error"]
+    if ev["fp32_mIoU"] < ev.get("majority_class_mIoU", 0) + MIN_MIOU_GAIN:
+        return "✗", "not trained enough to measure"
+    if not r["int8_kernels"]:
+        return "✗", "no INT8 kernel"
+    if r["agreement_int8_vs_fake_quant"] < MIN_AGREEMENT:
+        clear = r.get("agreement_clear_margin")
+        return "✗", ("near ties" if clear is not None and clear >= MIN_AGREEMENT else "clear-margin pixels differ")
+    return "✓", ""
 
 
 def entry_row(name, e, work_dir=None):
@@ -716,6 +776,9 @@ def entry_row(name, e, work_dir=None):
         done = [s for s in BUILD_STEPS if steps.get(s, {}).get("status") == "ok"]
         row["reason"] = "not built yet" + (f" (done: {', '.join(done)})" if done else "")
         row["status"] = "…"
+    for rt in CROSS_CHECK_RUNTIMES:
+        if ev and ev.get(rt):
+            row[f"{rt}_status"], row[f"{rt}_reason"] = _runtime_status(ev, rt)
     lat = steps.get("latency")
     if lat and lat["status"] == "ok":
         row["latency"] = lat["result"]
@@ -738,6 +801,37 @@ def _majority_text(rows):
     return f", {' / '.join(map(str, values))} here" if values else ""
 
 
+RUNTIME_NAMES = {"paddle": "Paddle Inference", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+
+
+def _cross_check_cell(row, rt):
+    """Table cell of a cross-check runtime: status, agreement (clear-margin agreement), or why not."""
+    status = row.get(f"{rt}_status")
+    if not status:
+        return "not measured"
+    r = row[rt]
+    if "error" in r:
+        return f"✗ {r['error']}".replace("|", "\\|")
+    text = f"{status} {_pct(r['agreement_int8_vs_fake_quant'])}"
+    if r.get("agreement_clear_margin") is not None:
+        text += f" ({100 * r['agreement_clear_margin']:.2f}%)"
+    return text + (f", {row[f'{rt}_reason']}" if row.get(f"{rt}_reason") else "")
+
+
+def _cross_check_summary(rows):
+    parts = []
+    for rt in CROSS_CHECK_RUNTIMES:
+        measured = [r for r in rows if r.get(f"{rt}_status")]
+        ok = sum(r[f"{rt}_status"] == "✓" for r in measured)
+        both = sum(r[f"{rt}_status"] == "✓" and r["status"] == "✓" for r in measured)
+        parts.append(f"{RUNTIME_NAMES[rt]}, running the same INT8 exports (the last column; by the same rules, "
+                     f"its INT8 output against the same fake-quant model): {ok} of the {len(measured)} entries it "
+                     f"ran ✓, {both} of them also ✓ on Paddle Inference"
+                     + ("; the other entries were built before it was added, `--rerun_steps evaluate` adds it"
+                        if len(measured) < len(rows) else ""))
+    return "Status ✓/✗ is Paddle Inference's. " + ". ".join(parts) + "."
+
+
 def markdown(rows, meta):
     ok = sum(r["status"] == "✓" for r in rows)
     built = sum(r["status"] != "…" for r in rows)
@@ -745,6 +839,7 @@ def markdown(rows, meta):
         "# Model zoo: PaddleSeg 2.8 families, FP32 -> QAT -> INT8 (Paddle Inference, oneDNN)", "",
         f"{ok} of {len(rows)} entries ✓ ({built} built). Last written on {meta['updated']} by "
         f"`{meta['command']}`; paddle {meta.get('paddle', '?')}.", "",
+        _cross_check_summary(rows), "",
         "Each entry (configs/zoo/<model>.yml) is trained from scratch on the zoo's synthetic data "
         "(configs/_base_/synthetic_zoo.yml: 64x64, 4 classes, large objects, 200 train / 40 val images; "
         "AdamW at 0.002, the transformer families with their own AdamW settings): FP32 for the "
@@ -761,8 +856,9 @@ def markdown(rows, meta):
         "Training lengths (FP32 / QAT iterations, batch size): "
         + "; ".join(f"{k}: {', '.join(v)}" for k, v in _iteration_groups(rows).items()) + ".", "",
         "| model | | FP32 / QAT iters (batch) | mIoU FP32 / fake-quant / INT8 | INT8 vs fake-quant | "
-        "INT8 convs | params INT8/FP32 | INT8/FP32 latency | build (s) | reason |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "INT8 convs | params INT8/FP32 | INT8/FP32 latency | build (s) | reason | "
+        + " | ".join(f"{RUNTIME_NAMES[rt]} INT8 vs fake-quant" for rt in CROSS_CHECK_RUNTIMES) + " |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(CROSS_CHECK_RUNTIMES)]
     for r in rows:
         it = (f"{r['fp32_iters']} / {r['qat_iters']} ({r['batch_size']})" if r.get("fp32_iters") else "")
         miou = agree = convs = size = ""
@@ -783,8 +879,9 @@ def markdown(rows, meta):
         else:
             lat = "not measured"
         reason = (r["reason"] or "").replace("|", "\\|")
+        cross = " | ".join(_cross_check_cell(r, rt) for rt in CROSS_CHECK_RUNTIMES)
         lines.append(f"| {r['model']} ({r['model_type'] or '?'}) | {r['status']} | {it} | {miou} | {agree} "
-                     f"| {convs} | {size} | {lat} | {r['build_seconds']:.0f} | {reason} |")
+                     f"| {convs} | {size} | {lat} | {r['build_seconds']:.0f} | {reason} | {cross} |")
     lines += ["", "Columns: mIoU of the deployed FP32 model, the QAT model in fake quantization (dygraph) "
               "and the deployed INT8 model; pixel agreement of deployed INT8 with fake quant on the "
               "validation images; convolutions of the optimized INT8 program that run oneDNN INT8 "
@@ -817,13 +914,19 @@ def plot(rows, path):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 0.32 * len(rows) + 1.6), sharey=True)
     # the agreement axis starts at 90%, or lower when a row is below that (its bar must show)
     lo = min([90] + [math.floor(100 * r["agreement_int8_vs_fake_quant"]) - 1 for r in rows
-                     if "agreement_int8_vs_fake_quant" in r])
+                     if "agreement_int8_vs_fake_quant" in r]
+             + [math.floor(100 * r[rt]["agreement_int8_vs_fake_quant"]) - 1 for r in rows
+                for rt in CROSS_CHECK_RUNTIMES if "agreement_int8_vs_fake_quant" in (r.get(rt) or {})])
     for yi, r in zip(y, rows):
         if "agreement_int8_vs_fake_quant" in r:
             v = 100 * r["agreement_int8_vs_fake_quant"]
             a1.barh(yi, v, color="#8d8" if r["status"] == "✓" else "#f99")
             a1.text(lo + 0.15, yi, f"{_pct(v / 100)}   {r['int8_convs']}/{r['all_convs']} convs INT8", va="center",
                     fontsize=7)
+            for rt, marker in zip(CROSS_CHECK_RUNTIMES, "Ds^"):
+                other = (r.get(rt) or {}).get("agreement_int8_vs_fake_quant")
+                if other is not None:
+                    a1.plot(max(100 * other, lo + 0.05), yi, marker=marker, color="#226", ms=4, ls="none")
         elif r["status"] == "✗":
             a1.text(lo + 0.15, yi, f"✗ {r['reason'][:95]}", va="center", fontsize=6.5, color="#a22")
         else:
@@ -841,7 +944,9 @@ def plot(rows, path):
     a1.set_xlim(lo, 100.5)
     a1.set_ylim(-0.7, len(rows) - 0.3)
     a1.axvline(100 * MIN_AGREEMENT, color="k", lw=0.8, ls="--")
-    a1.set_xlabel(f"deployed INT8 vs fake-quant pixel agreement (%), axis from {lo}%; dashed: 99%")
+    a1.set_xlabel(f"deployed INT8 vs fake-quant pixel agreement (%), axis from {lo}%; dashed: 99%\n"
+                  "bars: Paddle Inference; " + ", ".join(f"{m}: {RUNTIME_NAMES[rt]}" for rt, m in
+                                                        zip(CROSS_CHECK_RUNTIMES, ("◆", "■", "▲"))))
     a1.set_yticks(y)
     a1.set_yticklabels([f"{r['status']} {n}" for r, n in zip(rows, names)], fontsize=8)
     # room for the largest ratio and its label (text outside the axes breaks the layout)

@@ -38,6 +38,10 @@ def test_zoo_build_resume_and_failures(tmp_path):
     assert 0 <= tiny["clear_margin_share"] <= 1  # 2 iterations: nearly every pixel is a near tie
     assert tiny["num_classes"] == 4 and 0 < tiny["majority_class_mIoU"] < 0.25 and tiny["num_images"] == 2
     assert tiny["status"] == "✓" or tiny["status"] == "✗" and tiny["reason"]
+    # the same exports on OpenVINO, compared with the same fake-quant model
+    ov = tiny["openvino"]
+    assert ov["int8_kernels"] > 0 and 0 < ov["agreement_int8_vs_fake_quant"] <= 1, ov
+    assert tiny["openvino_status"] in ("✓", "✗")
     # broken: ✗ at its first step, with the real error (the bad argument) as the reason
     assert broken["status"] == "✗" and broken["failed_step"] == "fp32_train"
     assert "no_such_arg" in broken["reason"] and "PPHumanSegLite" in broken["reason"]
@@ -45,6 +49,7 @@ def test_zoo_build_resume_and_failures(tmp_path):
 
     md = (out / "zoo.md").read_text()
     assert "| broken (PPHumanSegLite) | ✗ |" in md and "no_such_arg" in md and "not measured" in md
+    assert "| OpenVINO INT8 vs fake-quant |" in md and "OpenVINO, running the same INT8 exports" in md
     saved = json.loads((out / "zoo.json").read_text())
     assert [r["model"] for r in saved["rows"]] == ["broken", "slow", "tiny"]
     assert (out / "zoo.png").stat().st_size > 10000
@@ -117,7 +122,25 @@ def test_row_marks():
     assert "margins are too small, train longer" in ties["reason"]
     real = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2)
     assert "even on the 90% of pixels with a clear margin (>= 0.1) it agrees on only 97.00%" in real["reason"]
-    assert "not yet explained" in real["reason"]
+    assert "not explained by the export: no other runtime measured" in real["reason"]
+    # the same export on OpenVINO: agreeing there puts the difference in Paddle Inference's passes
+    ov = {"fp32_mIoU": 0.6, "int8_mIoU": 0.6, "int8_kernels": 50, "agreement_int8_vs_fake_quant": 0.995,
+          "agreement_clear_margin": 0.9999, "clear_margin_share": 0.9, "disagreement_at_near_ties": 1.0}
+    onednn = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2, openvino=ov)
+    assert onednn["status"] == "✗" and "OpenVINO runs it at 99.99% on those pixels" in onednn["reason"]
+    assert "oneDNN INT8 requantization" in onednn["reason"] and "--runtime openvino" in onednn["reason"]
+    assert onednn["openvino_status"] == "✓" and onednn["openvino_reason"] == ""
+    both = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2,
+               openvino=dict(ov, agreement_int8_vs_fake_quant=0.96, agreement_clear_margin=0.98))
+    assert "not explained by the export: OpenVINO agrees on 98.00% of them too" in both["reason"]
+    assert both["openvino_status"] == "✗" and both["openvino_reason"] == "clear-margin pixels differ"
+    assert row(openvino=dict(ov, agreement_int8_vs_fake_quant=0.985))["openvino_reason"] == "near ties"
+    assert row(openvino=dict(ov, int8_kernels=0))["openvino_status"] == "✗"
+    broken = row(openvino={"error": "RuntimeError: cannot convert op X"})
+    assert broken["status"] == "✓" and broken["openvino_status"] == "✗"
+    assert broken["openvino_reason"] == "RuntimeError: cannot convert op X"
+    assert row(fp32_mIoU=0.30, openvino=ov)["openvino_status"] == "✗"  # same training rule
+    assert "openvino_status" not in row()  # evaluated before OpenVINO was added
     fp32_convs = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2,
                      quantized_ops={"conv2d": 45, "depthwise_conv2d": 8, "matmul_v2": 2})
     assert "3 of the 53 convolutions QAT quantized run in FP32" in fp32_convs["reason"]
