@@ -120,6 +120,21 @@ def test_runtime_errors(exports, caplog):
     assert "--save_onnx (onnxruntime): not options of --runtime paddle" in caplog.text
 
 
+def test_openvino_names_the_op_it_cannot_read(exports, tmp_path):
+    """OpenVINO's exception starts with where it was raised; the error says what failed."""
+    import shutil
+    from paddle.base import core
+    copy = tmp_path / "fp32"
+    shutil.copytree(exports / "fp32", copy)
+    desc = core.ProgramDesc((copy / "model.pdmodel").read_bytes())
+    blk = desc.block(0)
+    next(blk.op(i) for i in range(blk.op_size()) if blk.op(i).type() == "relu").set_type("uniform_random")
+    (copy / "model.pdmodel").write_bytes(desc.serialize_to_string())
+    with pytest.raises(deploy.DeployError, match=r"model.pdmodel: OpenVINO's Paddle frontend cannot read it: "
+                                                 r"No creator found for uniform_random node\.$"):
+        deploy.create_predictor(str(copy), runtime="openvino")
+
+
 def test_infer_passes_runtime_options(exports, synth, tmp_path):
     """infer.py hands --save_onnx/--check_images/--min_agreement to ONNX Runtime."""
     image = synth / "images" / "val_0000.png"

@@ -34,6 +34,15 @@ def _read_paddle_model(core, model_file, params_file):
     return core.read_model(model_file)
 
 
+def _frontend_message(error):
+    """The line of an OpenVINO exception that says what failed: its message starts with
+    where it was raised ("Exception from src/...cpp:84:", "Check '...' failed at ...")
+    and ends with the reason ("No creator found for uniform_random node.")."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '", "FrontEnd API failed"))]
+    return (reasons or lines or [repr(error)])[-1]
+
+
 class OpenVINOPredictor(Predictor):
     runtime = "openvino"
 
@@ -51,9 +60,8 @@ class OpenVINOPredictor(Predictor):
         try:
             model = _read_paddle_model(core, dep["model_file"], dep["params_file"])
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
             raise DeployError(f"{dep['model_file']}: OpenVINO's Paddle frontend cannot read it: "
-                              f"{first}") from e
+                              f"{_frontend_message(e)}") from e
         self.inference_precision = inference_precision
         self.compiled = core.compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": inference_precision,
