@@ -707,11 +707,9 @@ def _margin_cause(ev):
     ov = ev.get("openvino") or {}
     if ov.get("agreement_clear_margin") is not None and ov["agreement_clear_margin"] >= ONEDNN_CAUSE_CLEAR:
         return text + (f". The export itself computes fake quant: OpenVINO runs it at "
-                       f"{100 * ov['agreement_clear_margin']:.2f}% on those pixels. What differs is Paddle "
-                       "Inference's oneDNN INT8 requantization (tensors after ReLU as u8 with 255 levels where "
-                       "fake quant trained 127; one quantized copy of a convolution's output also feeds float "
-                       "consumers such as residual adds; benchmarks/zoo/onednn_grid): deploy with "
-                       "--runtime openvino, or accept Paddle's finer grid")
+                       f"{100 * ov['agreement_clear_margin']:.2f}% on those pixels, so the difference is made "
+                       "by Paddle Inference's oneDNN INT8 passes (benchmarks/zoo/onednn_grid); deploy with "
+                       "--runtime openvino")
     return text + "; not explained by the export: " + (
         f"OpenVINO agrees on {100 * ov['agreement_clear_margin']:.2f}% of them too" if ov.get("agreement_clear_margin")
         is not None else "no other runtime measured")

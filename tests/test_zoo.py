@@ -128,7 +128,7 @@ def test_row_marks():
           "agreement_clear_margin": 0.9999, "clear_margin_share": 0.9, "disagreement_at_near_ties": 1.0}
     onednn = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2, openvino=ov)
     assert onednn["status"] == "✗" and "OpenVINO runs it at 99.99% on those pixels" in onednn["reason"]
-    assert "oneDNN INT8 requantization" in onednn["reason"] and "--runtime openvino" in onednn["reason"]
+    assert "by Paddle Inference's oneDNN INT8 passes" in onednn["reason"] and "--runtime openvino" in onednn["reason"]
     assert onednn["openvino_status"] == "✓" and onednn["openvino_reason"] == ""
     both = row(**margins, agreement_clear_margin=0.97, disagreement_at_near_ties=0.2,
                openvino=dict(ov, agreement_int8_vs_fake_quant=0.96, agreement_clear_margin=0.98))

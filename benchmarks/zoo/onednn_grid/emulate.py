@@ -3,7 +3,7 @@
     python benchmarks/zoo/onednn_grid/emulate.py topformer_tiny [--work_dir output/zoo] [--num_images 20]
 
 For one built zoo entry (tools/zoo.py --phase build) this runs the entry's INT8
-export (its quantize_linear / dequantize_linear program) four ways on the
+export (its quantize_linear / dequantize_linear program) five ways on the
 validation images and compares their logits' labels:
 
 * ``native``: Paddle's plain CPU kernels, no oneDNN: the export's own fake
@@ -37,6 +37,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 sys.path.insert(0, ROOT)
 
 NON_NEGATIVE = ("relu", "relu6")
+# the emulations, each a copy of the program run natively
+VARIANTS = {"u8": dict(u8=True), "u8+shared": dict(u8=True, shared=True)}
 # ops through which a convolution's output reaches the tensor that oneDNN writes in 8 bits
 CONV_CHAIN = ("relu", "relu6", "batch_norm", "conv2d", "depthwise_conv2d", "elementwise_add")
 
@@ -51,20 +53,26 @@ def rewrite(raw, u8=False, shared=False):
     desc = core.ProgramDesc(raw)
     blk = desc.block(0)
     ops = [blk.op(j) for j in range(blk.op_size())]
-    producer = {n: op for op in ops for n in op.output_arg_names()}
-    dequant_of = {}  # quantized tensor -> (its dequantize_linear output, op index)
+    producer, latest = {}, {}  # tensor -> its producing op (first), and the latest one so far
+    pairs = []  # (tensor, quantize_linear, dequantize_linear, index of the dequantize)
     for k, op in enumerate(ops):
         if op.type() == "dequantize_linear" and not _is_observer(op):
-            q = producer.get(op.input("X")[0])
+            q = latest.get(op.input("X")[0])
             if q is not None and q.type() == "quantize_linear":
-                dequant_of.setdefault(q.input("X")[0], (op.output("Y")[0], k, q, op))
+                pairs.append((q.input("X")[0], q, op, k))
+        for n in op.output_arg_names():
+            producer.setdefault(n, op)
+            latest[n] = op
+    dequant_of = {}  # quantized tensor -> (its first dequantize_linear output, index, q, dq)
+    for x, q, dq, k in pairs:
+        dequant_of.setdefault(x, (dq.output("Y")[0], k, q, dq))
     argmax = [op for op in ops if op.type() == "arg_max"]
     changed = 0
     for op in ops:
         if op.type() == "fetch" and argmax:
             op._rename_input(argmax[0].output("Out")[0], argmax[0].input("X")[0])
     if u8:
-        for x, (_, _, q, dq) in dequant_of.items():
+        for x, q, dq, _ in pairs:
             p = producer.get(x)
             if p is not None and p.type() in NON_NEGATIVE and not blk.find_var(x.encode()).persistable():
                 for o in (q, dq):
@@ -141,10 +149,12 @@ def main():
             shutil.rmtree(d, ignore_errors=True)
 
     logits_prog, _ = rewrite(raw)
-    u8_prog, n_u8 = rewrite(raw, u8=True)
-    shared_prog, _ = rewrite(raw, u8=True, shared=True)
-    res = {"native": run(logits_prog, False), "deployed": run(logits_prog, True),
-           "u8": run(u8_prog, False), "u8+shared": run(shared_prog, False)}
+    res = {"native": run(logits_prog, False), "deployed": run(logits_prog, True)}
+    n_u8 = 0
+    for name, flags in VARIANTS.items():
+        prog, n = rewrite(raw, **flags)
+        n_u8 = max(n_u8, n)
+        res[name] = run(prog, False)
     res["openvino"] = [ov.run(x)[0] for x in batches]
     ov.close()
 
@@ -164,8 +174,9 @@ def main():
 
     print(f"## {args.entry}: {n} validation images, {n_u8} quantize pairs on ReLU/ReLU6 outputs\n")
     print("| compared | agreement (clear margins) |\n|---|---|")
-    for a, ref in (("deployed", "native"), ("openvino", "native"), ("u8", "native"),
-                   ("u8+shared", "native"), ("deployed", "u8"), ("deployed", "u8+shared")):
+    pairs = [("deployed", "native"), ("openvino", "native")] + [(v, "native") for v in VARIANTS] + \
+        [("deployed", v) for v in VARIANTS]
+    for a, ref in pairs:
         print(f"| {a} vs {ref} | {agree(a, ref)} |")
 
 
