@@ -721,3 +721,63 @@ def test_int8_residual_add_of_u8_and_s8_runs_unfused(tmp_path):
     for x, w in zip(xs, want):
         got = pred._run(x)
         assert float(np.abs(got - w).max() / np.abs(w).max()) < 0.15
+
+
+class _PooledBranch(paddle.nn.Layer):
+    """conv-BN-relu, read by a 1x1 convolution and by a global average pool that another 1x1
+    convolution reads (DeepLabV3's ASPP with its image-pooling branch): the pooled tensor's
+    range is far below the feature map's."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = paddle.nn.Conv2D(3, 16, 3, padding=1, bias_attr=False), paddle.nn.BatchNorm2D(16)
+        self.pool = paddle.nn.AdaptiveAvgPool2D(1)
+        self.c2, self.c3 = paddle.nn.Conv2D(16, 8, 1), paddle.nn.Conv2D(16, 8, 1)
+
+    def forward(self, x):
+        f = F.relu(self.b1(self.c1(x)))
+        return self.c3(f) + self.c2(self.pool(f))
+
+
+def test_int8_average_pool_keeps_its_own_scale(tmp_path):
+    """Paddle 3.3.1's oneDNN scale propagation gives a pool's output its input's scale, even
+    when QAT gave the output one of its own; after a global average pool that grid is many
+    times too coarse. ``compat.guard_pooled_scales`` gives the pooled tensor an ``assign`` of
+    its own: the program computes the same, and oneDNN then keeps the QAT scale. The Paddle
+    predictor guards an unguarded export in a private copy; the export is not changed."""
+    import yaml
+    from segqat.deploy.contract import load_deploy_config
+    from segqat.deploy.paddle_inference import PaddlePredictor
+    paddle.seed(0)
+    layer = _PooledBranch()
+    quanter, r = _quantized_for_eval(layer, seed=7)
+    xs = [(r.rand(1, 3, 16, 16) * 4).astype("float32") for _ in range(3)]
+    want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
+    with compat.old_ir_export(layer, timeout=120):
+        quanter.save_quantized_model(layer, str(tmp_path / "model"), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": {
+        "model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
+        "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
+        "precision": "int8", "num_classes": 8}}))
+
+    def err(outs):
+        return max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(outs, want))
+
+    before = (tmp_path / "model.pdmodel").read_bytes()
+    unguarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    pred = PaddlePredictor(load_deploy_config(str(tmp_path / "deploy.yaml")), "int8", 1,
+                           optim_dir=str(tmp_path / "optim"))
+    assert sum(pred.int8_ops().values()) == 3
+    by_predictor = [pred._run(x) for x in xs]
+    pred.close()
+    assert (tmp_path / "model.pdmodel").read_bytes() == before and (tmp_path / "optim").is_dir()
+    native = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)
+    assert compat.guard_pooled_scales(str(tmp_path / "model.pdmodel")) == 1
+    assert compat.guard_pooled_scales(str(tmp_path / "model.pdmodel")) == 0  # already guarded
+    assert _op_types(tmp_path / "model")["assign"] == 1
+    guarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    for a, b in zip(native, _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)):
+        np.testing.assert_array_equal(a, b)  # the assign changes nothing in Paddle's own kernels
+    print("errors: unguarded", err(unguarded), "guarded", err(guarded), "predictor", err(by_predictor))
+    assert err(unguarded) > 0.1 and err(guarded) < 0.03 and err(by_predictor) < 0.03

@@ -113,9 +113,22 @@ class PaddlePredictor(Predictor):
             raise DeployError("--use_trt needs --device gpu")
 
         self._optim_dir = None
+        self._own_optim_dir = False
+        model_file = dep["model_file"]
+        if device == "cpu" and enable_mkldnn and precision == "int8":
+            self._optim_dir = optim_dir or _optim_cache_dir()
+            self._own_optim_dir = optim_dir is None  # ours to remove at close; a given one is not
+            os.makedirs(self._optim_dir, exist_ok=True)
+            guarded = os.path.join(self._optim_dir, "segqat_guarded.pdmodel")
+            n = compat.guard_pooled_scales(model_file, guarded)
+            if n:  # an export written before segqat guarded them itself
+                logger.info("%s: %d quantized average-pool output(s) without a tensor of their own; "
+                            "running a copy that has them (compat.guard_pooled_scales; re-export to "
+                            "make this permanent)", model_file, n)
+                model_file = guarded
 
         def config(delete=()):
-            cfg = pi.Config(dep["model_file"], dep["params_file"])
+            cfg = pi.Config(model_file, dep["params_file"])
             if old_ir:
                 cfg.enable_new_ir(False)
             cfg.disable_glog_info()
@@ -141,7 +154,6 @@ class PaddlePredictor(Predictor):
                     cfg.enable_onednn()
                     if precision == "int8":
                         cfg.enable_onednn_int8(ONEDNN_INT8_OPS)
-                        self._optim_dir = self._optim_dir or optim_dir or _optim_cache_dir()
                         cfg.enable_save_optim_model(True)
                         cfg.set_optim_cache_dir(self._optim_dir)
             for name in delete:
@@ -185,5 +197,5 @@ class PaddlePredictor(Predictor):
         return out.copy_to_cpu()
 
     def close(self):
-        if self._optim_dir and self._optim_dir.startswith(tempfile.gettempdir()):
+        if self._optim_dir and self._own_optim_dir:
             shutil.rmtree(self._optim_dir, ignore_errors=True)
