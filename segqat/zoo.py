@@ -684,17 +684,24 @@ def _pct(fraction):
 
 
 def _margin_cause(ev):
-    """Why deployed INT8 and fake quant differ: near ties (weak margins) or real differences."""
+    """Why deployed INT8 and fake quant differ: near ties (weak margins) or real differences,
+    and what the same export does on OpenVINO."""
     clear = ev.get("agreement_clear_margin")
     if clear is None:  # evaluated before margins were measured
         return ""
     share, tie = 100 * ev["clear_margin_share"], ev["near_tie"]
     ties = ev.get("disagreement_at_near_ties") or 0
+    ov = ev.get("openvino") or {}
+    ov_clear, ov_all = ov.get("agreement_clear_margin"), ov.get("agreement_int8_vs_fake_quant")
+    use_openvino = (f"; OpenVINO runs the same export at {_pct(ov_all)} ({100 * ov_clear:.2f}% on clear "
+                    "margins): deploy with --runtime openvino") if (
+        ov_all is not None and ov_clear is not None and ov_all >= MIN_AGREEMENT) else ""
     if clear >= MIN_AGREEMENT:
         return (f"; {100 * ties:.0f}% of the differing pixels are near ties (fake quant's top-2 "
                 f"probability margin < {tie:g}) and on the {share:.0f}% of pixels with a "
-                f"clear margin it agrees on {100 * clear:.2f}%: the model's margins are too small, "
-                "train longer (--fp32_iters)")
+                f"clear margin it agrees on {100 * clear:.2f}%: " + (
+                    use_openvino[2:] if use_openvino else
+                    "the model's margins are too small, train longer (--fp32_iters)"))
     # a fact, not a cause: in DeepLabV3P making its 3 FP32 convolutions INT8 (deleting the
     # residual-add fusion that left them without a scale) did not change the agreement
     quantized = sum(n for t, n in (ev.get("quantized_ops") or {}).items() if "conv" in t)
@@ -704,15 +711,15 @@ def _margin_cause(ev):
     text = (f"; even on the {share:.0f}% of pixels with a clear margin (>= {tie:g}) it agrees "
             f"on only {100 * clear:.2f}%: the deployed INT8 program computes something other than "
             f"fake quant ({convs})")
-    ov = ev.get("openvino") or {}
-    if ov.get("agreement_clear_margin") is not None and ov["agreement_clear_margin"] >= ONEDNN_CAUSE_CLEAR:
+    if ov_clear is not None and ov_clear >= ONEDNN_CAUSE_CLEAR:
         return text + (f". The export itself computes fake quant: OpenVINO runs it at "
-                       f"{100 * ov['agreement_clear_margin']:.2f}% on those pixels, so the difference is made "
-                       "by Paddle Inference's oneDNN INT8 passes (benchmarks/zoo/onednn_grid); deploy with "
-                       "--runtime openvino")
+                       f"{100 * ov_clear:.2f}% on those pixels, so the difference is made by Paddle "
+                       "Inference's oneDNN INT8 passes (benchmarks/zoo/onednn_grid)" + (
+                           use_openvino or f"; on OpenVINO the near ties leave {_pct(ov_all)} in all: "
+                                           "train longer (--fp32_iters)"))
     return text + "; not explained by the export: " + (
-        f"OpenVINO agrees on {100 * ov['agreement_clear_margin']:.2f}% of them too" if ov.get("agreement_clear_margin")
-        is not None else "no other runtime measured")
+        f"OpenVINO agrees on {100 * ov_clear:.2f}% of them too" if ov_clear is not None
+        else "no other runtime measured")
 
 
 def _runtime_status(ev, rt):
@@ -825,7 +832,8 @@ def _cross_check_summary(rows):
         parts.append(f"{RUNTIME_NAMES[rt]}, running the same INT8 exports (the last column; by the same rules, "
                      f"its INT8 output against the same fake-quant model): {ok} of the {len(measured)} entries it "
                      f"ran ✓, {both} of them also ✓ on Paddle Inference"
-                     + ("; the other entries were built before it was added, `--rerun_steps evaluate` adds it"
+                     + (f"; the other {len(rows) - len(measured)} entries were evaluated before it was added "
+                        "(rebuilding them, or `--rerun_steps evaluate` where their work dir is kept, adds it)"
                         if len(measured) < len(rows) else ""))
     return "Status ✓/✗ is Paddle Inference's. " + ". ".join(parts) + "."
 
