@@ -152,8 +152,8 @@ def main():
     res = {"native": run(logits_prog, False), "deployed": run(logits_prog, True)}
     n_u8 = 0
     for name, flags in VARIANTS.items():
-        prog, n = rewrite(raw, **flags)
-        n_u8 = max(n_u8, n)
+        prog, changed = rewrite(raw, **flags)
+        n_u8 = max(n_u8, changed)
         res[name] = run(prog, False)
     res["openvino"] = [ov.run(x)[0] for x in batches]
     ov.close()
