@@ -1114,11 +1114,14 @@ _SCALE_GUARD_SUFFIX = ".segqat_own_scale"
 
 
 def guard_pooled_scales(pdmodel_path, out_path=None):
-    """Give each average pool's output that a quantize_linear reads its own tensor (an
-    ``assign`` of it), so that oneDNN keeps the scale QAT/PTQ gave it (see above).
+    """Give each tensor whose quantization scale oneDNN's propagation would overwrite its
+    own copy (an ``assign``) for its quantize_linear readers, so that oneDNN keeps the
+    scale QAT/PTQ gave it (see above): the output of an average pool, and an input of a
+    ``concat`` (the pass gives every concat input the concat output's scale: ANN's APNB
+    concatenates its feature map with the far wider attention context).
 
     Writes the program to ``out_path`` (default: in place) when it changed; returns the
-    number of pools guarded (0 for a program that has none or is guarded already).
+    number of tensors guarded (0 for a program that has none or is guarded already).
     """
     from paddle.base import core
     with open(pdmodel_path, "rb") as f:
@@ -1126,29 +1129,35 @@ def guard_pooled_scales(pdmodel_path, out_path=None):
     count = 0
     for b in range(desc.num_blocks()):
         blk = desc.block(b)
+        exposed = set()
+        for i in range(blk.op_size()):
+            op = blk.op(i)
+            if op.type() == "pool2d" and op.attr("pooling_type") == "avg":
+                exposed.add(op.output("Out")[0])
+            elif op.type() == "concat":
+                exposed.update(op.input("X"))
         i = 0
         while i < blk.op_size():
             op = blk.op(i)
-            i += 1
-            if op.type() != "pool2d" or op.attr("pooling_type") != "avg":
+            x = op.input("X")[0] if op.type() == "quantize_linear" else None
+            if x not in exposed:
+                i += 1
                 continue
-            out = op.output("Out")[0]
-            readers = [blk.op(j) for j in range(i, blk.op_size())
-                       if blk.op(j).type() == "quantize_linear" and blk.op(j).input("X")[0] == out]
-            if not readers:
-                continue
-            guarded = out + _SCALE_GUARD_SUFFIX
-            var, new = blk.find_var(out.encode()), blk.var(guarded.encode())
+            guarded = x + _SCALE_GUARD_SUFFIX
+            var, new = blk.find_var(x.encode()), blk.var(guarded.encode())
             new.set_type(var.type())
             new.set_dtype(var.dtype())
             new.set_shape(var.shape())
             assign = blk._insert_op(i)
             assign.set_type("assign")
-            assign.set_input("X", [out])
+            assign.set_input("X", [x])
             assign.set_output("Out", [guarded])
-            for r in readers:
-                r._rename_input(out, guarded)
-            i += 1
+            for j in range(i + 1, blk.op_size()):
+                r = blk.op(j)
+                if r.type() == "quantize_linear" and r.input("X")[0] == x:
+                    r._rename_input(x, guarded)
+            exposed.discard(x)
+            i += 2
             count += 1
     if count:
         with open(out_path or pdmodel_path, "wb") as f:
