@@ -43,10 +43,10 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   (``_output_observers_stay_identity``), so the export computes what QAT
   trained. A conv whose filter is computed in the forward pass (RTFormer)
   is a matmul when 1x1: as conv3d, oneDNN reused the first run's filter.
-* ``guard_pooled_scales(program)``: oneDNN's scale propagation gave an average
-  pool's output its input's (far wider) scale; INT8 exports give the pooled
-  tensor an ``assign`` of its own, and the Paddle predictor guards older exports
-  in a private copy.
+* ``guard_overwritten_scales(program)``: oneDNN's scale propagation gave an
+  average pool's output its input's (far wider) scale and a concat input the
+  concat output's; INT8 exports give such a tensor's quantizers an ``assign`` of
+  their own, and the Paddle predictor guards older exports in a private copy.
 * ``configure_inference(config)``: deletes the Paddle Inference passes that
   compute wrong results or crash (``BROKEN_INFERENCE_PASSES``).
 * ``unsafe_int8_residual_fusions(optimized program)``: INT8 convolutions with
@@ -1107,13 +1107,15 @@ def fix_conv_bias_axis(pdmodel_path):
 # output range is far below the input's (a global pool averages a whole feature map), so
 # the convolution reading the pooled tensor gets it quantized on a grid many times too
 # coarse: DeepLabV3P's ASPP image-pooling branch (one convolution) made the deployed INT8
-# model agree with fake quant on 96.8% of the clear-margin pixels, and 3 convolutions ran
-# FP32. An ``assign`` between the pool and its quantize ops gives the quantized tensor a
-# producer the pass leaves alone; the values do not change.
+# model agree with fake quant on 96.8% of the clear-margin pixels. The same pass gives every
+# input of a ``concat`` the concat output's scale (ANN's APNB concatenates its feature map
+# with the far wider attention context: the convolution also reading that feature map was
+# 7% off). An ``assign`` before the quantize ops of such a tensor gives them a tensor the
+# pass leaves alone; the values do not change.
 _SCALE_GUARD_SUFFIX = ".segqat_own_scale"
 
 
-def guard_pooled_scales(pdmodel_path, out_path=None):
+def guard_overwritten_scales(pdmodel_path, out_path=None):
     """Give each tensor whose quantization scale oneDNN's propagation would overwrite its
     own copy (an ``assign``) for its quantize_linear readers, so that oneDNN keeps the
     scale QAT/PTQ gave it (see above): the output of an average pool, and an input of a
@@ -1162,6 +1164,9 @@ def guard_pooled_scales(pdmodel_path, out_path=None):
     if count:
         with open(out_path or pdmodel_path, "wb") as f:
             f.write(desc.serialize_to_string())
+        logger.info("%s: gave %d quantized tensor(s) whose scale oneDNN would overwrite (average-pool "
+                    "outputs, concat inputs) a copy of their own (compat.guard_overwritten_scales)",
+                    out_path or pdmodel_path, count)
     return count
 
 

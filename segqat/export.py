@@ -169,10 +169,7 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
         n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
         logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
         if quanter is not None:
-            n = compat.guard_pooled_scales(os.path.join(d, "model.pdmodel"))
-            if n:
-                logger.info("Gave %d quantized average-pool output(s) a tensor of their own, so oneDNN "
-                            "keeps their scale (compat.guard_pooled_scales)", n)
+            compat.guard_overwritten_scales(os.path.join(d, "model.pdmodel"))  # logs what it guarded
         with open(os.path.join(d, "deploy.yaml"), "w") as f:
             yaml.safe_dump(deploy, f, sort_keys=False, default_flow_style=None)
 

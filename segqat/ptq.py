@@ -377,10 +377,7 @@ def run_ptq(cfg, model_path, save_dir, opts):
         # The FP32 input was already rewritten; again in case the passes re-created the form.
         n = compat.fix_conv_bias_axis(os.path.join(d, "model.pdmodel"))
         logger.info("Rewrote %d conv bias adds so oneDNN can fuse bias and batch norm", n)
-        n = compat.guard_pooled_scales(os.path.join(d, "model.pdmodel"))
-        if n:
-            logger.info("Gave %d quantized average-pool output(s) a tensor of their own, so oneDNN "
-                        "keeps their scale (compat.guard_pooled_scales)", n)
+        compat.guard_overwritten_scales(os.path.join(d, "model.pdmodel"))  # logs what it guarded
         counts = program_op_counts(os.path.join(d, "model.pdmodel"))
         if not counts.get("quantize_linear") or not counts.get("dequantize_linear"):
             raise RuntimeError("PTQ produced no quantize_linear/dequantize_linear ops "

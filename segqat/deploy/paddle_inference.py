@@ -120,11 +120,10 @@ class PaddlePredictor(Predictor):
             self._own_optim_dir = optim_dir is None  # ours to remove at close; a given one is not
             os.makedirs(self._optim_dir, exist_ok=True)
             guarded = os.path.join(self._optim_dir, "segqat_guarded.pdmodel")
-            n = compat.guard_pooled_scales(model_file, guarded)
+            n = compat.guard_overwritten_scales(model_file, guarded)
             if n:  # an export written before segqat guarded them itself
-                logger.info("%s: %d quantized average-pool output(s) without a tensor of their own; "
-                            "running a copy that has them (compat.guard_pooled_scales; re-export to "
-                            "make this permanent)", model_file, n)
+                logger.info("%s: written before segqat guarded quantization scales oneDNN overwrites; "
+                            "running a guarded copy (re-export to make this permanent)", model_file)
                 model_file = guarded
 
         def config(delete=()):
