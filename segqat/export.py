@@ -149,6 +149,8 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
                                or cfg.get("val_dataset", {}).get("num_classes")),
         }
     }
+    if (cfg.get("quant_config") or {}).get("int8_residual_fusion", True) is False:
+        deploy["Deploy"]["int8_residual_fusion"] = False  # read by the Paddle Inference predictor
 
     def write(d):
         prefix = os.path.join(d, "model")

@@ -34,7 +34,7 @@ from .config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# PaddleSeg's slim/quant defaults, plus our keys (last four).
+# PaddleSeg's slim/quant defaults, plus our keys (the last five).
 DEFAULT_QUANT_CONFIG = {
     "weight_quantize_type": "channel_wise_abs_max",
     "activation_quantize_type": "moving_average_abs_max",
@@ -49,10 +49,13 @@ DEFAULT_QUANT_CONFIG = {
     "pact": False,
     "pact_alpha_init": 100.0,
     "quantize_scope": "all",
+    # Paddle Inference (oneDNN) only: false runs INT8 without the conv + residual-add
+    # fusion, which leaves some quantized convolutions FP32 (compat.fp32_residual_fusions)
+    "int8_residual_fusion": True,
 }
 # Keys that are ours (not paddleslim's QAT config).
 _OWN_KEYS = ("skip_layers", "pact", "pact_alpha_init", "quantize_scope", "weight_granularity",
-             "calibration_list")
+             "calibration_list", "int8_residual_fusion")
 
 GRANULARITY = {"per_channel": "channel_wise_abs_max", "per_tensor": "abs_max"}
 SCOPES = ("all", "backbone")

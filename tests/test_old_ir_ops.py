@@ -723,6 +723,58 @@ def test_int8_residual_add_of_u8_and_s8_runs_unfused(tmp_path):
         assert float(np.abs(got - w).max() / np.abs(w).max()) < 0.15
 
 
+class _ProjectionBlock(paddle.nn.Layer):
+    """The first block of a ResNet stage: conv-BN-relu-conv-BN plus a conv-BN projection
+    shortcut, relu after the add; neither add input is read by a quantized op."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = paddle.nn.Conv2D(3, 16, 3, padding=1, bias_attr=False), paddle.nn.BatchNorm2D(16)
+        self.c2, self.b2 = paddle.nn.Conv2D(16, 16, 3, padding=1, bias_attr=False), paddle.nn.BatchNorm2D(16)
+        self.cs, self.bs = paddle.nn.Conv2D(3, 16, 1, bias_attr=False), paddle.nn.BatchNorm2D(16)
+        self.c4 = paddle.nn.Conv2D(16, 8, 1)
+
+    def forward(self, x):
+        t = F.relu(self.b1(self.c1(x)))
+        return self.c4(F.relu(self.b2(self.c2(t)) + self.bs(self.cs(x))))
+
+
+def test_int8_residual_fusion_that_leaves_a_conv_fp32_can_be_turned_off(tmp_path):
+    """Paddle 3.3.1 fuses the add into one of the two convolutions and then runs that one in
+    FP32 (its residual has no scale). The predictor finds it (``compat.fp32_residual_fusions``),
+    and with ``Deploy.int8_residual_fusion: false`` (written by export from quant_config) runs
+    without the fusion: every convolution INT8."""
+    import yaml
+    from segqat.deploy.contract import DeployError, load_deploy_config
+    from segqat.deploy.paddle_inference import PaddlePredictor
+    paddle.seed(0)
+    layer = _ProjectionBlock()
+    quanter, r = _quantized_for_eval(layer, seed=7)
+    xs = [r.rand(1, 3, 8, 8).astype("float32") for _ in range(3)]
+    want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
+    with compat.old_ir_export(layer, timeout=120):
+        quanter.save_quantized_model(layer, str(tmp_path / "model"), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    dep = {"model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
+           "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
+           "precision": "int8", "num_classes": 8}
+    runs = {}
+    for fusion in (True, False):
+        (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": dict(dep, int8_residual_fusion=fusion)}))
+        optim = tmp_path / f"optim_{fusion}"
+        pred = PaddlePredictor(load_deploy_config(str(tmp_path / "deploy.yaml")), "int8", 1,
+                               optim_dir=str(optim))
+        runs[fusion] = (compat.fp32_residual_fusions(str(optim / "_optimized.pdmodel")), pred.int8_ops(),
+                        [pred._run(x) for x in xs])
+    assert len(runs[True][0]) == 1 and sum(runs[True][1].values()) == 3  # 1 of 4 convolutions FP32
+    assert runs[False][0] == [] and sum(runs[False][1].values()) == 4
+    for got, w in zip(runs[False][2], want):
+        assert float(np.abs(got - w).max() / np.abs(w).max()) < 0.15
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": dict(dep, int8_residual_fusion="no")}))
+    with pytest.raises(DeployError, match=r"Deploy.int8_residual_fusion is 'no'; allowed: true, false"):
+        load_deploy_config(str(tmp_path / "deploy.yaml"))
+
+
 def _exported_block(cls, seed, tmp_path):
     """A QAT-quantized ``cls()`` saved as tmp_path/model; returns three 16x16 inputs and
     ``err(outputs)``: the largest deviation from its fake-quant outputs, relative to their range."""

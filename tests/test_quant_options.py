@@ -270,3 +270,20 @@ def test_fuse_conv_bn_qat_exports_int8(tmp_path, fp32_run):
     pred.close()
     # the BNs left (not after a conv; some only in the training heads) are all the program has
     assert ptq.program_op_counts(str(tmp_path / "qat_infer" / "model.pdmodel"))["batch_norm"] <= n_bn(model)
+
+
+def test_int8_residual_fusion_goes_to_deploy_yaml(tmp_path):
+    """quant_config.int8_residual_fusion: false is written to deploy.yaml (only when false); a
+    value that is not a boolean is a config error naming the key."""
+    import yaml
+    off = load_config(str(write_config(tmp_path / "o.yml", extra="quant_config:\n  int8_residual_fusion: false\n")))
+    quantized_export(off, tmp_path / "off")
+    dep = yaml.safe_load((tmp_path / "off" / "deploy.yaml").read_text())["Deploy"]
+    assert dep["int8_residual_fusion"] is False
+    pred = deploy.create_predictor(str(tmp_path / "off"), precision="int8", threads=1)
+    assert sum(pred.int8_ops().values()) > 20
+    pred.close()
+    quantized_export(load_config(str(SYN_CONFIG)), tmp_path / "on")
+    assert "int8_residual_fusion" not in yaml.safe_load((tmp_path / "on" / "deploy.yaml").read_text())["Deploy"]
+    with pytest.raises(ConfigError, match="int8_residual_fusion"):
+        load_config(str(write_config(tmp_path / "b.yml", extra="quant_config:\n  int8_residual_fusion: 'no'\n")))

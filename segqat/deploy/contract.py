@@ -52,6 +52,9 @@ def load_deploy_config(path):
     if dep["precision"] not in PRECISIONS:
         raise DeployError(f"{path}: Deploy.precision is {dep['precision']!r}; allowed: "
                           f"{', '.join(PRECISIONS)}")
+    if not isinstance(dep.setdefault("int8_residual_fusion", True), bool):
+        raise DeployError(f"{path}: Deploy.int8_residual_fusion is {dep['int8_residual_fusion']!r}; "
+                          "allowed: true, false")
     dep["path"] = path
     return dep
 

@@ -163,15 +163,26 @@ class PaddlePredictor(Predictor):
         with compat.native_output(verbose):  # oneDNN's INT8 passes print ~30 lines
             self.predictor = pi.create_predictor(config())
         if self._optim_dir and precision == "int8":
-            bad = compat.unsafe_int8_residual_fusions(os.path.join(self._optim_dir, "_optimized.pdmodel"))
-            if bad:
-                logger.info("%s: %d INT8 convolution(s) with a residual add oneDNN would compute wrongly "
-                            "(u8/s8, e.g. %s): running without %s", dep["model_file"], len(bad), bad[0],
-                            compat.INT8_RESIDUAL_FUSE_PASS)
+            optimized = os.path.join(self._optim_dir, "_optimized.pdmodel")
+            bad = compat.unsafe_int8_residual_fusions(optimized)
+            kept = compat.fp32_residual_fusions(optimized)
+            if bad or (kept and not dep.get("int8_residual_fusion", True)):
+                before = sum(self.int8_ops().values())
+                why = (f"{len(bad)} INT8 convolution(s) with a residual add oneDNN would compute wrongly "
+                       f"(u8/s8, e.g. {bad[0]})" if bad else
+                       f"int8_residual_fusion: false and {len(kept)} convolution(s) with a fused "
+                       f"residual add left in FP32 (e.g. {kept[0]})")
                 for f in glob.glob(os.path.join(self._optim_dir, "_optimized.*")):
                     os.remove(f)  # written by the predictor just made: the proof must be the new one's
                 with compat.native_output(verbose):
                     self.predictor = pi.create_predictor(config([compat.INT8_RESIDUAL_FUSE_PASS]))
+                logger.info("%s: %s: running without %s (INT8 kernels %d -> %d)", dep["model_file"], why,
+                            compat.INT8_RESIDUAL_FUSE_PASS, before, sum(self.int8_ops().values()))
+            elif kept:
+                logger.info("%s: %d convolution(s) with a fused residual add run in FP32 (e.g. %s); "
+                            "quant_config.int8_residual_fusion: false at export (or Deploy."
+                            "int8_residual_fusion: false in deploy.yaml) runs them INT8 without the "
+                            "fusion", dep["model_file"], len(kept), kept[0])
         self.input_name = self.predictor.get_input_names()[0]
         if device == "cpu":
             self._check_int8()
