@@ -1,0 +1,11 @@
+# CamVid BiSeNetV2 with its 8 channel-expanding grouped convolutions left in FP32
+# (configs/bisenetv2/bisenetv2_camvid_240x180_openvino.yml): FP32 / QAT / PTQ on Paddle Inference and OpenVINO
+python tools/data/convert_camvid.py --src ../shared/data/camvid --save_dir data/camvid
+python tools/pipeline.py --config configs/bisenetv2/bisenetv2_camvid_240x180_openvino.yml --fp32_iters 600 \
+    --learning_rate 0.05 --qat_iters 150 --qat_learning_rate 0.005 --save_interval 150 --cpu_threads 2 \
+    --ptq_algo hist --skip_benchmark --save_dir output/camvid_bv2_ov
+RUN=$(ls -d output/camvid_bv2_ov/*/ | tail -1)
+python deploy/python/benchmark.py --config configs/bisenetv2/bisenetv2_camvid_240x180_openvino.yml \
+    --fp32 ${RUN}fp32_infer --int8 ${RUN}qat_infer ${RUN}ptq_infer --names FP32 QAT PTQ \
+    --qat_model_path ${RUN}qat/best_model/model.pdparams --runtimes paddle openvino \
+    --cpu_threads 2 --save_dir output/runtimes_camvid_bisenetv2_openvino
