@@ -49,10 +49,10 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   their own, and the Paddle predictor guards older exports in a private copy.
 * ``configure_inference(config)``: deletes the Paddle Inference passes that
   compute wrong results or crash (``BROKEN_INFERENCE_PASSES``).
-* ``unsafe_int8_residual_fusions(optimized program)``: INT8 convolutions with
-  a fused residual of the other 8-bit type, which oneDNN adds wrongly, and
-  ``fp32_residual_fusions``: quantized convolutions the fusion left in FP32;
-  the predictor then runs without ``INT8_RESIDUAL_FUSE_PASS``.
+* ``residual_fusions(optimized program)``: INT8 convolutions with a fused
+  residual of the other 8-bit type, which oneDNN adds wrongly, and quantized
+  convolutions the fusion left in FP32; the predictor then runs without
+  ``INT8_RESIDUAL_FUSE_PASS`` (for the second, when deploy.yaml asks).
 """
 import contextlib
 import functools
@@ -1395,9 +1395,18 @@ INT8_RESIDUAL_FUSE_PASS = "conv_elementwise_add_onednn_fuse_pass"
 _UNSIGNED_ACTS = ("relu", "relu6")
 
 
-def unsafe_int8_residual_fusions(pdmodel_path):
-    """Output names of the INT8 convolutions in an optimized oneDNN program (Paddle's
-    ``_optimized.pdmodel``) that add a residual of the other 8-bit type (u8 vs s8)."""
+def residual_fusions(pdmodel_path):
+    """The convolutions with a fused residual add in an optimized oneDNN INT8 program
+    (Paddle's ``_optimized.pdmodel``) that the fusion gets wrong, as two lists of output
+    names: ``(unsafe, left_fp32)``.
+
+    ``unsafe``: INT8 convolutions that add a residual of the other 8-bit type (u8 vs s8).
+    ``left_fp32``: convolutions that run in FP32. paddle 3.3.1's conv + residual-add fusion
+    runs before the INT8 quantize pass, which then leaves a fused convolution in FP32
+    although the export quantized it (no INT8 kernel for that residual). Measured on the
+    zoo's ANN: 3 of 67 convolutions stayed FP32 with the fusion, deployed INT8 agreed with
+    fake quant on 98.26% of pixels; without the fusion all 67 ran INT8 and it agreed on
+    99.40%, at about 3% more time per image at 512x1024 (INT8/FP32 0.32 instead of 0.31)."""
     from paddle.base import core
     with open(pdmodel_path, "rb") as f:
         desc = core.ProgramDesc(f.read())
@@ -1420,41 +1429,18 @@ def unsafe_int8_residual_fusions(pdmodel_path):
         for k in op.output_names():
             for n in op.output(k):
                 producer[n] = op
-    bad = []
+    unsafe, left_fp32 = [], []
     for op in ops:
         if op.type() != "fused_conv2d" or not attr(op, "fuse_residual_connection", False):
             continue
+        if attr(op, "mkldnn_data_type") != "int8":
+            left_fp32.append(op.output("Output")[0])
+            continue
         res = op.input("ResidualData")
         src = producer.get(res[0]) if res else None
-        types = {out_type(op), out_type(src) if src is not None else "f32"}
-        if types == {"u8", "s8"}:
-            bad.append(op.output("Output")[0])
-    return bad
-
-
-def fp32_residual_fusions(pdmodel_path):
-    """Output names of the convolutions in an optimized oneDNN INT8 program (Paddle's
-    ``_optimized.pdmodel``) that carry a fused residual add and run in FP32.
-
-    paddle 3.3.1's conv + residual-add fusion runs before the INT8 quantize pass,
-    which then leaves some fused convolutions in FP32 although the export quantized
-    them (no INT8 kernel for that residual). Measured on the zoo's ANN: 3 of 67
-    convolutions stayed FP32 with the fusion, deployed INT8 agreed with fake quant
-    on 98.26% of pixels; without the fusion all 67 ran INT8 and it agreed on 99.40%,
-    at about 3% more time per image at 512x1024 (INT8/FP32 0.32 instead of 0.31)."""
-    from paddle.base import core
-    with open(pdmodel_path, "rb") as f:
-        desc = core.ProgramDesc(f.read())
-    blk = desc.block(0)
-    found = []
-    for i in range(blk.op_size()):
-        op = blk.op(i)
-        if op.type() != "fused_conv2d" or not op.has_attr("fuse_residual_connection") \
-                or not op.attr("fuse_residual_connection"):
-            continue
-        if not op.has_attr("mkldnn_data_type") or op.attr("mkldnn_data_type") != "int8":
-            found.append(op.output("Output")[0])
-    return found
+        if {out_type(op), out_type(src) if src is not None else "f32"} == {"u8", "s8"}:
+            unsafe.append(op.output("Output")[0])
+    return unsafe, left_fp32
 
 
 def configure_inference(config):

@@ -50,7 +50,7 @@ DEFAULT_QUANT_CONFIG = {
     "pact_alpha_init": 100.0,
     "quantize_scope": "all",
     # Paddle Inference (oneDNN) only: false runs INT8 without the conv + residual-add
-    # fusion, which leaves some quantized convolutions FP32 (compat.fp32_residual_fusions)
+    # fusion, which leaves some quantized convolutions FP32 (compat.residual_fusions)
     "int8_residual_fusion": True,
 }
 # Keys that are ours (not paddleslim's QAT config).

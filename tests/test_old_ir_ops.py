@@ -691,12 +691,21 @@ class _ResidualBlock(paddle.nn.Layer):
         return self.c4(r + self.b3(self.c3(t)))
 
 
+def _write_int8_deploy_yaml(tmp_path, **extra):
+    """deploy.yaml for the INT8 block saved as tmp_path/model (logits out, no transforms)."""
+    import yaml
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": dict({
+        "model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
+        "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
+        "precision": "int8", "num_classes": 8}, **extra)}))
+    return str(tmp_path / "deploy.yaml")
+
+
 def test_int8_residual_add_of_u8_and_s8_runs_unfused(tmp_path):
     """Paddle 3.3.1's oneDNN INT8 conv + residual-add fusion reads a u8 residual as s8: this
     block's INT8 output was 64-70% (of its range) off the fake-quant model with the fusion and
     3-10% without. segqat's predictor finds such fusions in the optimized program
-    (``compat.unsafe_int8_residual_fusions``) and runs without the fusion pass."""
-    import yaml
+    (``compat.residual_fusions``) and runs without the fusion pass."""
     from segqat.deploy.contract import load_deploy_config
     from segqat.deploy.paddle_inference import PaddlePredictor
     paddle.seed(0)
@@ -707,16 +716,13 @@ def test_int8_residual_add_of_u8_and_s8_runs_unfused(tmp_path):
     with compat.old_ir_export(layer, timeout=120):
         quanter.save_quantized_model(layer, str(tmp_path / "model"), input_spec=[
             paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
-    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": {
-        "model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
-        "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
-        "precision": "int8", "num_classes": 8}}))
+    _write_int8_deploy_yaml(tmp_path)
     # Paddle's own pipeline makes the fusion this guards against
     unguarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
     assert max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(unguarded, want)) > 0.3
     pred = PaddlePredictor(load_deploy_config(str(tmp_path / "deploy.yaml")), "int8", 1,
                            optim_dir=str(tmp_path / "optim"))
-    assert compat.unsafe_int8_residual_fusions(str(tmp_path / "optim" / "_optimized.pdmodel")) == []
+    assert compat.residual_fusions(str(tmp_path / "optim" / "_optimized.pdmodel"))[0] == []
     assert sum(pred.int8_ops().values()) == 4
     for x, w in zip(xs, want):
         got = pred._run(x)
@@ -741,10 +747,9 @@ class _ProjectionBlock(paddle.nn.Layer):
 
 def test_int8_residual_fusion_that_leaves_a_conv_fp32_can_be_turned_off(tmp_path):
     """Paddle 3.3.1 fuses the add into one of the two convolutions and then runs that one in
-    FP32 (its residual has no scale). The predictor finds it (``compat.fp32_residual_fusions``),
+    FP32 (its residual has no scale). The predictor finds it (``compat.residual_fusions``),
     and with ``Deploy.int8_residual_fusion: false`` (written by export from quant_config) runs
     without the fusion: every convolution INT8."""
-    import yaml
     from segqat.deploy.contract import DeployError, load_deploy_config
     from segqat.deploy.paddle_inference import PaddlePredictor
     paddle.seed(0)
@@ -755,24 +760,19 @@ def test_int8_residual_fusion_that_leaves_a_conv_fp32_can_be_turned_off(tmp_path
     with compat.old_ir_export(layer, timeout=120):
         quanter.save_quantized_model(layer, str(tmp_path / "model"), input_spec=[
             paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
-    dep = {"model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
-           "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
-           "precision": "int8", "num_classes": 8}
     runs = {}
     for fusion in (True, False):
-        (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": dict(dep, int8_residual_fusion=fusion)}))
         optim = tmp_path / f"optim_{fusion}"
-        pred = PaddlePredictor(load_deploy_config(str(tmp_path / "deploy.yaml")), "int8", 1,
-                               optim_dir=str(optim))
-        runs[fusion] = (compat.fp32_residual_fusions(str(optim / "_optimized.pdmodel")), pred.int8_ops(),
+        pred = PaddlePredictor(load_deploy_config(_write_int8_deploy_yaml(tmp_path, int8_residual_fusion=fusion)),
+                               "int8", 1, optim_dir=str(optim))
+        runs[fusion] = (compat.residual_fusions(str(optim / "_optimized.pdmodel"))[1], pred.int8_ops(),
                         [pred._run(x) for x in xs])
     assert len(runs[True][0]) == 1 and sum(runs[True][1].values()) == 3  # 1 of 4 convolutions FP32
     assert runs[False][0] == [] and sum(runs[False][1].values()) == 4
     for got, w in zip(runs[False][2], want):
         assert float(np.abs(got - w).max() / np.abs(w).max()) < 0.15
-    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": dict(dep, int8_residual_fusion="no")}))
     with pytest.raises(DeployError, match=r"Deploy.int8_residual_fusion is 'no'; allowed: true, false"):
-        load_deploy_config(str(tmp_path / "deploy.yaml"))
+        load_deploy_config(_write_int8_deploy_yaml(tmp_path, int8_residual_fusion="no"))
 
 
 def _exported_block(cls, seed, tmp_path):
@@ -814,14 +814,10 @@ def test_int8_average_pool_keeps_its_own_scale(tmp_path):
     times too coarse. ``compat.guard_overwritten_scales`` gives the pooled tensor an ``assign`` of
     its own: the program computes the same, and oneDNN then keeps the QAT scale. The Paddle
     predictor guards an unguarded export in a private copy; the export is not changed."""
-    import yaml
     from segqat.deploy.contract import load_deploy_config
     from segqat.deploy.paddle_inference import PaddlePredictor
     xs, err = _exported_block(_PooledBranch, 7, tmp_path)
-    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": {
-        "model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
-        "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
-        "precision": "int8", "num_classes": 8}}))
+    _write_int8_deploy_yaml(tmp_path)
 
     before = (tmp_path / "model.pdmodel").read_bytes()
     unguarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")

@@ -163,10 +163,8 @@ class PaddlePredictor(Predictor):
         with compat.native_output(verbose):  # oneDNN's INT8 passes print ~30 lines
             self.predictor = pi.create_predictor(config())
         if self._optim_dir and precision == "int8":
-            optimized = os.path.join(self._optim_dir, "_optimized.pdmodel")
-            bad = compat.unsafe_int8_residual_fusions(optimized)
-            kept = compat.fp32_residual_fusions(optimized)
-            if bad or (kept and not dep.get("int8_residual_fusion", True)):
+            bad, kept = compat.residual_fusions(os.path.join(self._optim_dir, "_optimized.pdmodel"))
+            if bad or (kept and not dep["int8_residual_fusion"]):
                 before = sum(self.int8_ops().values())
                 why = (f"{len(bad)} INT8 convolution(s) with a residual add oneDNN would compute wrongly "
                        f"(u8/s8, e.g. {bad[0]})" if bad else
