@@ -3,6 +3,8 @@ layout of an INT8 export, the deviation check refusing a broken model, and
 deploy/python/export_onnx.py."""
 import numpy as np
 import onnx
+import paddle
+import paddle.nn.functional as F
 import pytest
 from onnx import numpy_helper
 from paddle.base import core
@@ -128,3 +130,44 @@ def test_ptq_export_with_observer_only_pairs(syn_cfg, fp32_run, tmp_path, monkey
         assert pred.run(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 4, 64, 64)
     finally:
         pred.close()
+
+
+class _Pyramid(paddle.nn.Layer):
+    """PP-LiteSeg's context module in small: adaptive average pools of one feature map into
+    1, 2x4 and 3x3 bins, upsampled back and summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        out = f
+        for bins in (1, (2, 4), 3):
+            out = out + F.interpolate(F.adaptive_avg_pool2d(f, bins), size=paddle.shape(f)[2:],
+                                      mode="bilinear", align_corners=False)
+        return out
+
+
+def test_adaptive_average_pooling_is_exact_for_any_input_size(tmp_path):
+    """paddle2onnx writes adaptive pooling as fixed windows (strides 0 for a dynamic size,
+    which ONNX Runtime refuses); the converted model pools exactly, also where the feature
+    map does not divide into the bins."""
+    paddle.seed(0)
+    layer = _Pyramid()
+    layer.eval()
+    prefix = tmp_path / "model"
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    dep = {"model_file": f"{prefix}.pdmodel", "params_file": f"{prefix}.pdiparams"}
+    model = onnx_export.convert(dep)
+    ops = [n.op_type for n in model.graph.node]
+    assert "AveragePool" not in ops and ops.count("GlobalAveragePool") == 1 and ops.count("MatMul") == 4
+    sess = onnx_runtime.session(model.SerializeToString(), 2)
+    rng = np.random.RandomState(0)
+    for h, w in ((8, 8), (13, 21), (6, 7), (45, 60)):
+        x = rng.randn(2, 3, h, w).astype("float32")
+        ref = onnx_export.paddle_outputs(dep, [x])
+        got = sess.run(None, {"x": x})[0]
+        assert got.shape == ref.shape == (2, 4, h, w)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
