@@ -1,5 +1,4 @@
-# CamVid PP-LiteSeg (STDC1): FP32 / QAT / PTQ on Paddle Inference and OpenVINO
-# (ONNX Runtime cannot run it: paddle2onnx's adaptive pooling, see the README's Limits)
+# CamVid PP-LiteSeg (STDC1): FP32 / QAT / PTQ on Paddle Inference, OpenVINO and ONNX Runtime
 python tools/data/convert_camvid.py --src ../shared/data/camvid --save_dir data/camvid
 python tools/pipeline.py --config configs/pp_liteseg/pp_liteseg_stdc1_camvid_240x180.yml --fp32_iters 400 \
     --qat_iters 100 --learning_rate 0.05 --save_interval 100 --cpu_threads 2 --ptq_algo hist \
@@ -7,5 +6,5 @@ python tools/pipeline.py --config configs/pp_liteseg/pp_liteseg_stdc1_camvid_240
 RUN=$(ls -d output/camvid_ppl/*/ | tail -1)
 python deploy/python/benchmark.py --config configs/pp_liteseg/pp_liteseg_stdc1_camvid_240x180.yml \
     --fp32 ${RUN}fp32_infer --int8 ${RUN}qat_infer ${RUN}ptq_infer --names FP32 QAT PTQ \
-    --qat_model_path ${RUN}qat/best_model/model.pdparams --runtimes paddle openvino \
+    --qat_model_path ${RUN}qat/best_model/model.pdparams --runtimes paddle openvino onnxruntime \
     --cpu_threads 2 --save_dir output/runtimes_camvid_ppliteseg
