@@ -150,6 +150,37 @@ def test_infer_passes_runtime_options(exports, synth, tmp_path):
             "--save_onnx", onnx_path, "--save_dir", tmp_path / "pred2"])
 
 
+def test_openvino_ir_runs_without_paddle(exports, synth, tmp_path):
+    """infer.py --save_ir writes the QAT model as OpenVINO IR; OpenVINO alone compiles it with
+    INT8 convolutions and gives the predictor's output; existing files are never replaced."""
+    import numpy as np
+    import openvino as ov
+    from segqat.deploy.openvino import INT8_TYPES
+    image = synth / "images" / "val_0000.png"
+    xml = tmp_path / "ir" / "qat.xml"
+    run_script("deploy/python/infer.py", [
+        "--config", exports / "int8", "--image_path", image, "--runtime", "openvino",
+        "--save_ir", xml, "--save_dir", tmp_path / "pred"])
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["qat.bin", "qat.xml"]
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    int8 = [op for op in compiled.get_runtime_model().get_ops()
+            if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+            and op.get_rt_info()["runtimePrecision"].astype(str) in INT8_TYPES]
+    pred = deploy.create_predictor(str(exports / "int8"), runtime="openvino", threads=1)
+    try:
+        assert len(int8) == sum(pred.int8_ops().values()) >= 40
+        x, _ = pred.preprocess(cv2.imread(str(image)))
+        np.testing.assert_array_equal(compiled({0: x[None]})[compiled.output(0)], pred.run(x[None]))
+    finally:
+        pred.close()
+    stamp = xml.stat().st_mtime_ns
+    with pytest.raises(deploy.DeployError, match="save_ir: .*qat.xml exists"):
+        deploy.create_predictor(str(exports / "int8"), runtime="openvino", save_ir=str(xml))
+    with pytest.raises(deploy.DeployError, match=r"save_ir: .*model.onnx must end with \.xml"):
+        deploy.create_predictor(str(exports / "int8"), runtime="openvino", save_ir=str(tmp_path / "model.onnx"))
+    assert xml.stat().st_mtime_ns == stamp
+
+
 def test_bench_latency_across_runtimes(tmp_path):
     from conftest import SYN_CONFIG
     res = run_script("slim/quant/bench_latency.py", [

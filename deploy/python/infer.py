@@ -52,6 +52,9 @@ def get_args_parser():
     g = p.add_argument_group("OpenVINO")
     g.add_argument("--inference_precision", choices=["f32", "bf16"], default="f32",
                    help="OpenVINO's precision hint (default f32; bf16 changes FP32 results)")
+    g.add_argument("--save_ir", default=None, metavar="FILE.xml",
+                   help="also write the model as OpenVINO IR (FILE.xml + FILE.bin), to run without "
+                        "Paddle (never overwritten)")
     g = p.add_argument_group("ONNX Runtime")
     g.add_argument("--save_onnx", default=None,
                    help="also write the checked ONNX model to this path (never overwritten)")
@@ -93,7 +96,7 @@ RUNTIME_FLAGS = {
     "use_trt": ("paddle", "use_trt"),
     "min_shape": ("paddle", "trt_min_shape"), "opt_shape": ("paddle", "trt_opt_shape"),
     "max_shape": ("paddle", "trt_max_shape"),
-    "inference_precision": ("openvino", "inference_precision"),
+    "inference_precision": ("openvino", "inference_precision"), "save_ir": ("openvino", "save_ir"),
     "save_onnx": ("onnxruntime", "save_onnx"), "check_images": ("onnxruntime", "check_images"),
     "min_agreement": ("onnxruntime", "min_agreement"),
 }

@@ -7,12 +7,18 @@ the compiled model's runtime graph: layers whose ``runtimePrecision`` is
 u8/i8. The precision hint is pinned to f32: on CPUs with bf16 support
 OpenVINO's default is bf16, which changes FP32 results and hides the INT8
 gain; ``inference_precision="bf16"`` asks for it explicitly.
+
+``save_ir="model.xml"`` also writes the model OpenVINO read as its own IR
+(``model.xml`` + ``model.bin``, weights not compressed), which a deployer runs
+with OpenVINO alone (``ov.Core().compile_model("model.xml", "CPU")``), without
+Paddle; existing files are never replaced.
 """
+import os
 from collections import Counter
 
 from .contract import DeployError, Predictor
 
-OPTIONS = ("inference_precision",)
+OPTIONS = ("inference_precision", "save_ir")
 INT8_TYPES = {"u8", "i8"}
 # compute layers (runtime-graph layerType) counted as INT8 kernels
 COMPUTE_LAYERS = {"Convolution", "Deconvolution", "MatMul", "FullyConnected"}
@@ -23,7 +29,6 @@ def _read_paddle_model(core, model_file, params_file):
     copy without paddleslim's observer-only quantize/dequantize pairs, which the
     Paddle frontend refuses (compat.drop_observer_only_quant); the export itself is
     not changed."""
-    import os
     import tempfile
     from .. import compat
     with tempfile.TemporaryDirectory(prefix="segqat_ov_") as tmp:
@@ -32,6 +37,37 @@ def _read_paddle_model(core, model_file, params_file):
             os.symlink(os.path.abspath(params_file), os.path.join(tmp, "model.pdiparams"))
             return core.read_model(copy)
     return core.read_model(model_file)
+
+
+def _ir_files(path):
+    return path, path[:-len(".xml")] + ".bin"
+
+
+def _check_ir_path(path):
+    if not str(path).endswith(".xml"):
+        raise DeployError(f"save_ir: {path} must end with .xml (the weights go beside it in a .bin)")
+    for f in _ir_files(str(path)):
+        if os.path.exists(f):
+            raise DeployError(f"save_ir: {f} exists; remove it or choose another path")
+
+
+def save_model(model, path):
+    """Write the ov.Model as OpenVINO IR at ``path`` (.xml, and the .bin beside it), weights
+    as they are (no FP16 compression); both files appear together, existing ones never replaced."""
+    import shutil
+    import tempfile
+    import openvino as ov
+    _check_ir_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".segqat_ir_", dir=folder)
+    try:
+        ov.save_model(model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
+        xml, bin_ = _ir_files(os.path.abspath(path))
+        os.replace(os.path.join(tmp, "model.bin"), bin_)
+        os.replace(os.path.join(tmp, "model.xml"), xml)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _frontend_message(error):
@@ -46,13 +82,15 @@ def _frontend_message(error):
 class OpenVINOPredictor(Predictor):
     runtime = "openvino"
 
-    def __init__(self, dep, precision, threads, verbose=False, inference_precision="f32"):
+    def __init__(self, dep, precision, threads, verbose=False, inference_precision="f32", save_ir=None):
         import openvino as ov
         super().__init__(dep, precision, threads)
         if precision == "fp16":
             raise DeployError("--runtime openvino: --precision fp16 is not offered here (CPU)")
         if inference_precision not in ("f32", "bf16"):
             raise DeployError(f"inference_precision must be f32 or bf16, got {inference_precision!r}")
+        if save_ir:
+            _check_ir_path(save_ir)
         if not dep["model_file"].endswith(".pdmodel"):
             raise DeployError(f"--runtime openvino reads old-IR Paddle models (model.pdmodel); "
                               f"{dep['model_file']} is not one. Re-export with this tool.")
@@ -71,6 +109,8 @@ class OpenVINOPredictor(Predictor):
         self.request = self.compiled.create_infer_request()
         self._output = self.compiled.output(0)
         self._check_int8()
+        if save_ir:
+            save_model(model, save_ir)
 
     def layer_precisions(self):
         """Counter of (layerType, runtimePrecision) over the compiled runtime graph."""
