@@ -77,8 +77,12 @@ def test_corrupted_qdq_model_is_refused(exports):
     t = next(t for t in model.graph.initializer if t.name == mul.input[1])
     t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 10, t.name))
     sess = onnx_runtime.session(model.SerializeToString(), 2)
-    with pytest.raises(deploy.DeployError, match="deviates from Paddle's fake-quantized"):
+    with pytest.raises(deploy.DeployError, match="deviates from Paddle's fake-quantized") as err:
         onnx_export.check(dep, lambda x: sess.run(None, {"x": x})[0], batch)
+    assert "synthetic" not in str(err.value)
+    with pytest.raises(deploy.DeployError, match="The check images were synthetic: check on real images "
+                                                 r"\(infer.py --check_images"):
+        onnx_export.check(dep, lambda x: sess.run(None, {"x": x})[0], batch, synthetic=True)
 
 
 def test_export_onnx_script(exports, synth, tmp_path, caplog):

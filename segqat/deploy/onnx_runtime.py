@@ -89,7 +89,8 @@ class OnnxRuntimePredictor(Predictor):
         self._check_int8()
         try:
             batch = onnx_export.check_batch(dep, self.preprocess, check_images)
-            self.agreement = onnx_export.check(dep, self._run, batch, float(min_agreement))
+            self.agreement = onnx_export.check(dep, self._run, batch, float(min_agreement),
+                                               synthetic=not check_images)
         except DeployError:
             self.close()
             raise
