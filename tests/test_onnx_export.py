@@ -175,3 +175,64 @@ def test_adaptive_average_pooling_is_exact_for_any_input_size(tmp_path):
         got = sess.run(None, {"x": x})[0]
         assert got.shape == ref.shape == (2, 4, h, w)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_op_paddle2onnx_cannot_convert_is_an_error_not_an_abort(tmp_path):
+    """paddle2onnx 1.3.1 aborts the process (SIGABRT) on an op it has no converter for
+    (CCNet's diag_v2, ENet's unpool); the conversion names the op first instead."""
+    class _Diag(paddle.nn.Layer):
+        def forward(self, x):
+            return x * paddle.diag(x.mean(axis=[0, 2, 3])).sum(axis=0).reshape([1, -1, 1, 1])
+    prefix = tmp_path / "model"
+    with compat.old_ir_export(_Diag(), timeout=120):
+        paddle.jit.save(_Diag(), str(prefix), input_spec=[paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    dep = {"model_file": f"{prefix}.pdmodel", "params_file": f"{prefix}.pdiparams"}
+    with pytest.raises(deploy.DeployError, match=r"model.pdmodel: paddle2onnx 1.3.1 cannot convert the "
+                                                 r"op\(s\) diag_v2, so this model cannot run on ONNX Runtime"):
+        onnx_export.convert(dep)
+
+
+def test_int8_model_with_a_branch_converts(tmp_path):
+    """ISANet pads H, W up to a multiple of its down factor in a conditional block: in ONNX an
+    If whose branches read outer tensors by name. The QDQ rewrite keeps what the branches
+    read (it dropped it before: "Nodes in a graph must be topologically sorted"); padded
+    (6x10) and unpadded (8x8) inputs match Paddle's fake quantization."""
+    from test_old_ir_ops import _ISAHeadOnly, _quantized_for_eval
+    paddle.seed(0)
+    layer = _ISAHeadOnly()
+    quanter, r = _quantized_for_eval(layer, seed=3)
+    prefix = tmp_path / "model"
+    with compat.old_ir_export(layer, timeout=120):
+        quanter.save_quantized_model(layer, str(prefix), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    dep = {"model_file": f"{prefix}.pdmodel", "params_file": f"{prefix}.pdiparams"}
+    model = onnx_export.convert(dep)
+    ops = [n.op_type for n in model.graph.node]
+    assert "If" in ops and ops.count("ConvInteger") >= 4
+    sess = onnx_runtime.session(model.SerializeToString(), 2)
+    for shape in ((1, 3, 6, 10), (1, 3, 8, 8)):
+        x = r.rand(*shape).astype("float32")
+        ref = onnx_export.paddle_outputs(dep, [x])
+        got = sess.run(None, {"x": x})[0]
+        assert got.shape == ref.shape
+        assert float(np.abs(got - ref).max() / np.abs(ref).max()) < 0.05
+
+
+def test_same_padding_ignores_dilation_as_paddle_does(tmp_path):
+    """Paddle's padding="same" computes the padding from the kernel and runs the convolution
+    undilated; paddle2onnx kept the dilation with auto_pad SAME (ONNX Runtime refused it:
+    "Dilation not supported for AutoPad"). ESPNetV2 has such convolutions."""
+    paddle.seed(0)
+    layer = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, padding="same", dilation=2),
+                                 paddle.nn.Conv2D(4, 4, 3, padding="same", dilation=3, stride=2))
+    layer.eval()
+    prefix = tmp_path / "model"
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    dep = {"model_file": f"{prefix}.pdmodel", "params_file": f"{prefix}.pdiparams"}
+    sess = onnx_runtime.session(onnx_export.convert(dep).SerializeToString(), 2)
+    rng = np.random.RandomState(0)
+    for h, w in ((9, 10), (16, 16)):
+        x = rng.randn(1, 3, h, w).astype("float32")
+        ref = onnx_export.paddle_outputs(dep, [x])
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)

@@ -187,6 +187,20 @@ def _strip_quant(desc, values):
 
 # ---------------------------------------------------------------- ONNX side
 
+# ops paddle2onnx converts by itself rather than by its op table (control flow), or drops
+CONVERTED_APART = {"feed", "fetch", "while", "conditional_block", "select_input", "select_output",
+                   "write_to_array", "read_from_array", "tensor_array_to_tensor", "lod_array_length"}
+
+
+def _unconvertible_ops(desc):
+    """Op types of the program that paddle2onnx has no converter for. It aborts the whole
+    process (SIGABRT) on them, so they are found before it runs."""
+    from paddle2onnx import paddle2onnx_cpp2py_export as p2o
+    ops = {desc.block(b).op(i).type() for b in range(desc.num_blocks())
+           for i in range(desc.block(b).op_size())}
+    return sorted(ops - set(p2o.get_all_supported_operators()) - CONVERTED_APART)
+
+
 def _paddle2onnx(model_file, params_file, optimize):
     import paddle2onnx
     from .. import compat
@@ -196,6 +210,39 @@ def _paddle2onnx(model_file, params_file, optimize):
                                       enable_optimize=optimize, deploy_backend="onnxruntime")
     except Exception as e:  # paddle2onnx raises plain Exceptions with its C++ message
         raise DeployError(f"{model_file}: paddle2onnx cannot convert it: {e}") from e
+
+
+def _subgraphs(node):
+    """The graphs in ``node``'s attributes (the branches of If, the body of Loop)."""
+    from onnx import AttributeProto
+    for a in node.attribute:
+        if a.type == AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _reads(node):
+    """Names ``node`` reads from the graph around it: its inputs and what the nodes of its
+    subgraphs read without producing it (an If branch reads outer tensors by name)."""
+    names = [i for i in node.input if i]
+    for g in _subgraphs(node):
+        local = {i.name for i in g.input} | {t.name for t in g.initializer}
+        for n in g.node:
+            names += [i for i in _reads(n) if i not in local]
+            local.update(n.output)
+    return names
+
+
+def _rename_reads(node, names):
+    """Rename what ``node`` (and the nodes of its subgraphs) read, by ``names(name)``."""
+    for i, name in enumerate(node.input):
+        node.input[i] = names(name)
+    for g in _subgraphs(node):
+        for n in g.node:
+            _rename_reads(n, names)
+        for o in g.output:
+            o.name = names(o.name)
 
 
 class _Graph:
@@ -217,7 +264,7 @@ class _Graph:
     def consumers(self):
         c = {}
         for n in self.g.node:
-            for i in n.input:
+            for i in _reads(n):
                 c.setdefault(i, []).append(n)
         return c
 
@@ -320,6 +367,28 @@ def _exact_adaptive_pools(model, pools):
     return len(done)
 
 
+def _same_padding_without_dilation(model):
+    """Paddle's padding="same" ignores the convolution's dilation (it computes the padding
+    from the kernel size and sets the dilation to 1: conv(padding="same", dilation=2) ==
+    conv(padding="same", dilation=1), checked), but paddle2onnx writes auto_pad SAME with the
+    dilation kept, which ONNX Runtime refuses ("Dilation not supported for AutoPad") and
+    which would compute something else (ESPNetV2's dilated convolutions). Their dilations
+    become 1, as Paddle runs them; returns how many."""
+    from onnx import helper
+    count = 0
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvInteger"):
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        mode = helper.get_attribute_value(attrs["auto_pad"]) if "auto_pad" in attrs else b"NOTSET"
+        dil = list(attrs["dilations"].ints) if "dilations" in attrs else []
+        if mode in (b"SAME_UPPER", b"SAME_LOWER") and any(d != 1 for d in dil):
+            del attrs["dilations"].ints[:]
+            attrs["dilations"].ints.extend([1] * len(dil))
+            count += 1
+    return count
+
+
 def _onnx_scale(info):
     """Paddle's scale (abs max of the range) -> ONNX scale (one int step)."""
     s = np.asarray(info["scale"], np.float32).reshape(-1) / float(2 ** (info["bits"] - 1) - 1)
@@ -395,8 +464,7 @@ def _drop_identities(model):
         return name
     nodes = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
     for n in nodes:
-        for i, name in enumerate(n.input):
-            n.input[i] = resolve(name)
+        _rename_reads(n, resolve)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 
@@ -533,7 +601,7 @@ def _prune(model):
     for n in reversed(list(model.graph.node)):
         if any(o in needed for o in n.output):
             keep.append(n)
-            needed.update(i for i in n.input if i)
+            needed.update(_reads(n))
     keep.reverse()
     del model.graph.node[:]
     model.graph.node.extend(keep)
@@ -549,7 +617,7 @@ def _topological(model):
     while pending:
         rest = []
         for n in pending:
-            if all(i in ready for i in n.input):
+            if all(i in ready for i in _reads(n)):
                 order.append(n)
                 ready.update(n.output)
             else:
@@ -572,9 +640,16 @@ def convert(dep):
                           f"{dep['model_file']} is not one. Re-export with this tool.")
     with open(dep["model_file"], "rb") as f:
         desc = core.ProgramDesc(f.read())
+    missing = _unconvertible_ops(desc)
+    if missing:
+        import paddle2onnx
+        raise DeployError(f"{dep['model_file']}: paddle2onnx {paddle2onnx.__version__} cannot convert "
+                          f"the op(s) {', '.join(missing)}, so this model cannot run on ONNX Runtime "
+                          "here; --runtime paddle runs it")
     if not _is_quantized(desc):
         model = onnx.load_from_string(_paddle2onnx(dep["model_file"], dep["params_file"], True))
         _exact_adaptive_pools(model, _adaptive_avg_pools(desc))
+        _same_padding_without_dilation(model)
         model.producer_name = "segqat (paddle2onnx)"
         onnx.checker.check_model(model)
         return model
@@ -596,6 +671,7 @@ def convert(dep):
     _drop_identities(model)
     n_integer = _lower_float_output_convs(model, gr)
     n_bias = _fold_conv_bias(model, gr)
+    _same_padding_without_dilation(model)
     _prune(model)
     _topological(model)
     model.producer_name = "segqat (paddle2onnx + QDQ)"
