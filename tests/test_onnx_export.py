@@ -138,7 +138,7 @@ def test_ptq_export_with_observer_only_pairs(syn_cfg, fp32_run, tmp_path, monkey
 
 class _Pyramid(paddle.nn.Layer):
     """PP-LiteSeg's context module in small: adaptive average pools of one feature map into
-    1, 2x4 and 3x3 bins, upsampled back and summed."""
+    1, 2x4 and 3x3 bins and an adaptive max pool into 3x5 (RTFormer), upsampled back and summed."""
 
     def __init__(self):
         super().__init__()
@@ -147,16 +147,17 @@ class _Pyramid(paddle.nn.Layer):
     def forward(self, x):
         f = self.conv(x)
         out = f
-        for bins in (1, (2, 4), 3):
-            out = out + F.interpolate(F.adaptive_avg_pool2d(f, bins), size=paddle.shape(f)[2:],
+        for pool, bins in ((F.adaptive_avg_pool2d, 1), (F.adaptive_avg_pool2d, (2, 4)),
+                           (F.adaptive_avg_pool2d, 3), (F.adaptive_max_pool2d, (3, 5))):
+            out = out + F.interpolate(pool(f, bins), size=paddle.shape(f)[2:],
                                       mode="bilinear", align_corners=False)
         return out
 
 
 def test_adaptive_average_pooling_is_exact_for_any_input_size(tmp_path):
-    """paddle2onnx writes adaptive pooling as fixed windows (strides 0 for a dynamic size,
-    which ONNX Runtime refuses); the converted model pools exactly, also where the feature
-    map does not divide into the bins."""
+    """paddle2onnx writes adaptive pooling, average and max, as fixed windows (strides 0 for a
+    dynamic size, which ONNX Runtime refuses); the converted model pools exactly, also where
+    the feature map does not divide into the bins."""
     paddle.seed(0)
     layer = _Pyramid()
     layer.eval()
@@ -166,7 +167,8 @@ def test_adaptive_average_pooling_is_exact_for_any_input_size(tmp_path):
     dep = {"model_file": f"{prefix}.pdmodel", "params_file": f"{prefix}.pdiparams"}
     model = onnx_export.convert(dep)
     ops = [n.op_type for n in model.graph.node]
-    assert "AveragePool" not in ops and ops.count("GlobalAveragePool") == 1 and ops.count("MatMul") == 4
+    assert "AveragePool" not in ops and "MaxPool" not in ops and ops.count("GlobalAveragePool") == 1
+    assert ops.count("MatMul") == 4 and ops.count("ReduceMax") == 3 + 5
     sess = onnx_runtime.session(model.SerializeToString(), 2)
     rng = np.random.RandomState(0)
     for h, w in ((8, 8), (13, 21), (6, 7), (45, 60), (2, 3)):  # (2, 3): fewer rows than bins

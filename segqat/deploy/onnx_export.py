@@ -6,10 +6,11 @@
     onnx_export.check(dep, run, batch)                  # DeployError if ``run`` deviates from Paddle
 
 FP32 exports go through paddle2onnx 1.3.1 as they are, except adaptive average
-pooling (PP-LiteSeg's context module), which paddle2onnx writes as fixed windows
-that ONNX Runtime refuses for a dynamic input size and that are wrong where the
-feature map does not divide into the bins: those become an exact pooling built
-from the input's shape (``_exact_adaptive_pools``, also in INT8 models).
+and max pooling (PP-LiteSeg's context module, RTFormer), which paddle2onnx writes
+as fixed windows that ONNX Runtime refuses for a dynamic input size and that are
+wrong where the feature map does not divide into the bins: those become an exact
+pooling built from the input's shape (``_exact_adaptive_pools``, also in INT8
+models).
 
 INT8 exports (QAT and PTQ: quantize_linear / dequantize_linear ops, int8 weights
 with per-channel scales) cannot: paddle2onnx 1.3.1's ``deploy_backend=
@@ -293,45 +294,55 @@ class _Graph:
         return None
 
 
-def _adaptive_avg_pools(desc):
-    """{output tensor: (bins_h, bins_w)} of block 0's adaptive average pools (NCHW) that
-    do not pool to a single value (paddle2onnx writes those as GlobalAveragePool)."""
+def _adaptive_pools(desc):
+    """{output tensor: ("avg" or "max", (bins_h, bins_w))} of block 0's adaptive pools (NCHW)
+    that do not pool to a single value (paddle2onnx writes those as global pools)."""
     blk = desc.block(0)
     pools = {}
     for i in range(blk.op_size()):
         op = blk.op(i)
-        if (op.type() == "pool2d" and op.attr("adaptive") and op.attr("pooling_type") == "avg"
-                and not op.attr("global_pooling") and list(op.attr("ksize")) != [1, 1]
+        if op.type() == "pool2d":
+            kind = op.attr("pooling_type")
+        elif op.type() == "max_pool2d_with_index":  # paddle's adaptive_max_pool2d (RTFormer)
+            kind = "max"
+        else:
+            continue
+        if (op.attr("adaptive") and not op.attr("global_pooling") and list(op.attr("ksize")) != [1, 1]
+                and kind in ("avg", "max")
                 and (not op.has_attr("data_format") or op.attr("data_format") in ("NCHW", "AnyLayout"))):
-            pools[op.output("Out")[0]] = tuple(int(k) for k in op.attr("ksize"))
+            pools[op.output("Out")[0]] = (kind, tuple(int(k) for k in op.attr("ksize")))
     return pools
 
 
 def _exact_adaptive_pools(model, pools):
-    """Replace paddle2onnx's node for each adaptive average pool in ``pools`` by an exact one.
+    """Replace paddle2onnx's node for each adaptive pool in ``pools`` by an exact one.
 
-    paddle2onnx 1.3.1 writes adaptive pooling as an AveragePool with fixed windows: with a
-    dynamic input size its strides are 0 (ONNX Runtime refuses the model: "strides must only
-    contain positive values"), and with a fixed one the windows are only right where the
+    paddle2onnx 1.3.1 writes adaptive pooling as an AveragePool / MaxPool with fixed windows:
+    with a dynamic input size its strides are 0 (ONNX Runtime refuses the model: "strides must
+    only contain positive values"), and with a fixed one the windows are only right where the
     feature map divides evenly into the bins (PP-LiteSeg at 180x240: 98.75% of labels).
-    Adaptive pooling of a length-L axis into o bins averages bin i over [floor(i*L/o),
-    ceil((i+1)*L/o)); as a [o, L] averaging matrix P built from the input's shape at run time,
-    the pool is P_h @ X @ P_w^T (two MatMuls), for any input size."""
+    Adaptive pooling of a length-L axis into o bins pools bin i over [floor(i*L/o),
+    ceil((i+1)*L/o)), computed here from the input's shape at run time, for any size. Average:
+    as a [o, L] averaging matrix P, the pool is P_h @ X @ P_w^T (two MatMuls). Max (separable):
+    each bin's rows are sliced and reduced, then each bin's columns."""
     from onnx import TensorProto, helper
     if not pools:
         return 0
     gr = _Graph(model)
+    readers = gr.consumers()
     nodes, done = [], set()
     for n in model.graph.node:
         out = n.output[0] if n.output else None
-        if out not in pools or n.op_type not in ("AveragePool", "GlobalAveragePool"):
+        kind, bins = pools.get(out, (None, None))
+        if kind is None or n.op_type not in ("AveragePool", "GlobalAveragePool", "MaxPool", "GlobalMaxPool") \
+                or any(readers.get(o) for o in n.output[1:] if o):  # a max pool's indices are read
             nodes.append(n)
             continue
         x, base = n.input[0], out
         shape = gr.unique(f"{base}.shape")
         nodes.append(helper.make_node("Shape", [x], [shape], name=gr.unique(f"{base}.Shape")))
-        mats = []
-        for axis, bins in zip((2, 3), pools[out]):
+        bounds = []
+        for axis, o_ in zip((2, 3), bins):
             tag = "hw"[axis - 2]
 
             def node(op, inputs, **attrs):
@@ -340,28 +351,47 @@ def _exact_adaptive_pools(model, pools):
                                               **attrs))
                 return o
             length = node("Gather", [shape, gr.initializer(f"{base}.{tag}.axis", np.int64(axis))], axis=0)
-            i = np.arange(bins, dtype=np.int64).reshape(bins, 1)
-            o = gr.initializer(f"{base}.{tag}.bins", np.int64(bins))
+            i = np.arange(o_, dtype=np.int64).reshape(o_, 1)
+            o = gr.initializer(f"{base}.{tag}.bins", np.int64(o_))
             # start = floor(i L / o), end = ceil((i + 1) L / o): int64 Div of non-negatives floors
             start = node("Div", [node("Mul", [gr.initializer(f"{base}.{tag}.i", i), length]), o])
             end = node("Div", [node("Add", [node("Mul", [gr.initializer(f"{base}.{tag}.i1", i + 1), length]),
-                                            gr.initializer(f"{base}.{tag}.o1", np.int64(bins - 1))]), o])
-            pos = node("Range", [gr.initializer(f"{base}.{tag}.zero", np.int64(0)), length,
-                                 gr.initializer(f"{base}.{tag}.one", np.int64(1))])
-            inside = node("And", [node("GreaterOrEqual", [pos, start]), node("Less", [pos, end])])
-            count = node("Cast", [node("Sub", [end, start])], to=TensorProto.FLOAT)
-            mats.append(node("Div", [node("Cast", [inside], to=TensorProto.FLOAT), count]))  # [o, L]
-        rows = gr.unique(f"{base}.rows")
-        nodes.append(helper.make_node("MatMul", [mats[0], x], [rows], name=gr.unique(f"{base}.MatMul_h")))
-        cols = gr.unique(f"{base}.w.T")
-        nodes.append(helper.make_node("Transpose", [mats[1]], [cols], name=gr.unique(f"{base}.Transpose"),
-                                      perm=[1, 0]))
-        nodes.append(helper.make_node("MatMul", [rows, cols], [out], name=gr.unique(f"{base}.MatMul_w")))
+                                            gr.initializer(f"{base}.{tag}.o1", np.int64(o_ - 1))]), o])
+            if kind == "avg":
+                pos = node("Range", [gr.initializer(f"{base}.{tag}.zero", np.int64(0)), length,
+                                     gr.initializer(f"{base}.{tag}.one", np.int64(1))])
+                inside = node("And", [node("GreaterOrEqual", [pos, start]), node("Less", [pos, end])])
+                count = node("Cast", [node("Sub", [end, start])], to=TensorProto.FLOAT)
+                bounds.append(node("Div", [node("Cast", [inside], to=TensorProto.FLOAT), count]))  # [o, L]
+            else:
+                bounds.append((node, start, end, o_, axis))
+        if kind == "avg":
+            rows = gr.unique(f"{base}.rows")
+            nodes.append(helper.make_node("MatMul", [bounds[0], x], [rows], name=gr.unique(f"{base}.MatMul_h")))
+            cols = gr.unique(f"{base}.w.T")
+            nodes.append(helper.make_node("Transpose", [bounds[1]], [cols], name=gr.unique(f"{base}.Transpose"),
+                                          perm=[1, 0]))
+            nodes.append(helper.make_node("MatMul", [rows, cols], [out], name=gr.unique(f"{base}.MatMul_w")))
+        else:
+            cur = x
+            for k, (node, start, end, o_, axis) in enumerate(bounds):
+                ax = gr.initializer(f"{base}.{axis}.slice_axis", np.array([axis], np.int64))
+                parts = []
+                for b in range(o_):
+                    idx = gr.initializer(f"{base}.{axis}.bin{b}", np.int64(b))  # start is [o, 1]: [1]
+                    piece = node("Slice", [cur, node("Gather", [start, idx], axis=0),
+                                           node("Gather", [end, idx], axis=0), ax])
+                    parts.append(node("ReduceMax", [piece], axes=[axis], keepdims=1))
+                if k == len(bounds) - 1:
+                    nodes.append(helper.make_node("Concat", parts, [out], name=gr.unique(f"{base}.Concat"),
+                                                  axis=axis))
+                else:
+                    cur = node("Concat", parts, axis=axis)
         done.add(out)
     missing = set(pools) - done
     if missing:
-        raise DeployError(f"paddle2onnx wrote no pooling node for the adaptive average pools "
-                          f"{sorted(missing)}")
+        raise DeployError(f"paddle2onnx wrote no pooling node for the adaptive pools "
+                          f"{sorted(missing)}, or their indices are read")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return len(done)
@@ -648,7 +678,7 @@ def convert(dep):
                           "here; --runtime paddle runs it")
     if not _is_quantized(desc):
         model = onnx.load_from_string(_paddle2onnx(dep["model_file"], dep["params_file"], True))
-        _exact_adaptive_pools(model, _adaptive_avg_pools(desc))
+        _exact_adaptive_pools(model, _adaptive_pools(desc))
         _same_padding_without_dilation(model)
         model.producer_name = "segqat (paddle2onnx)"
         onnx.checker.check_model(model)
@@ -659,7 +689,7 @@ def convert(dep):
         var = scope.find_var(name)
         return None if var is None else np.array(var.get_tensor())
 
-    pools = _adaptive_avg_pools(desc)
+    pools = _adaptive_pools(desc)
     quant = _strip_quant(desc, values)
     with tempfile.TemporaryDirectory(prefix="segqat_onnx_") as tmp:
         plain = os.path.join(tmp, "model.pdmodel")
