@@ -181,6 +181,40 @@ def test_openvino_ir_runs_without_paddle(exports, synth, tmp_path):
     assert xml.stat().st_mtime_ns == stamp
 
 
+def test_openvino_reads_prelu_and_dilated_same_convolutions(tmp_path):
+    """OpenVINO's Paddle frontend has no prelu (ENet, ESPNetV2) and applied the dilation of
+    padding="same" convolutions, which Paddle ignores (ESPNetV2's labels: 95.3%); the
+    predictor reads a rewritten copy and matches Paddle, the export is left as it was."""
+    import numpy as np
+    import yaml
+    paddle.seed(0)
+    layer = paddle.nn.Sequential(
+        paddle.nn.Conv2D(3, 6, 3, padding="same", dilation=2), paddle.nn.PReLU(6),
+        paddle.nn.Conv2D(6, 6, 3, padding="same", dilation=3, stride=2), paddle.nn.PReLU(),
+        paddle.nn.Conv2D(6, 4, 1), paddle.nn.PReLU(4, data_format="NCHW"))
+    layer[1]._weight.set_value(paddle.linspace(0.1, 0.6, 6))  # distinct slopes per channel
+    layer.eval()
+    with compat.old_ir_export(layer, timeout=120):
+        paddle.jit.save(layer, str(tmp_path / "model"), input_spec=[
+            paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump({"Deploy": {
+        "model": "model.pdmodel", "params": "model.pdiparams", "transforms": [],
+        "input_shape": [1, 3, -1, -1], "output_op": "none", "output_dtype": "float32",
+        "precision": "fp32", "num_classes": 4}}))
+    before = (tmp_path / "model.pdmodel").read_bytes()
+    assert b"prelu" in before
+    preds = {rt: deploy.create_predictor(str(tmp_path), runtime=rt, threads=1) for rt in ("paddle", "openvino")}
+    try:
+        for h, w in ((9, 10), (16, 16)):
+            x = np.random.RandomState(h).randn(1, 3, h, w).astype("float32")
+            ref = preds["paddle"].run(x)
+            np.testing.assert_allclose(preds["openvino"].run(x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    finally:
+        for p in preds.values():
+            p.close()
+    assert (tmp_path / "model.pdmodel").read_bytes() == before
+
+
 def test_bench_latency_across_runtimes(tmp_path):
     from conftest import SYN_CONFIG
     res = run_script("slim/quant/bench_latency.py", [
