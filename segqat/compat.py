@@ -1171,6 +1171,29 @@ def guard_overwritten_scales(pdmodel_path, out_path=None):
     return count
 
 
+def undilate_same_convs(desc):
+    """Set to 1 the dilations of the convolutions with padding_algorithm "SAME" in a
+    ProgramDesc (all blocks), and return how many changed.
+
+    Paddle ignores a convolution's dilation under padding="same": it computes the padding
+    for the undilated kernel and runs it undilated (conv(padding="same", dilation=2) ==
+    conv(padding="same", dilation=1), checked; ESPNetV2 has 34 such convolutions). Other
+    readers of the program apply the dilation: paddle2onnx writes it beside auto_pad SAME
+    (ONNX Runtime refuses that: "Dilation not supported for AutoPad") and OpenVINO's Paddle
+    frontend computes a dilated convolution (ESPNetV2's FP32 labels agreed with Paddle's on
+    95.3%). Rewriting the program they read makes them run what Paddle runs."""
+    count = 0
+    for b in range(desc.num_blocks()):
+        blk = desc.block(b)
+        for i in range(blk.op_size()):
+            op = blk.op(i)
+            if (op.type() in ("conv2d", "depthwise_conv2d") and op.has_attr("padding_algorithm")
+                    and op.attr("padding_algorithm") == "SAME" and any(d != 1 for d in op.attr("dilations"))):
+                op._set_int32s_attr("dilations", [1] * len(op.attr("dilations")))
+                count += 1
+    return count
+
+
 def drop_observer_only_quant(pdmodel_path, out_path=None):
     """Remove the observer-only quantize/dequantize pairs from a saved PTQ program.
 

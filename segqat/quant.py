@@ -476,3 +476,16 @@ def _load(model, path, expect_quant):
                 "FP32 weights (tools/train.py's output); to continue a QAT run use --resume_model."
                 f"\n{e}") from None
         raise
+
+
+def export_calibrated_int8(cfg, save_dir, input_shape, rng, model_path=None, batches=4,
+                           output_op="argmax"):
+    """Build ``cfg``'s model (weights from ``model_path``, else random), quantize it as it is
+    exported (no PACT: export removes it), calibrate its quantizers on ``batches`` uniform
+    inputs in [-1, 1) of ``input_shape`` drawn from ``rng``, and export it INT8 to
+    ``save_dir``: the INT8 counterpart of an FP32 export without training, for latency and
+    runtime checks (slim/quant/bench_latency.py, benchmarks/). Returns the export's path."""
+    qmodel, _ = build_model(cfg, model_path)
+    quanter = quantize(qmodel, quant_settings(cfg, purpose="export"), pact=False, in_channels=input_shape[1])
+    calibrate(qmodel, [rng.rand(*input_shape).astype("float32") * 2 - 1 for _ in range(batches)])
+    return export.export_model(cfg, qmodel, save_dir, input_shape, output_op=output_op, quanter=quanter)

@@ -32,10 +32,7 @@ def main():
         cfg = load_config(args.config)
         model, _ = quant.build_model(cfg)
         export.export_model(cfg, model, os.path.join(args.work_dir, "fp32"), shape)
-        qmodel, _ = quant.build_model(cfg)
-        quanter = quant.quantize(qmodel, quant.quant_settings(cfg, purpose="export"), pact=False, in_channels=3)
-        quant.calibrate(qmodel, [rng.rand(*shape).astype("float32") * 2 - 1 for _ in range(4)])
-        export.export_model(cfg, qmodel, os.path.join(args.work_dir, "int8"), shape, quanter=quanter)
+        quant.export_calibrated_int8(cfg, os.path.join(args.work_dir, "int8"), shape, rng)
     core = ov.Core()
     x = rng.rand(*shape).astype("float32") * 2 - 1
     for k in ("fp32", "int8"):

@@ -179,16 +179,10 @@ def _prepare(name, mdir):
         try:
             paddle.seed(0)
             rng = np.random.RandomState(0)
-            qmodel, _ = quant.build_model(cfg, None)
-            quanter = quant.quantize(qmodel, quant.quant_settings(cfg, purpose="export"),
-                                     pact=False, in_channels=shape[1])
-            quant.calibrate(qmodel, [rng.rand(*shape).astype("float32") * 2 - 1 for _ in range(CALIB_BATCHES)])
-            export.export_model(cfg, qmodel, dirs["int8"], shape, quanter=quanter)
+            quant.export_calibrated_int8(cfg, dirs["int8"], shape, rng, batches=CALIB_BATCHES)
             att["int8"] = {"ok": True, "dir": rel(dirs["int8"])}
         except Exception as e:
             att["int8"] = dict(ok=False, **error_record(e))
-        finally:
-            qmodel = quanter = None
         attempts.append(att)
         print(f"[{name}] export {tag}: fp32 {att['fp32'].get('error', 'ok')} | "
               f"int8 {att['int8'].get('error', 'ok')}", flush=True)

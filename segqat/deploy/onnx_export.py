@@ -202,7 +202,9 @@ def _unconvertible_ops(desc):
     return sorted(ops - set(p2o.get_all_supported_operators()) - CONVERTED_APART)
 
 
-def _paddle2onnx(model_file, params_file, optimize):
+def _paddle2onnx(model_file, params_file, optimize, name):
+    """paddle2onnx's ONNX bytes of the program in ``model_file`` (a rewritten copy of the
+    export ``name``, which errors name)."""
     import paddle2onnx
     from .. import compat
     try:
@@ -210,7 +212,7 @@ def _paddle2onnx(model_file, params_file, optimize):
             return paddle2onnx.export(model_file, params_file, opset_version=OPSET, verbose=False,
                                       enable_optimize=optimize, deploy_backend="onnxruntime")
     except Exception as e:  # paddle2onnx raises plain Exceptions with its C++ message
-        raise DeployError(f"{model_file}: paddle2onnx cannot convert it: {e}") from e
+        raise DeployError(f"{name}: paddle2onnx cannot convert it: {e}") from e
 
 
 def _subgraphs(node):
@@ -339,54 +341,38 @@ def _exact_adaptive_pools(model, pools):
             nodes.append(n)
             continue
         x, base = n.input[0], out
-        shape = gr.unique(f"{base}.shape")
-        nodes.append(helper.make_node("Shape", [x], [shape], name=gr.unique(f"{base}.Shape")))
-        bounds = []
-        for axis, o_ in zip((2, 3), bins):
-            tag = "hw"[axis - 2]
 
-            def node(op, inputs, **attrs):
-                o = gr.unique(f"{base}.{tag}.{op}")
-                nodes.append(helper.make_node(op, inputs, [o], name=gr.unique(f"{base}.{tag}.{op}_node"),
-                                              **attrs))
-                return o
-            length = node("Gather", [shape, gr.initializer(f"{base}.{tag}.axis", np.int64(axis))], axis=0)
-            i = np.arange(o_, dtype=np.int64).reshape(o_, 1)
-            o = gr.initializer(f"{base}.{tag}.bins", np.int64(o_))
-            # start = floor(i L / o), end = ceil((i + 1) L / o): int64 Div of non-negatives floors
-            start = node("Div", [node("Mul", [gr.initializer(f"{base}.{tag}.i", i), length]), o])
-            end = node("Div", [node("Add", [node("Mul", [gr.initializer(f"{base}.{tag}.i1", i + 1), length]),
-                                            gr.initializer(f"{base}.{tag}.o1", np.int64(o_ - 1))]), o])
-            if kind == "avg":
-                pos = node("Range", [gr.initializer(f"{base}.{tag}.zero", np.int64(0)), length,
-                                     gr.initializer(f"{base}.{tag}.one", np.int64(1))])
-                inside = node("And", [node("GreaterOrEqual", [pos, start]), node("Less", [pos, end])])
-                count = node("Cast", [node("Sub", [end, start])], to=TensorProto.FLOAT)
-                bounds.append(node("Div", [node("Cast", [inside], to=TensorProto.FLOAT), count]))  # [o, L]
-            else:
-                bounds.append((node, start, end, o_, axis))
-        if kind == "avg":
-            rows = gr.unique(f"{base}.rows")
-            nodes.append(helper.make_node("MatMul", [bounds[0], x], [rows], name=gr.unique(f"{base}.MatMul_h")))
-            cols = gr.unique(f"{base}.w.T")
-            nodes.append(helper.make_node("Transpose", [bounds[1]], [cols], name=gr.unique(f"{base}.Transpose"),
-                                          perm=[1, 0]))
-            nodes.append(helper.make_node("MatMul", [rows, cols], [out], name=gr.unique(f"{base}.MatMul_w")))
-        else:
-            cur = x
-            for k, (node, start, end, o_, axis) in enumerate(bounds):
-                ax = gr.initializer(f"{base}.{axis}.slice_axis", np.array([axis], np.int64))
-                parts = []
-                for b in range(o_):
-                    idx = gr.initializer(f"{base}.{axis}.bin{b}", np.int64(b))  # start is [o, 1]: [1]
-                    piece = node("Slice", [cur, node("Gather", [start, idx], axis=0),
-                                           node("Gather", [end, idx], axis=0), ax])
-                    parts.append(node("ReduceMax", [piece], axes=[axis], keepdims=1))
-                if k == len(bounds) - 1:
-                    nodes.append(helper.make_node("Concat", parts, [out], name=gr.unique(f"{base}.Concat"),
-                                                  axis=axis))
-                else:
-                    cur = node("Concat", parts, axis=axis)
+        def add(op, inputs, output=None, **attrs):
+            output = output or gr.unique(f"{base}.{op}")
+            nodes.append(helper.make_node(op, inputs, [output], name=gr.unique(f"{base}.{op}_node"), **attrs))
+            return output
+
+        def const(tag, value):
+            return gr.initializer(f"{base}.{tag}", np.asarray(value, np.int64))
+        shape = add("Shape", [x])
+        cur = x
+        for axis, o in zip((2, 3), bins):
+            # bin i of a length-L axis: [floor(i L / o), ceil((i + 1) L / o)), int64 Div of
+            # non-negatives floors; start and end are [o, 1]
+            length = add("Gather", [shape, const(f"axis{axis}", axis)], axis=0)
+            i = np.arange(o).reshape(o, 1)
+            start = add("Div", [add("Mul", [const(f"i{axis}", i), length]), const(f"bins{axis}", o)])
+            end = add("Div", [add("Add", [add("Mul", [const(f"i1_{axis}", i + 1), length]),
+                                          const(f"o1_{axis}", o - 1)]), const(f"bins{axis}b", o)])
+            if kind == "avg":  # cur @ P^T along the axis, P the [o, L] averaging matrix
+                pos = add("Range", [const(f"zero{axis}", 0), length, const(f"one{axis}", 1)])
+                inside = add("And", [add("GreaterOrEqual", [pos, start]), add("Less", [pos, end])])
+                count = add("Cast", [add("Sub", [end, start])], to=TensorProto.FLOAT)
+                p = add("Div", [add("Cast", [inside], to=TensorProto.FLOAT), count])
+                cur = (add("MatMul", [p, cur]) if axis == 2 else
+                       add("MatMul", [cur, add("Transpose", [p], perm=[1, 0])], output=out))
+            else:  # max: slice and reduce each bin, concatenated along the axis
+                axes, parts = const(f"ax{axis}", [axis]), []
+                for k in range(o):
+                    b = const(f"b{axis}_{k}", k)
+                    piece = add("Slice", [cur, add("Gather", [start, b], axis=0), add("Gather", [end, b], axis=0), axes])
+                    parts.append(add("ReduceMax", [piece], axes=[axis], keepdims=1))
+                cur = add("Concat", parts, output=out if axis == 3 else None, axis=axis)
         done.add(out)
     missing = set(pools) - done
     if missing:
@@ -395,28 +381,6 @@ def _exact_adaptive_pools(model, pools):
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return len(done)
-
-
-def _same_padding_without_dilation(model):
-    """Paddle's padding="same" ignores the convolution's dilation (it computes the padding
-    from the kernel size and sets the dilation to 1: conv(padding="same", dilation=2) ==
-    conv(padding="same", dilation=1), checked), but paddle2onnx writes auto_pad SAME with the
-    dilation kept, which ONNX Runtime refuses ("Dilation not supported for AutoPad") and
-    which would compute something else (ESPNetV2's dilated convolutions). Their dilations
-    become 1, as Paddle runs them; returns how many."""
-    from onnx import helper
-    count = 0
-    for n in model.graph.node:
-        if n.op_type not in ("Conv", "ConvInteger"):
-            continue
-        attrs = {a.name: a for a in n.attribute}
-        mode = helper.get_attribute_value(attrs["auto_pad"]) if "auto_pad" in attrs else b"NOTSET"
-        dil = list(attrs["dilations"].ints) if "dilations" in attrs else []
-        if mode in (b"SAME_UPPER", b"SAME_LOWER") and any(d != 1 for d in dil):
-            del attrs["dilations"].ints[:]
-            attrs["dilations"].ints.extend([1] * len(dil))
-            count += 1
-    return count
 
 
 def _onnx_scale(info):
@@ -665,6 +629,7 @@ def convert(dep):
     FP32 as paddle2onnx writes it, INT8 as a QDQ model (module docstring)."""
     import onnx
     from paddle.base import core
+    from .. import compat
     if not dep["model_file"].endswith(".pdmodel"):
         raise DeployError(f"ONNX conversion reads old-IR Paddle models (model.pdmodel); "
                           f"{dep['model_file']} is not one. Re-export with this tool.")
@@ -676,32 +641,32 @@ def convert(dep):
         raise DeployError(f"{dep['model_file']}: paddle2onnx {paddle2onnx.__version__} cannot convert "
                           f"the op(s) {', '.join(missing)}, so this model cannot run on ONNX Runtime "
                           "here; --runtime paddle runs it")
-    if not _is_quantized(desc):
-        model = onnx.load_from_string(_paddle2onnx(dep["model_file"], dep["params_file"], True))
-        _exact_adaptive_pools(model, _adaptive_pools(desc))
-        _same_padding_without_dilation(model)
-        model.producer_name = "segqat (paddle2onnx)"
-        onnx.checker.check_model(model)
-        return model
-    _, _, _, scope, _ = _paddle_program(dep)
-
-    def values(name):
-        var = scope.find_var(name)
-        return None if var is None else np.array(var.get_tensor())
-
     pools = _adaptive_pools(desc)
-    quant = _strip_quant(desc, values)
+    compat.undilate_same_convs(desc)  # as Paddle runs them; paddle2onnx keeps the dilation
+    quantized = _is_quantized(desc)
+    quant = {}
+    if quantized:
+        _, _, _, scope, _ = _paddle_program(dep)
+
+        def values(name):
+            var = scope.find_var(name)
+            return None if var is None else np.array(var.get_tensor())
+        quant = _strip_quant(desc, values)
     with tempfile.TemporaryDirectory(prefix="segqat_onnx_") as tmp:
         plain = os.path.join(tmp, "model.pdmodel")
         with open(plain, "wb") as f:
             f.write(desc.serialize_to_string())
-        model = onnx.load_from_string(_paddle2onnx(plain, dep["params_file"], False))
+        model = onnx.load_from_string(_paddle2onnx(plain, dep["params_file"], not quantized,
+                                                     dep["model_file"]))
     _exact_adaptive_pools(model, pools)
+    if not quantized:
+        model.producer_name = "segqat (paddle2onnx)"
+        onnx.checker.check_model(model)
+        return model
     gr = _insert_qdq(model, quant)
     _drop_identities(model)
     n_integer = _lower_float_output_convs(model, gr)
     n_bias = _fold_conv_bias(model, gr)
-    _same_padding_without_dilation(model)
     _prune(model)
     _topological(model)
     model.producer_name = "segqat (paddle2onnx + QDQ)"

@@ -32,24 +32,19 @@ def frontend_rewrites(pdmodel_path, out_path):
     - ``prelu`` (ENet, ESPNetV2), which it has no converter for ("No creator found for prelu
       node"), becomes relu(x) - alpha * relu(-x): the same function in ops it reads (alpha
       broadcast over the channels for modes "channel" and "element", one value for "all");
-    - convolutions with padding_algorithm "SAME" and a dilation (ESPNetV2): Paddle ignores
-      the dilation there (it pads for the undilated kernel and runs it undilated; checked),
-      OpenVINO applied it (ESPNetV2's FP32 labels agreed with Paddle's on 95.3%); their
-      dilations become 1.
+    - convolutions with padding_algorithm "SAME" and a dilation (ESPNetV2), which it ran
+      dilated and Paddle runs undilated (``compat.undilate_same_convs``).
     """
     from paddle.base import core
+    from .. import compat
     with open(pdmodel_path, "rb") as f:
         desc = core.ProgramDesc(f.read())
-    count = 0
+    count = compat.undilate_same_convs(desc)
     for b in range(desc.num_blocks()):
         blk = desc.block(b)
         i = 0
         while i < blk.op_size():
             op = blk.op(i)
-            if (op.type() in ("conv2d", "depthwise_conv2d") and op.has_attr("padding_algorithm")
-                    and op.attr("padding_algorithm") == "SAME" and any(d != 1 for d in op.attr("dilations"))):
-                op._set_int32s_attr("dilations", [1] * len(op.attr("dilations")))
-                count += 1
             if op.type() != "prelu":
                 i += 1
                 continue

@@ -63,14 +63,8 @@ def main(args):
             name = os.path.splitext(os.path.basename(path))[0]
             model, _ = quant.build_model(cfg, args.model_path)
             export.export_model(cfg, model, os.path.join(tmp, f"{i}_fp32"), args.input_shape)
-            qmodel, _ = quant.build_model(cfg, args.model_path)
-            quanter = quant.quantize(qmodel, quant.quant_settings(cfg, purpose="export"),
-                                     pact=False,  # PACT is removed at export anyway
-                                     in_channels=args.input_shape[1])
-            quant.calibrate(qmodel, [rng.rand(*args.input_shape).astype("float32") * 2 - 1
-                                     for _ in range(4)])
-            export.export_model(cfg, qmodel, os.path.join(tmp, f"{i}_int8"), args.input_shape,
-                                quanter=quanter)
+            quant.export_calibrated_int8(cfg, os.path.join(tmp, f"{i}_int8"), args.input_shape, rng,
+                                         args.model_path)
             preds = {}
             for rt in args.runtimes:
                 for k in ("fp32", "int8"):
