@@ -53,6 +53,9 @@ Workarounds for paddle 3.3.1 + paddleseg 2.8.0:
   residual of the other 8-bit type, which oneDNN adds wrongly, and quantized
   convolutions the fusion left in FP32; the predictor then runs without
   ``INT8_RESIDUAL_FUSE_PASS`` (for the second, when deploy.yaml asks).
+* ``undilate_same_convs(desc)``: Paddle runs padding="same" convolutions
+  undilated whatever their dilation; the program OpenVINO and paddle2onnx read
+  says so explicitly.
 """
 import contextlib
 import functools
