@@ -1,6 +1,6 @@
-"""Render the README's result tables from the benchmark JSON files kept in benchmarks/.
+"""Render the result tables of docs/results.md from the benchmark JSON files kept in benchmarks/.
 
-    python benchmarks/render_readme_tables.py > /tmp/tables.md
+    python benchmarks/render_readme_tables.py > output/tables.md
 
 Numbers come only from the JSON files the benchmark commands wrote.
 """

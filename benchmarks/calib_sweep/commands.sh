@@ -1,3 +1,4 @@
 # PTQ calibration-size sweeps (FP32 weights of the real-data pipeline runs, see README "Real data").
-python slim/quant/calib_sweep.py --config configs/bisenetv2/bisenetv2_camvid_240x180.yml --model_path /work/runs/camvid_bisenetv2/20261122-152413/fp32/best_model/model.pdparams --save_dir /work/runs/sweep/camvid_bisenetv2 --fractions 0.01 0.05 0.2 1.0 --seeds 0 1 2 --algo hist --cpu_threads 2
-python slim/quant/calib_sweep.py --config configs/bisenetv2/bisenetv2_isbi_256x256.yml --model_path /work/runs/isbi_bisenetv2/20261122-152413/fp32/best_model/model.pdparams --save_dir /work/runs/sweep/isbi_bisenetv2 --fractions 0.05 0.2 1.0 --seeds 0 1 2 --algo hist --cpu_threads 2
+RUNS=${RUNS:-../runs}   # the runs folder, relative to the repository root (beside the checkout)
+python slim/quant/calib_sweep.py --config configs/bisenetv2/bisenetv2_camvid_240x180.yml --model_path $RUNS/camvid_bisenetv2/20261122-152413/fp32/best_model/model.pdparams --save_dir $RUNS/sweep/camvid_bisenetv2 --fractions 0.01 0.05 0.2 1.0 --seeds 0 1 2 --algo hist --cpu_threads 2
+python slim/quant/calib_sweep.py --config configs/bisenetv2/bisenetv2_isbi_256x256.yml --model_path $RUNS/isbi_bisenetv2/20261122-152413/fp32/best_model/model.pdparams --save_dir $RUNS/sweep/isbi_bisenetv2 --fractions 0.05 0.2 1.0 --seeds 0 1 2 --algo hist --cpu_threads 2

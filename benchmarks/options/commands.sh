@@ -1,7 +1,8 @@
 # Real-data runs of the quant_config options (issue 5). Training/eval only: latency is measured later, alone.
-IB=/work/runs/isbi_bisenetv2/20261122-152413
-CP=/work/runs/camvid_ppliteseg/20261122-160126
-O=/work/runs/options
+RUNS=${RUNS:-../runs}   # the runs folder, relative to the repository root (beside the checkout)
+IB=$RUNS/isbi_bisenetv2/20261122-152413
+CP=$RUNS/camvid_ppliteseg/20261122-160126
+O=$RUNS/options
 # PACT QAT, ISBI BiSeNetV2: same recipe as the plain QAT run (alpha starts at 100, the default)
 python slim/quant/qat_train.py --config configs/bisenetv2/bisenetv2_isbi_256x256.yml --cpu_threads 2 --num_workers 0 --seed 0 --do_eval --use_vdl --model_path $IB/fp32/best_model/model.pdparams --iters 100 --learning_rate 0.005 --save_dir $O/isbi_bisenetv2_pact/qat --save_interval 50 --log_iters 10 --opts quant_config.pact=true
 python slim/quant/qat_export.py --config configs/bisenetv2/bisenetv2_isbi_256x256.yml --model_path $O/isbi_bisenetv2_pact/qat/best_model/model.pdparams --save_dir $O/isbi_bisenetv2_pact/qat_infer --opts quant_config.pact=true

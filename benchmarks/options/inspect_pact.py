@@ -13,8 +13,10 @@ import paddle  # noqa: E402
 
 from segqat import deploy  # noqa: E402
 
-IB = "/work/runs/isbi_bisenetv2/20261122-152413"
-O = "/work/runs/options"
+# the runs of benchmarks/options/commands.sh: $RUNS, by default ../runs relative to the repository root
+RUNS = os.environ.get("RUNS", os.path.join(os.path.dirname(__file__), "..", "..", "..", "runs"))
+IB = os.path.join(RUNS, "isbi_bisenetv2", "20261122-152413")
+O = os.path.join(RUNS, "options")
 plain = paddle.load(f"{IB}/qat/best_model/model.pdparams")
 s_plain = np.array(deploy.conv_input_scales(f"{IB}/qat_infer"))
 print(f"plain QAT: {len(s_plain)} conv input scales, max {s_plain.max():.2f}, "

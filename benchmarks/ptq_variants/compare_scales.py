@@ -11,7 +11,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from segqat import deploy  # noqa: E402
 
-S = "/work/runs/sweep"
+# the runs of benchmarks/ptq_variants/commands.sh: $RUNS, by default ../runs relative to the repository root
+RUNS = os.environ.get("RUNS", os.path.join(os.path.dirname(__file__), "..", "..", "..", "runs"))
+S = os.path.join(RUNS, "sweep")
 ref = np.array(deploy.conv_input_scales(f"{S}/camvid_bisenetv2/ptq_f1_s0"))
 for name in ("camvid_bisenetv2_ptq_random", "camvid_bisenetv2_ptq_abs_max",
              "camvid_bisenetv2_ptq_per_tensor"):

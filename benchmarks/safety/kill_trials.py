@@ -1,6 +1,6 @@
 """kill -9 during checkpoint saves, N times; count corrupt checkpoints and stale temp folders.
 
-    python benchmarks/safety/kill_trials.py --trials 20 --save_dir /tmp/kill_trials
+    python benchmarks/safety/kill_trials.py --trials 20 --save_dir output/kill_trials
 
 Each trial starts (or resumes) tools/train.py on synthetic data with a
 checkpoint every iteration (so most of the run is spent saving), kills it
