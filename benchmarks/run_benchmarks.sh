@@ -1,5 +1,5 @@
 #!/bin/bash
-# The benchmark step of the README's real-data results, run alone on the idle machine after all
+# The benchmark step of the real-data results (docs/results.md), run alone on the idle machine after all
 # trainings (PTQ first where missing). $RUNS/<name>/<timestamp> are the pipeline folders
 # (RUNS defaults to ../runs, relative to the repository root).
 set -x

@@ -2,6 +2,7 @@
 # the default quantization against the 8 channel-expanding grouped convolutions left in FP32
 # (the skip list of configs/bisenetv2/bisenetv2_camvid_240x180_openvino.yml). Run in the order
 # skip, base, base, skip on an idle machine (session 9): *_run1.json, then *_run2.json.
+# machine: recorded in the JSONs beside this file (AMD EPYC, 2 cores, avx512_vnni); commit: not recorded
 S='["sb.stage3.0.branch_1.1.depthwise_conv._conv","sb.stage3.1.conv.1.depthwise_conv._conv","sb.stage4.0.branch_1.1.depthwise_conv._conv","sb.stage4.1.conv.1.depthwise_conv._conv","sb.stage5_4.0.branch_1.1.depthwise_conv._conv","sb.stage5_4.1.conv.1.depthwise_conv._conv","sb.stage5_4.2.conv.1.depthwise_conv._conv","sb.stage5_4.3.conv.1.depthwise_conv._conv"]'
 OUT=benchmarks/latency_512_grouped_fp32
 for run in 1 2; do

@@ -1,4 +1,5 @@
 # Real-data runs of the quant_config options (issue 5). Training/eval only: latency is measured later, alone.
+# machine (as the README stated for these results): 2-core AMD EPYC with AVX-512 VNNI, 24 GB, Python 3.11.7, paddlepaddle 3.3.1 CPU; commit: not recorded
 RUNS=${RUNS:-../runs}   # the runs folder, relative to the repository root (beside the checkout)
 IB=$RUNS/isbi_bisenetv2/20261122-152413
 CP=$RUNS/camvid_ppliteseg/20261122-160126
@@ -19,6 +20,6 @@ python slim/quant/qat_export.py --config configs/bisenetv2/bisenetv2_isbi_256x25
 # benchmarks, alone on the idle machine
 python deploy/python/benchmark.py --config configs/pp_liteseg/pp_liteseg_stdc1_camvid_240x180.yml --fp32 $CP/fp32_infer --int8 $CP/qat_infer $O/camvid_ppliteseg_backbone/qat_infer --names FP32 "INT8 QAT" "INT8 QAT backbone only" --save_dir $O/camvid_ppliteseg_backbone/benchmark --cpu_threads 2 --repeats 30
 python deploy/python/benchmark.py --config configs/bisenetv2/bisenetv2_isbi_256x256.yml --fp32 $IB/fp32_infer --int8 $IB/qat_infer $O/isbi_bisenetv2_pact/qat_infer $O/isbi_bisenetv2_pact10/qat_infer --names FP32 "INT8 QAT" "INT8 QAT PACT a0=100" "INT8 QAT PACT a0=10" --save_dir $O/isbi_bisenetv2_pact/benchmark --cpu_threads 2 --repeats 30
-# figures quoted in the README
+# figures quoted in docs/results.md
 python benchmarks/options/inspect_pact.py
 python benchmarks/options/check_16bit_export.py

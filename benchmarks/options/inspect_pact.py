@@ -1,4 +1,4 @@
-"""The PACT numbers of the README: learned alphas, weights against the plain QAT run, scales.
+"""The PACT numbers of docs/results.md: learned alphas, weights against the plain QAT run, scales.
 
     python benchmarks/options/inspect_pact.py   # after the runs in benchmarks/options/commands.sh
 """

@@ -1,4 +1,4 @@
-"""Activation scales of the PTQ variants against the real-data calibration (README numbers).
+"""Activation scales of the PTQ variants against the real-data calibration (numbers of docs/results.md).
 
     python benchmarks/ptq_variants/compare_scales.py   # after benchmarks/ptq_variants/commands.sh
 """

@@ -1,5 +1,6 @@
 # CamVid BiSeNetV2 with its 8 channel-expanding grouped convolutions left in FP32
 # (configs/bisenetv2/bisenetv2_camvid_240x180_openvino.yml): FP32 / QAT / PTQ on Paddle Inference and OpenVINO
+# machine (as the README stated for these results): 2-core AMD EPYC with AVX-512 VNNI, paddlepaddle 3.3.1 CPU; commit: not recorded
 python tools/data/convert_camvid.py --src ../shared/data/camvid --save_dir data/camvid
 python tools/pipeline.py --config configs/bisenetv2/bisenetv2_camvid_240x180_openvino.yml --fp32_iters 600 \
     --learning_rate 0.05 --qat_iters 150 --qat_learning_rate 0.005 --save_interval 150 --cpu_threads 2 \

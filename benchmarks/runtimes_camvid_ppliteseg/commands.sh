@@ -1,4 +1,5 @@
 # CamVid PP-LiteSeg (STDC1): FP32 / QAT / PTQ on Paddle Inference, OpenVINO and ONNX Runtime
+# machine (as the README stated for these results): 2-core AMD EPYC with AVX-512 VNNI, paddlepaddle 3.3.1 CPU; commit: not recorded
 python tools/data/convert_camvid.py --src ../shared/data/camvid --save_dir data/camvid
 python tools/pipeline.py --config configs/pp_liteseg/pp_liteseg_stdc1_camvid_240x180.yml --fp32_iters 400 \
     --qat_iters 100 --learning_rate 0.05 --save_interval 100 --cpu_threads 2 --ptq_algo hist \
