@@ -35,7 +35,7 @@ def test_qat_export_becomes_qdq_with_paddles_placement(exports):
     rounding = sum(op.type() == "quantize_linear" and not (op.has_attr("only_observer")
                                                            and op.attr("only_observer")) for op in pd)
     # one QuantizeLinear per Paddle quantize_linear that rounds (observers are identity in
-    # Paddle, compat._output_observers_stay_identity); batch norms stay (not folded)
+    # Paddle, old_ir_export._output_observers_stay_identity); batch norms stay (not folded)
     assert 0 < rounding < pd_ops.count("quantize_linear")
     assert ops.count("QuantizeLinear") == rounding
     assert ops.count("BatchNormalization") == pd_ops.count("batch_norm") > 0
