@@ -20,7 +20,7 @@ and ``outputs.check_save_dir`` refuses a save_dir that holds anything else.
 import logging
 import os
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np  # noqa: F401  (numpy before paddle: segqat/compat/__init__.py)
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
