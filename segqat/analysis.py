@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np
 import yaml
 
 from . import builder, engine, export, ptq, quant

@@ -10,7 +10,7 @@ import inspect
 import logging
 import os
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np  # noqa: F401  (numpy before paddle: segqat/compat/__init__.py)
 import paddle
 import paddle.nn as nn
 from paddleseg.cvlibs import manager

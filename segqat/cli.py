@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np  # noqa: F401  (numpy before paddle: segqat/compat/__init__.py)
 
 logger = logging.getLogger("segqat")
 

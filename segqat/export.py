@@ -1,7 +1,8 @@
 """Export a trained (FP32 or QAT) model to a static inference directory.
 
 Writes ``model.pdmodel`` + ``model.pdiparams`` (old IR, so that oneDNN and
-Paddle Lite can run it, see compat) and ``deploy.yaml`` in PaddleSeg's schema:
+Paddle Lite can run it, see compat/old_ir_export.py) and ``deploy.yaml`` in
+PaddleSeg's schema:
 
     Deploy:
       model: model.pdmodel
@@ -20,7 +21,7 @@ and ``outputs.check_save_dir`` refuses a save_dir that holds anything else.
 import logging
 import os
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np  # noqa: F401  (numpy before paddle: segqat/compat/__init__.py)
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -132,7 +133,7 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
         raise ValueError("export of a PACT model: remove PACT first (quant.without_pact)")
     input_shape = check_input_shape(cfg, input_shape)
     model.eval()
-    head = SegHead(model, output_op)  # built outside the old-IR guard (see compat)
+    head = SegHead(model, output_op)  # built outside the old-IR guard (compat.old_ir_export)
     head.eval()
     spec = [paddle.static.InputSpec(shape=input_shape, dtype="float32", name="x")]
     deploy = {

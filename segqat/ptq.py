@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import cv2
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np
 import yaml
 
 from . import builder, compat, deploy, export, outputs, quant

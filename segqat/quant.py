@@ -23,7 +23,7 @@ import contextlib
 import fnmatch
 import logging
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np
 
 from . import builder
 from . import compat

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np  # before paddle: segqat/compat/__init__.py
 import paddle
 
 from . import builder, data, engine, export, outputs, quant

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np  # noqa: F401  (before paddle)
+import numpy as np  # noqa: F401  (numpy before paddle: segqat/compat/__init__.py)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ import paddle.nn.functional as F
 import pytest
 
 from segqat import compat
+from segqat.compat import function_fixes, legacy_ops
 
 R = np.random.RandomState(0)
 A = R.randn(2, 3, 4).astype("float32")
@@ -77,7 +78,7 @@ CASES = {
     "softplus": (lambda x: F.softplus(x, beta=2.0), [A]),
     "grid_sample": (lambda x, g: F.grid_sample(x, g, align_corners=False), [IMG, GRID]),
     # reshape -> transpose(last two) -> matmul is folded into transpose_x / transpose_y
-    # (compat._fold_reshape_transpose, ANN's AFNB query path); same values either way
+    # (legacy_ops._fold_reshape_transpose, ANN's AFNB query path); same values either way
     "matmul_reshape_transpose_x": (lambda x, y: paddle.matmul(
         paddle.transpose(paddle.reshape(x, [0, 3, -1]), [0, 2, 1]), y), [IMG, A]),
     "matmul_reshape_transpose_x_t": (lambda x, y: paddle.matmul(
@@ -117,11 +118,10 @@ def test_legacy_op_matches_dygraph(case):
 def test_every_new_ir_only_name_has_a_legacy_op():
     """Each name paddle binds to a new-IR-only op maps to a registered legacy OpProto."""
     from paddle.base.framework import OpProtoHolder
-    names = compat._new_ir_only_names()
+    names = legacy_ops.new_ir_only_names()
     assert {"bmm", "matmul", "sigmoid", "sum", "argmax"} <= set(names)
     protos = OpProtoHolder.instance().op_proto_map
-    no_op = [n for n in names
-             if compat._LEGACY_SPECIAL.get(n, (compat._phi_to_legacy().get(n, (n,))[0],))[0] not in protos]
+    no_op = [n for n in names if legacy_ops.legacy_op_type(n) not in protos]
     # index_put_ (in place) has no legacy form; nothing in paddleseg uses it
     assert no_op == ["index_put_"]
 
@@ -341,7 +341,7 @@ def test_isanet_head_with_padding_exports(tmp_path, monkeypatch):
     layer.eval()
     _save_old_ir(layer, tmp_path / "m")
     # dygraph's padding branch needs the same promotion (dygraph concat rejects 0-d too)
-    monkeypatch.setattr(paddle, "concat", compat._zero_d_promotions()["concat"][1])
+    monkeypatch.setattr(paddle, "concat", function_fixes.replacements()["concat"][1])
     r = np.random.RandomState(2)
     for shape in ((1, 3, 6, 10), (1, 3, 8, 8)):
         x = r.randn(*shape).astype("float32")
@@ -444,7 +444,7 @@ def _quantized_for_eval(layer, seed):
 
 def test_computed_1x1_filters_become_matmul_and_qat_weights_stay_conv2d(tmp_path):
     """Only a filter computed from the input leaves conv2d (a 1x1 one becomes a matmul); a QAT
-    layer's weight (the parameter behind fake quantization ops, ``compat._stored_weight``)
+    layer's weight (the parameter behind fake quantization ops, ``function_fixes._stored_weight``)
     stays a conv2d that oneDNN runs in INT8."""
     paddle.seed(0)
     layer = _CrossAttention()

@@ -1,6 +1,9 @@
 """The ONNX conversion behind --runtime onnxruntime on the tiny synthetic model: the QDQ
 layout of an INT8 export, the deviation check refusing a broken model, and
 deploy/python/export_onnx.py."""
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import paddle
@@ -9,9 +12,9 @@ import pytest
 from onnx import numpy_helper
 from paddle.base import core
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from segqat import compat, deploy
-from segqat.deploy import onnx_export, onnx_runtime
+from segqat.deploy import onnx_export, onnx_runtime, parity
 
 
 def paddle_ops(export_dir):
@@ -35,7 +38,7 @@ def test_qat_export_becomes_qdq_with_paddles_placement(exports):
     rounding = sum(op.type() == "quantize_linear" and not (op.has_attr("only_observer")
                                                            and op.attr("only_observer")) for op in pd)
     # one QuantizeLinear per Paddle quantize_linear that rounds (observers are identity in
-    # Paddle, compat._output_observers_stay_identity); batch norms stay (not folded)
+    # Paddle, old_ir_export._output_observers_stay_identity); batch norms stay (not folded)
     assert 0 < rounding < pd_ops.count("quantize_linear")
     assert ops.count("QuantizeLinear") == rounding
     assert ops.count("BatchNormalization") == pd_ops.count("batch_norm") > 0
@@ -68,6 +71,9 @@ def test_corrupted_qdq_model_is_refused(exports):
     model = onnx_export.convert(dep)
     pred = deploy.create_predictor(str(exports / "fp32"), threads=1)
     batch = onnx_export.check_batch(dep, pred.preprocess)
+    # the same check takes any runtime's predictor
+    fp32 = deploy.load_deploy_config(str(exports / "fp32"))
+    assert parity.check(fp32, pred.run, batch, runtime="Paddle Inference") >= 0.99
     pred.close()
     sess = onnx_runtime.session(model.SerializeToString(), 2)
     assert onnx_export.check(dep, lambda x: sess.run(None, {"x": x})[0], batch) >= 0.99
@@ -177,6 +183,39 @@ def test_adaptive_average_pooling_is_exact_for_any_input_size(tmp_path):
         got = sess.run(None, {"x": x})[0]
         assert got.shape == ref.shape == (2, 4, h, w)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+_POOLS_WITHOUT_PADDLE = """
+import sys
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from segqat.deploy import onnx_rewrites
+nodes = [helper.make_node("AveragePool", ["x"], ["avg"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("MaxPool", ["x"], ["max"], kernel_shape=[2, 2], strides=[2, 2])]
+value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2, None, None])
+graph = helper.make_graph(nodes, "pools", [value("x")], [value("avg"), value("max")])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+assert onnx_rewrites.exact_adaptive_pools(model, {"avg": ("avg", (2, 3)), "max": ("max", (2, 3))}) == 2
+onnx.checker.check_model(model)
+sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+x = np.random.RandomState(0).rand(1, 2, 5, 7).astype("float32")
+avg, mx = sess.run(None, {"x": x})
+bins = lambda n, o: [(i * n // o, -(-(i + 1) * n // o)) for i in range(o)]
+for got, reduce in ((avg, np.mean), (mx, np.max)):
+    want = [[[reduce(x[0, c, h0:h1, w0:w1]) for w0, w1 in bins(7, 3)] for h0, h1 in bins(5, 2)]
+            for c in range(2)]
+    np.testing.assert_allclose(got, np.array([want]), rtol=1e-5, atol=1e-6)
+assert "paddle" not in sys.modules, "onnx_rewrites imported paddle"
+"""
+
+
+def test_graph_rewrites_run_without_paddle():
+    """The ONNX graph rewrites need only onnx and numpy: on a hand-built graph (fixed-window
+    pools, as paddle2onnx writes adaptive ones) the exact adaptive pools compute adaptive
+    average and max pooling of a 5x7 map into 2x3 bins, in a process without paddle."""
+    subprocess.run([sys.executable, "-c", _POOLS_WITHOUT_PADDLE], cwd=str(ROOT), check=True)
 
 
 def test_op_paddle2onnx_cannot_convert_is_an_error_not_an_abort(tmp_path):

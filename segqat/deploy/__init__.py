@@ -6,7 +6,8 @@
 
 The precision comes from the directory's deploy.yaml unless given. Each
 runtime is one module with one ``Predictor`` subclass, named in ``RUNTIMES``;
-the deploy.yaml contract and pre/post-processing live in ``contract``.
+the deploy.yaml contract and pre/post-processing live in ``contract``, and
+``parity`` checks a runtime's labels against Paddle's run of the export.
 """
 import importlib
 import logging

@@ -9,8 +9,9 @@ nothing is written beside it; ``save_onnx=PATH`` also writes the checked model
 (deploy/python/export_onnx.py does that for deployers). Before the predictor is
 returned, the model runs on a check batch in the very session it will use and
 is refused if its labels agree with Paddle's run of the export on fewer than
-``min_agreement`` of the pixels (0.99; 0 only reports the agreement: for
-latency runs on random weights, whose labels are chaotic under quantization).
+``min_agreement`` of the pixels (``parity.check``; 0.99; 0 only reports the
+agreement: for latency runs on random weights, whose labels are chaotic under
+quantization).
 
 The session runs ``threads`` intra-op threads, all graph optimizations, and
 ``session.x64quantprecision=1``: on x86 CPUs without VNNI (AVX2 / AVX-512F),
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 from collections import Counter
 
-from . import onnx_export
+from . import onnx_export, parity
 from .contract import DeployError, Predictor
 
 OPTIONS = ("save_onnx", "check_images", "min_agreement")
@@ -66,7 +67,7 @@ class OnnxRuntimePredictor(Predictor):
     runtime = "onnxruntime"
 
     def __init__(self, dep, precision, threads, verbose=False, save_onnx=None, check_images=None,
-                 min_agreement=onnx_export.MIN_AGREEMENT):
+                 min_agreement=parity.MIN_AGREEMENT):
         import onnx
         super().__init__(dep, precision, threads)
         if precision == "fp16":
@@ -88,9 +89,9 @@ class OnnxRuntimePredictor(Predictor):
         self._input = self.session.get_inputs()[0].name
         self._check_int8()
         try:
-            batch = onnx_export.check_batch(dep, self.preprocess, check_images)
-            self.agreement = onnx_export.check(dep, self._run, batch, float(min_agreement),
-                                               synthetic=not check_images)
+            batch = parity.check_batch(dep, self.preprocess, check_images)
+            self.agreement = parity.check(dep, self._run, batch, float(min_agreement),
+                                          synthetic=not check_images)
         except DeployError:
             self.close()
             raise

@@ -20,10 +20,6 @@ from .contract import DeployError, Predictor
 
 logger = logging.getLogger(__name__)
 
-# oneDNN INT8 op set that works for BiSeNetV2 and PP-LiteSeg on paddle 3.3.1;
-# the default set fails on PP-LiteSeg ("could not create a primitive
-# descriptor for a concat primitive", PADDLE_NOTES).
-ONEDNN_INT8_OPS = {"conv2d", "depthwise_conv2d", "fused_conv2d"}
 OPTIONS = ("device", "enable_mkldnn", "batch_size", "use_trt", "trt_min_shape", "trt_opt_shape",
            "trt_max_shape", "optim_dir")
 
@@ -100,15 +96,14 @@ class PaddlePredictor(Predictor):
         from paddle import inference as pi
         from .. import compat
         super().__init__(dep, precision, threads)
-        old_ir = dep["model_file"].endswith(".pdmodel")
         if device == "cpu" and precision == "fp16":
             raise DeployError("--precision fp16 is only supported with --device gpu")
         if device == "cpu" and precision == "int8" and not enable_mkldnn:
             raise DeployError("--precision int8 on CPU needs oneDNN (--enable_mkldnn true): without "
                               "it the model runs fake quantization in FP32")
-        if device == "cpu" and enable_mkldnn and not old_ir:
-            raise DeployError(f"{dep['model_file']} is a new-IR model; oneDNN cannot run it on "
-                              "paddle 3.3.1 (PaddlePaddle/Paddle#79749). Re-export with this tool.")
+        refusal = compat.onednn_refusal(dep["model_file"]) if device == "cpu" and enable_mkldnn else None
+        if refusal:
+            raise DeployError(refusal)
         if use_trt and device != "gpu":
             raise DeployError("--use_trt needs --device gpu")
 
@@ -128,8 +123,7 @@ class PaddlePredictor(Predictor):
 
         def config(delete=()):
             cfg = pi.Config(model_file, dep["params_file"])
-            if old_ir:
-                cfg.enable_new_ir(False)
+            compat.select_ir(cfg, dep["model_file"])
             cfg.disable_glog_info()
             compat.configure_inference(cfg)
             if device == "gpu":
@@ -152,7 +146,7 @@ class PaddlePredictor(Predictor):
                 if enable_mkldnn:
                     cfg.enable_onednn()
                     if precision == "int8":
-                        cfg.enable_onednn_int8(ONEDNN_INT8_OPS)
+                        cfg.enable_onednn_int8(compat.ONEDNN_INT8_OPS)
                         cfg.enable_save_optim_model(True)
                         cfg.set_optim_cache_dir(self._optim_dir)
             for name in delete:

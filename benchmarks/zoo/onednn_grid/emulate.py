@@ -103,7 +103,6 @@ def main():
     from paddle import inference as pi
     from segqat import builder, compat, deploy
     from segqat.config import load_config
-    from segqat.deploy.paddle_inference import ONEDNN_INT8_OPS
     from segqat.report import to_bgr8
 
     cfg = load_config(os.path.join(ROOT, "configs", "zoo", args.entry + ".yml"))
@@ -133,7 +132,7 @@ def main():
             c.set_cpu_math_library_num_threads(args.threads)
             if onednn:  # as segqat's Paddle predictor runs an INT8 export
                 c.enable_onednn()
-                c.enable_onednn_int8(ONEDNN_INT8_OPS)
+                c.enable_onednn_int8(compat.ONEDNN_INT8_OPS)
                 c.delete_pass(compat.INT8_RESIDUAL_FUSE_PASS)
             with compat.native_output(False):
                 p = pi.create_predictor(c)
