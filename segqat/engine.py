@@ -1,9 +1,10 @@
-"""Training loop, evaluation, checkpoints, logging and VisualDL.
+"""Training loop, checkpoints, logging and VisualDL (evaluation: ``evaluate``).
 
 The same ``train`` serves FP32 training (tools/train.py) and QAT
 (slim/quant/qat_train.py): QAT passes an already-quantized model and, with
 --do_eval, a ``start_eval`` that scores the quantized FP32 weights before the
-first step; nothing else changes. Evaluations log PaddleSeg's [EVAL] lines and,
+first step; nothing else changes. Evaluations (``evaluate.evaluate``) log
+PaddleSeg's [EVAL] lines and,
 with VisualDL, Evaluate/{mIoU,Acc,Kappa,Dice} and Evaluate/IoU/<class name>. Works under ``python -m paddle.distributed.launch``: data is
 sharded per rank, gradients all-reduced by ``paddle.DataParallel``, and only
 rank 0 logs, evaluates and writes checkpoints.
@@ -24,152 +25,13 @@ import typing
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 
 from . import compat, outputs, weights
 from .builder import build_lr_scheduler, build_optimizer
 from .data import ResumableBatchSampler, class_names_of
-from .metrics import ConfusionMatrix, compute_metrics
+from .evaluate import evaluate, format_eta
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- inference
-
-def _reverse_transform(logits, trans_info):
-    """Undo the resize/padding of the val transforms on [N, C, H, W] logits."""
-    for mode, shape in reversed(trans_info):
-        mode = mode[0] if isinstance(mode, (list, tuple)) else mode
-        h, w = int(shape[0]), int(shape[1])
-        if mode == "resize":
-            logits = F.interpolate(logits, [h, w], mode="bilinear", align_corners=False)
-        elif mode == "padding":
-            logits = logits[:, :, :h, :w]
-        else:
-            raise ValueError(f"unexpected transform record {mode!r} in trans_info")
-    return logits
-
-
-def _slide_logits(model, img, crop_size, stride, num_classes):
-    _, _, h_im, w_im = img.shape
-    w_crop, h_crop = crop_size
-    w_stride, h_stride = stride
-    rows = max(int(math.ceil((h_im - h_crop) / h_stride)) + 1, 1)
-    cols = max(int(math.ceil((w_im - w_crop) / w_stride)) + 1, 1)
-    total = paddle.zeros([1, num_classes, h_im, w_im])
-    count = paddle.zeros([1, 1, h_im, w_im])
-    for r in range(rows):
-        for c in range(cols):
-            h1, w1 = r * h_stride, c * w_stride
-            h2, w2 = min(h1 + h_crop, h_im), min(w1 + w_crop, w_im)
-            h1, w1 = max(h2 - h_crop, 0), max(w2 - w_crop, 0)
-            logit = model(img[:, :, h1:h2, w1:w2])[0]
-            total[:, :, h1:h2, w1:w2] += logit
-            count[:, :, h1:h2, w1:w2] += 1
-    return total / count
-
-
-def predict_logits(model, img, test_cfg, num_classes):
-    """Logits at the input's size, honouring test_config (slide, aug_eval)."""
-    is_slide = test_cfg.get("is_slide", False)
-
-    def once(x):
-        if is_slide:
-            return _slide_logits(model, x, test_cfg["crop_size"], test_cfg["stride"], num_classes)
-        return model(x)[0]
-
-    if not test_cfg.get("aug_eval", False):
-        return once(img)
-    scales = test_cfg.get("scales", 1.0)
-    scales = scales if isinstance(scales, list) else [scales]
-    flips = [None]
-    if test_cfg.get("flip_horizontal", False):
-        flips.append([3])
-    if test_cfg.get("flip_vertical", False):
-        flips.append([2])
-        if test_cfg.get("flip_horizontal", False):
-            flips.append([2, 3])
-    h, w = img.shape[-2:]
-    total = 0
-    for s in scales:
-        hs, ws = int(h * s + 0.5), int(w * s + 0.5)
-        x = F.interpolate(img, [hs, ws], mode="bilinear") if (hs, ws) != (h, w) else img
-        for flip in flips:
-            xi = paddle.flip(x, flip) if flip else x
-            logit = once(xi)
-            logit = paddle.flip(logit, flip) if flip else logit
-            logit = F.interpolate(logit, [h, w], mode="bilinear") if (hs, ws) != (h, w) else logit
-            total = total + F.softmax(logit, axis=1)
-    return total
-
-
-def iter_predictions(model, dataset, test_cfg=None, num_classes=None, indices=None, margins=False):
-    """Yield ``(index, predicted labels, label)`` at the label's size for val samples;
-    with ``margins``, ``(index, labels, label, margin)``: the softmax probability of the
-    top class minus that of the runner-up, per pixel (near 0: a near tie)."""
-    test_cfg = test_cfg or {}
-    num_classes = num_classes or dataset.num_classes
-    model.eval()
-    with paddle.no_grad():
-        for i in (range(len(dataset)) if indices is None else indices):
-            img, lab, trans_info = dataset[i]
-            logits = predict_logits(model, paddle.to_tensor(img[np.newaxis]), test_cfg, num_classes)
-            logits = _reverse_transform(logits, trans_info)
-            labels = paddle.argmax(logits, axis=1).numpy()[0]
-            if margins:
-                top2 = paddle.topk(paddle.nn.functional.softmax(logits, axis=1), 2, axis=1)[0].numpy()[0]
-                yield i, labels, lab, top2[0] - top2[1]
-            else:
-                yield i, labels, lab
-
-
-def evaluate(model, dataset, test_cfg=None, num_classes=None, progress=True, label="Evaluate"):
-    """Evaluate on every image of ``dataset`` (val mode). Returns the metrics dict.
-
-    Logs PaddleSeg's ``[EVAL] #Images ... mIoU ... Acc ... Kappa ... Dice``
-    line plus per-class IoU and precision.
-    """
-    test_cfg = test_cfg or {}
-    num_classes = num_classes or dataset.num_classes
-    cm = ConfusionMatrix(num_classes, dataset.ignore_index)
-    n = len(dataset)
-    logger.info("%s: %d images, %s", label, n, _describe_test_cfg(test_cfg))
-    start = time.time()
-    step = max(n // 10, 1)
-    for done, (i, pred, lab) in enumerate(iter_predictions(model, dataset, test_cfg, num_classes), 1):
-        cm.update(pred, lab)
-        if progress and (done % step == 0 or done == n):
-            el = time.time() - start
-            logger.info("[EVAL] %d/%d images | %.3f s/img | ETA %s",
-                        done, n, el / done, _fmt_eta(el / done * (n - done)))
-    m = compute_metrics(cm.mat)
-    m["num_images"] = n
-    m["confusion_matrix"] = cm.mat.tolist()
-    log_eval(m)
-    return m
-
-
-def log_eval(m):
-    """PaddleSeg's [EVAL] lines for a metrics dict (with num_images)."""
-    logger.info("[EVAL] #Images: %d mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f",
-                m["num_images"], m["mIoU"], m["Acc"], m["Kappa"], m["Dice"])
-    logger.info("[EVAL] Class IoU: %s", np.round(m["class_IoU"], 4).tolist())
-    logger.info("[EVAL] Class Precision: %s", np.round(m["class_precision"], 4).tolist())
-
-
-def _describe_test_cfg(tc):
-    if tc.get("aug_eval"):
-        return (f"aug_eval scales={tc.get('scales', 1.0)} flip_horizontal="
-                f"{tc.get('flip_horizontal', False)} flip_vertical={tc.get('flip_vertical', False)}"
-                + (f", slide crop={tc['crop_size']} stride={tc['stride']}" if tc.get("is_slide") else ""))
-    if tc.get("is_slide"):
-        return f"sliding window crop_size={tc['crop_size']} stride={tc['stride']}"
-    return "whole image"
-
-
-def _fmt_eta(seconds):
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -439,7 +301,7 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                     "[TRAIN] epoch: %d, iter: %d/%d, loss: %.4f, lr: %.6f, batch_cost: %.4f, "
                     "reader_cost: %.5f, ips: %.4f samples/sec | ETA %s",
                     epoch + 1, it, opts.iters, loss_value, lr, avg_batch, avg_reader,
-                    samples / max(batch_cost, 1e-9), _fmt_eta(eta))
+                    samples / max(batch_cost, 1e-9), format_eta(eta))
                 if writer:
                     writer.add_scalar("Train/loss", loss_value, it)
                     writer.add_scalar("Train/lr", lr, it)
@@ -501,7 +363,7 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                        rank, world, weights_digest(model), weights_digest(model, trainable=False))
     if is_main:
         logger.info("Training done: %d iterations in %s", it - start_iter,
-                    _fmt_eta(time.time() - run_start))
+                    format_eta(time.time() - run_start))
     out = {"best_mIoU": best_miou, "best_iter": best_iter, "last_iter": it}
     if start_metrics is not None:
         out["start_metrics"] = start_metrics

@@ -19,7 +19,8 @@ Route: paddleslim's static PTQ (``quant_post_static``, i.e. paddle's
    kernels;
 4. the exported model is loaded with ``deploy.create_predictor`` in INT8 (which refuses a
    program without INT8 kernels) and, when the config has a val_dataset,
-   evaluated on the validation images (PaddleSeg's ``[EVAL]`` line);
+   evaluated on the validation images (``evaluate.evaluate``: PaddleSeg's
+   ``[EVAL]`` line);
 5. ``deploy.yaml`` (precision: int8) and ``ptq_info.json`` are written.
 
 Everything is written into a temporary sibling of ``save_dir`` and renamed
@@ -50,8 +51,7 @@ import yaml
 
 from . import builder, compat, deploy, export, outputs, quant
 from .data import DataError, to_bgr8
-from .engine import log_eval
-from .metrics import ConfusionMatrix, compute_metrics
+from .evaluate import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -334,23 +334,6 @@ def quantize_static(fp32_dir, out_dir, calib, opts, qc, skip_tensors):
     return ops
 
 
-# ---------------------------------------------------------------- evaluation
-
-def evaluate_predictor(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference, oneDNN INT8)"):
-    """mIoU & co. of a Paddle Inference predictor on every validation image (original size)."""
-    cm = ConfusionMatrix(val_ds.num_classes, val_ds.ignore_index)
-    n = len(val_ds)
-    logger.info("%s: %d images", label, n)
-    for i in range(n):
-        img, lab = val_ds.read(i)
-        out = pred.predict([to_bgr8(img)])[0]
-        cm.update(out, lab)
-    m = compute_metrics(cm.mat)
-    m["num_images"] = n
-    log_eval(m)
-    return m
-
-
 # ---------------------------------------------------------------- the whole run
 
 def run_ptq(cfg, model_path, save_dir, opts):
@@ -389,7 +372,8 @@ def run_ptq(cfg, model_path, save_dir, opts):
         pred = deploy.create_predictor(d, precision="int8", threads=opts.cpu_threads)
         try:
             int8_ops = dict(pred.int8_ops())
-            metrics = evaluate_predictor(pred, val_ds) if val_ds is not None else None
+            metrics = (evaluate(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference, "
+                                "oneDNN INT8)") if val_ds is not None else None)
         finally:
             pred.close()
         info.update({

@@ -13,6 +13,7 @@ import paddle
 
 from . import builder, data, engine, export, outputs, quant
 from .config import load_config
+from .evaluate import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ def _qat_start_eval(cfg, val_ds, test_cfg, seed):
         with quant.state_restored(model):
             paddle.seed(seed)  # dropout during calibration
             quant.calibrate(model, (b["x"] for b in calib()))
-            m = engine.evaluate(model, val_ds, test_cfg,
-                                label="Evaluate QAT model before fine-tuning (fake quantization)")
+            m = evaluate(model, val_ds, test_cfg,
+                         label="Evaluate QAT model before fine-tuning (fake quantization)")
         logger.info("[EVAL] before QAT fine-tuning (iter 0): mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f "
                     "(activation scales calibrated on %d train images for this evaluation only)",
                     m["mIoU"], m["Acc"], m["Kappa"], m["Dice"], calib.num_images)
@@ -104,8 +105,8 @@ def run_eval(args, qat=False):
     model, _ = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")
     val_ds = builder.build_dataset(cfg, "val")
     tc = builder.test_config(cfg, **cli.eval_overrides(args))
-    m = engine.evaluate(model, val_ds, tc,
-                        label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
+    m = evaluate(model, val_ds, tc,
+                 label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
     m.update(model_path=os.path.abspath(args.model_path) if args.model_path else None,
              config=os.path.abspath(args.config), quantized=qat, test_config=tc)
     if args.save_metrics:

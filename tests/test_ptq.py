@@ -175,7 +175,7 @@ def test_failed_run_keeps_earlier_export(syn_cfg, fp32_run, tmp_path, monkeypatc
 
     def boom(*a, **k):
         raise ValueError("evaluation failed on purpose")
-    monkeypatch.setattr(ptq, "evaluate_predictor", boom)
+    monkeypatch.setattr(ptq, "evaluate", boom)
     with pytest.raises(SystemExit) as e:
         run_ptq(syn_cfg, fp32_run, out, "--algo", "avg", "--batch_nums", 1)
     assert e.value.code == 1
