@@ -8,9 +8,10 @@ Method (fake quantization in dygraph, from FP32 weights, no training):
 1. The FP32 model is evaluated on a validation subset (``num_images`` images
    chosen by ``seed``): the reference mIoU and predictions.
 2. The fully quantized model (quant_config as configured) is calibrated on
-   training images with the deployment preprocessing (``ptq.Calibration``:
-   activation scales are moving averages, batch norms untouched) and
-   evaluated: the "all quantized" mIoU. Its quantizer scales are kept.
+   training images with the deployment preprocessing (``calibration.Calibration``
+   and ``calibration.calibrate``: activation scales are moving averages, batch
+   norms untouched) and evaluated: the "all quantized" mIoU. Its quantizer
+   scales are kept.
 3. For every quantizable layer L (Conv2D / Linear not already skipped by the
    config, optionally filtered by ``layers`` patterns):
 
@@ -45,9 +46,8 @@ from typing import List, Optional
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import yaml
 
-from . import builder, export, ptq, quant
+from . import builder, calibration, export, outputs, quant
 from .config import ConfigError
-from . import outputs
 from .evaluate import evaluate, format_eta
 
 logger = logging.getLogger(__name__)
@@ -172,14 +172,14 @@ def run_analysis(cfg, model_path, save_dir, opts):
     logger.info("FP32: mIoU %.4f on the subset (%.1f s)", ref["mIoU"], t_eval)
 
     # 2. fully quantized, calibrated once
-    calib = ptq.Calibration(cfg, ptq.PTQOptions(batch_size=opts.batch_size,
-                                                batch_nums=opts.batch_nums, seed=opts.seed))
+    calib = calibration.Calibration(cfg, calibration.CalibrationOptions(
+        batch_size=opts.batch_size, batch_nums=opts.batch_nums, seed=opts.seed))
     if calib.random:
         raise ConfigError(f"analysis needs calibration images: a train_dataset or "
                           f"quant_config.calibration_list in {cfg.path} (random data would make "
                           "every sensitivity meaningless)")
     full = _quantized(cfg, fp32_state, qc, [])
-    quant.calibrate(full, (b["x"] for b in calib()))
+    calibration.calibrate(full, calib.arrays())
     scales = {k: v.numpy() for k, v in full.state_dict().items() if quant._is_quant_key(k)}
     allq, _ = _score(full, subset, test_cfg, ref_preds)
     del full

@@ -24,7 +24,7 @@ from typing import List
 
 import numpy as np
 
-from . import builder, deploy, export, ptq, quant
+from . import builder, calibration, deploy, export, ptq, quant
 from .evaluate import evaluate, format_eta
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def run_sweep(cfg, model_path, save_dir, opts):
     check_options(opts)
     cfg.require("val_dataset")
     quant.quant_settings(cfg, purpose="ptq")  # fail early on options PTQ cannot run
-    probe = ptq.Calibration(cfg, ptq.PTQOptions(batch_size=opts.batch_size, batch_nums=1))
+    probe = calibration.Calibration(cfg, calibration.CalibrationOptions(batch_size=opts.batch_size,
+                                                                        batch_nums=1))
     if probe.random:
         raise ValueError("a calibration sweep needs real calibration images (a train_dataset or "
                          f"quant_config.calibration_list in {cfg.path})")

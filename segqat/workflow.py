@@ -11,7 +11,7 @@ import os
 import numpy as np  # noqa: F401  (before paddle, see compat)
 import paddle
 
-from . import builder, data, engine, export, outputs, quant
+from . import builder, calibration, data, engine, export, outputs, quant
 from .config import load_config
 from .evaluate import evaluate
 
@@ -72,19 +72,17 @@ def _qat_start_eval(cfg, val_ds, test_cfg, seed):
     scale (0.001) until the first training step replaces it; evaluated as they
     are, every activation is clipped to +-0.001 and the score means nothing.
     So the scales are calibrated first, on the images PTQ calibrates on (train
-    images, deploy preprocessing, ``ptq.PTQOptions`` defaults), for this
-    evaluation only: the model's state is restored afterwards and training
-    runs exactly as it would without it. Compared with the QAT checkpoints it
+    images, deploy preprocessing, ``calibration.CalibrationOptions`` defaults),
+    for this evaluation only: the model's state is restored afterwards and
+    training runs exactly as it would without it. Compared with the QAT checkpoints it
     shows what fine-tuning bought. (It is near, not equal to, a PTQ model:
     moving-average abs-max scales in fake quantization, not PTQ's ``--algo``.)
     """
-    from . import ptq
-
     def start_eval(model):
-        calib = ptq.Calibration(cfg, ptq.PTQOptions(seed=seed))
+        calib = calibration.Calibration(cfg, calibration.CalibrationOptions(seed=seed))
         with quant.state_restored(model):
             paddle.seed(seed)  # dropout during calibration
-            quant.calibrate(model, (b["x"] for b in calib()))
+            calibration.calibrate(model, calib.arrays())
             m = evaluate(model, val_ds, test_cfg,
                          label="Evaluate QAT model before fine-tuning (fake quantization)")
         logger.info("[EVAL] before QAT fine-tuning (iter 0): mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f "
