@@ -55,7 +55,9 @@ class TrainOptions:
     start_eval: typing.Optional[typing.Callable] = None
 
 
-def _loss(losses, logits_list, label):
+def compute_loss(losses, logits_list, label):
+    """The training loss: sum over the model's outputs of coef * loss(output, label)
+    (``losses`` as ``builder.build_losses`` returns it: one loss and coef per output)."""
     if len(logits_list) != len(losses["types"]):
         raise ValueError(f"the model returned {len(logits_list)} outputs but loss.types has "
                          f"{len(losses['types'])} entries; give one loss (and coef) per output")
@@ -157,7 +159,7 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
             it += 1
             paddle.seed(opts.seed + it)  # dropout etc.: a function of the iteration only
             logits_list = ddp_model(img)
-            loss = _loss(losses, logits_list, label)
+            loss = compute_loss(losses, logits_list, label)
             loss_value = compat.scalar(loss)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(

@@ -160,7 +160,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
         results["fake_quant"] = {"model_path": os.path.abspath(qat_model_path),
                                  **{k: fq[k] for k in _METRIC_KEYS},
                                  "confusion_matrix": fq["confusion_matrix"]}
-    results["warnings"] = _warnings(results, ref_of)
+    results["warnings"] = benchmark_warnings(results, ref_of)
     for w in results["warnings"]:
         logger.warning("!!! %s", w)
 
@@ -173,7 +173,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     return results
 
 
-def _warnings(results, ref_of):
+def benchmark_warnings(results, ref_of):
     """What a reader of the table must not miss: an INT8 row not faster than the FP32 row
     of its runtime (``ref_of``: row -> that FP32 row), or a deployed INT8 mIoU more than
     0.5 points from its fake-quant model's."""

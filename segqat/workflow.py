@@ -55,7 +55,7 @@ def run_training(args, qat=False):
         do_eval=args.do_eval, log_iters=args.log_iters, use_vdl=args.use_vdl, seed=args.seed,
         overwrite=args.overwrite,
         label="Evaluate QAT model (fake quantization)" if qat else "Evaluate",
-        start_eval=_qat_start_eval(cfg, val_ds, test_cfg, args.seed) if qat and args.do_eval else None)
+        start_eval=qat_start_eval(cfg, val_ds, test_cfg, args.seed) if qat and args.do_eval else None)
     res = engine.train(cfg, model, train_ds, val_ds, losses, opts, test_cfg)
     start = res.get("start_metrics")
     if start is not None and res["best_iter"] > 0:
@@ -65,8 +65,9 @@ def run_training(args, qat=False):
     return res
 
 
-def _qat_start_eval(cfg, val_ds, test_cfg, seed):
-    """What the quantized FP32 weights score before QAT fine-tuning changes them.
+def qat_start_eval(cfg, val_ds, test_cfg, seed):
+    """``TrainOptions.start_eval`` for QAT: what the quantized FP32 weights score before
+    fine-tuning changes them.
 
     A freshly quantized model's activation quantizers hold paddle's initial
     scale (0.001) until the first training step replaces it; evaluated as they

@@ -74,8 +74,8 @@ def test_sfnet_trains_and_exports(tmp_path):
     model.train()
     x = paddle.rand([2, 3, 32, 32])
     losses = builder.build_losses(cfg)
-    from segqat.engine import _loss
-    loss = _loss(losses, model(x), paddle.randint(0, 4, [2, 32, 32]))
+    from segqat.engine import compute_loss
+    loss = compute_loss(losses, model(x), paddle.randint(0, 4, [2, 32, 32]))
     loss.backward()
     model.eval()
     x = np.random.RandomState(0).rand(1, 3, 32, 48).astype("float32")
