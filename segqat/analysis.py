@@ -8,9 +8,10 @@ Method (fake quantization in dygraph, from FP32 weights, no training):
 1. The FP32 model is evaluated on a validation subset (``num_images`` images
    chosen by ``seed``): the reference mIoU and predictions.
 2. The fully quantized model (quant_config as configured) is calibrated on
-   training images with the deployment preprocessing (``ptq.Calibration``:
-   activation scales are moving averages, batch norms untouched) and
-   evaluated: the "all quantized" mIoU. Its quantizer scales are kept.
+   training images with the deployment preprocessing (``calibration.Calibration``
+   and ``calibration.calibrate``: activation scales are moving averages, batch
+   norms untouched) and evaluated: the "all quantized" mIoU. Its quantizer
+   scales are kept.
 3. For every quantizable layer L (Conv2D / Linear not already skipped by the
    config, optionally filtered by ``layers`` patterns):
 
@@ -23,6 +24,9 @@ Method (fake quantization in dygraph, from FP32 weights, no training):
    between two variants is which layers quantize. Pixel disagreement with the
    FP32 predictions is reported beside the mIoU: on a small subset it is the
    finer signal.
+
+Every evaluation is ``evaluate.evaluate`` on the subset (read and preprocessed
+once), the FP32 one keeping its predictions as the reference of the others.
 
 Outputs in ``save_dir``: ``sensitivity.json`` (everything), ``sensitivity.md``
 (the ranked table), ``sensitivity.png`` (bar chart), and with ``skip_top`` or
@@ -42,11 +46,9 @@ from typing import List, Optional
 import numpy as np
 import yaml
 
-from . import builder, engine, export, ptq, quant
+from . import builder, calibration, export, outputs, quant
 from .config import ConfigError
-from . import outputs
-from .engine import _fmt_eta
-from .metrics import ConfusionMatrix, compute_metrics
+from .evaluate import evaluate, format_eta
 
 logger = logging.getLogger(__name__)
 
@@ -94,19 +96,14 @@ class _Subset:
         return self.samples[i]
 
 
-def _evaluate(model, subset, test_cfg, ref_preds=None):
-    cm = ConfusionMatrix(subset.num_classes, subset.ignore_index)
-    preds, diff, total = [], 0, 0
-    for k, (_, pred, lab) in enumerate(engine.iter_predictions(model, subset, test_cfg,
-                                                               subset.num_classes)):
-        cm.update(pred, lab)
-        preds.append(pred)
-        if ref_preds is not None:
-            diff += int((pred != ref_preds[k]).sum())
-            total += pred.size
-    m = compute_metrics(cm.mat)
-    return {"mIoU": float(m["mIoU"]), "Acc": float(m["Acc"]),
-            "disagreement": diff / total if total else 0.0}, preds
+def _score(model, subset, test_cfg, reference=None):
+    """mIoU, Acc and pixel disagreement with the FP32 ``reference`` (quiet: one of many);
+    without a reference, also the predictions (the reference of the others)."""
+    m = evaluate(model, subset, test_cfg, keep=reference is None, verbose=False,
+                 references={"fp32": reference} if reference is not None else None)
+    out = {"mIoU": float(m["mIoU"]), "Acc": float(m["Acc"]),
+           "disagreement": m["agreement"]["fp32"]["disagreement"] if reference is not None else 0.0}
+    return out, m.get("predictions")
 
 
 def candidate_layers(cfg, qc, patterns):
@@ -169,22 +166,22 @@ def run_analysis(cfg, model_path, save_dir, opts):
     fp32, _ = quant.build_model(cfg, model_path, quantized=False)  # strict load, once
     fp32_state = {k: v.numpy() for k, v in fp32.state_dict().items()}
     t0 = time.time()
-    ref, ref_preds = _evaluate(fp32, subset, test_cfg)
+    ref, ref_preds = _score(fp32, subset, test_cfg)
     t_eval = time.time() - t0
     del fp32
     logger.info("FP32: mIoU %.4f on the subset (%.1f s)", ref["mIoU"], t_eval)
 
     # 2. fully quantized, calibrated once
-    calib = ptq.Calibration(cfg, ptq.PTQOptions(batch_size=opts.batch_size,
-                                                batch_nums=opts.batch_nums, seed=opts.seed))
+    calib = calibration.Calibration(cfg, calibration.CalibrationOptions(
+        batch_size=opts.batch_size, batch_nums=opts.batch_nums, seed=opts.seed))
     if calib.random:
         raise ConfigError(f"analysis needs calibration images: a train_dataset or "
                           f"quant_config.calibration_list in {cfg.path} (random data would make "
                           "every sensitivity meaningless)")
     full = _quantized(cfg, fp32_state, qc, [])
-    quant.calibrate(full, (b["x"] for b in calib()))
+    calibration.calibrate(full, calib.arrays())
     scales = {k: v.numpy() for k, v in full.state_dict().items() if quant._is_quant_key(k)}
-    allq, _ = _evaluate(full, subset, test_cfg, ref_preds)
+    allq, _ = _score(full, subset, test_cfg, ref_preds)
     del full
     logger.info("All %d quantizable layer(s) quantized: mIoU %.4f (%+.2f points vs FP32), pixel disagreement "
                 "%.2f%%", len(quantized_names), allq["mIoU"], 100 * (allq["mIoU"] - ref["mIoU"]),
@@ -194,7 +191,7 @@ def run_analysis(cfg, model_path, save_dir, opts):
     modes = ["single", "leave_one_out"] if opts.mode == "both" else [opts.mode]
     runs = len(layers) * len(modes)
     logger.info("%d evaluation(s) of %d image(s); about %.1f s each (FP32 took %.1f s): rough ETA %s",
-                runs, n, t_eval * 1.5 + 1, t_eval, _fmt_eta(runs * (t_eval * 1.5 + 1)))
+                runs, n, t_eval * 1.5 + 1, t_eval, format_eta(runs * (t_eval * 1.5 + 1)))
     rows = []
     quant_log = logging.getLogger(quant.__name__)  # its per-build "Not quantizing ..." lines
     level = quant_log.level
@@ -207,14 +204,14 @@ def run_analysis(cfg, model_path, save_dir, opts):
             for mode in modes:
                 if mode == "single":
                     others = [x for x in quantized_names if x != name]
-                    m, _ = _evaluate(_quantized(cfg, fp32_state, qc, others, scales), subset,
-                                     test_cfg, ref_preds)
+                    m, _ = _score(_quantized(cfg, fp32_state, qc, others, scales), subset,
+                                  test_cfg, ref_preds)
                     row["single_mIoU"] = m["mIoU"]
                     row["single_delta"] = m["mIoU"] - ref["mIoU"]
                     row["single_disagreement"] = m["disagreement"]
                 else:
-                    m, _ = _evaluate(_quantized(cfg, fp32_state, qc, [name], scales), subset,
-                                     test_cfg, ref_preds)
+                    m, _ = _score(_quantized(cfg, fp32_state, qc, [name], scales), subset,
+                                  test_cfg, ref_preds)
                     row["loo_mIoU"] = m["mIoU"]
                     row["loo_gain"] = m["mIoU"] - allq["mIoU"]
                     row["loo_disagreement"] = m["disagreement"]
@@ -222,7 +219,7 @@ def run_analysis(cfg, model_path, save_dir, opts):
             rows.append(row)
             el = time.time() - t_loop
             logger.info("[ANALYSIS] %d/%d %s: %s | ETA %s", done, runs, name, _row_text(row),
-                        _fmt_eta(el / done * (runs - done)))
+                        format_eta(el / done * (runs - done)))
     finally:
         quant_log.setLevel(level)
 
@@ -254,7 +251,7 @@ def run_analysis(cfg, model_path, save_dir, opts):
 
     outputs.atomic_dir_write(save_dir, write, kind="analysis")
     logger.info("Sensitivity analysis done in %s: %s/sensitivity.md (ranked table), "
-                "sensitivity.png%s", _fmt_eta(result["seconds"]["total"]), save_dir,
+                "sensitivity.png%s", format_eta(result["seconds"]["total"]), save_dir,
                 f", skip list of {len(skip)} layer(s) in {save_dir}/config_with_skips.yml"
                 if skip is not None else "")
     for r in ranked[:5]:

@@ -1,295 +1,38 @@
-"""Training loop, evaluation, checkpoints, logging and VisualDL.
+"""The training loop: FP32 training and QAT fine-tuning alike.
+
+    res = train(cfg, model, train_ds, val_ds, losses, TrainOptions(save_dir="out", iters=1000))
 
 The same ``train`` serves FP32 training (tools/train.py) and QAT
 (slim/quant/qat_train.py): QAT passes an already-quantized model and, with
 --do_eval, a ``start_eval`` that scores the quantized FP32 weights before the
-first step; nothing else changes. Evaluations log PaddleSeg's [EVAL] lines and,
-with VisualDL, Evaluate/{mIoU,Acc,Kappa,Dice} and Evaluate/IoU/<class name>. Works under ``python -m paddle.distributed.launch``: data is
-sharded per rank, gradients all-reduced by ``paddle.DataParallel``, and only
-rank 0 logs, evaluates and writes checkpoints.
+first step; nothing else changes. It logs PaddleSeg's [TRAIN] lines, evaluates
+at each save with --do_eval (``evaluate.evaluate``: the [EVAL] lines), keeps
+``best_model/``, and with VisualDL writes Train/* and Evaluate/{mIoU,Acc,Kappa,Dice}
+and Evaluate/IoU/<class name>. Works under ``python -m paddle.distributed.launch``:
+data is sharded per rank, gradients all-reduced by ``paddle.DataParallel``, and
+only rank 0 logs, evaluates and writes checkpoints.
 
-Checkpoint layout (PaddleSeg's): ``save_dir/iter_N/{model.pdparams,
-model.pdopt, state.json}`` and ``save_dir/best_model/``. Each is written to a
-temporary directory and renamed into place, so an interrupted save never
-leaves a broken checkpoint where a good one stood.
+Checkpoints (``iter_N/``, ``best_model/``; atomic, verified, pruned per run,
+resumed from) are ``checkpoint``'s.
 """
 import dataclasses
-import json
 import logging
 import math
 import os
-import uuid
 import time
 import typing
+import uuid
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 
-from . import compat, outputs, weights
+from . import checkpoint, compat, outputs
 from .builder import build_lr_scheduler, build_optimizer
 from .data import ResumableBatchSampler, class_names_of
-from .metrics import ConfusionMatrix, compute_metrics
+from .evaluate import evaluate, format_eta
 
 logger = logging.getLogger(__name__)
 
-
-# ---------------------------------------------------------------- inference
-
-def _reverse_transform(logits, trans_info):
-    """Undo the resize/padding of the val transforms on [N, C, H, W] logits."""
-    for mode, shape in reversed(trans_info):
-        mode = mode[0] if isinstance(mode, (list, tuple)) else mode
-        h, w = int(shape[0]), int(shape[1])
-        if mode == "resize":
-            logits = F.interpolate(logits, [h, w], mode="bilinear", align_corners=False)
-        elif mode == "padding":
-            logits = logits[:, :, :h, :w]
-        else:
-            raise ValueError(f"unexpected transform record {mode!r} in trans_info")
-    return logits
-
-
-def _slide_logits(model, img, crop_size, stride, num_classes):
-    _, _, h_im, w_im = img.shape
-    w_crop, h_crop = crop_size
-    w_stride, h_stride = stride
-    rows = max(int(math.ceil((h_im - h_crop) / h_stride)) + 1, 1)
-    cols = max(int(math.ceil((w_im - w_crop) / w_stride)) + 1, 1)
-    total = paddle.zeros([1, num_classes, h_im, w_im])
-    count = paddle.zeros([1, 1, h_im, w_im])
-    for r in range(rows):
-        for c in range(cols):
-            h1, w1 = r * h_stride, c * w_stride
-            h2, w2 = min(h1 + h_crop, h_im), min(w1 + w_crop, w_im)
-            h1, w1 = max(h2 - h_crop, 0), max(w2 - w_crop, 0)
-            logit = model(img[:, :, h1:h2, w1:w2])[0]
-            total[:, :, h1:h2, w1:w2] += logit
-            count[:, :, h1:h2, w1:w2] += 1
-    return total / count
-
-
-def predict_logits(model, img, test_cfg, num_classes):
-    """Logits at the input's size, honouring test_config (slide, aug_eval)."""
-    is_slide = test_cfg.get("is_slide", False)
-
-    def once(x):
-        if is_slide:
-            return _slide_logits(model, x, test_cfg["crop_size"], test_cfg["stride"], num_classes)
-        return model(x)[0]
-
-    if not test_cfg.get("aug_eval", False):
-        return once(img)
-    scales = test_cfg.get("scales", 1.0)
-    scales = scales if isinstance(scales, list) else [scales]
-    flips = [None]
-    if test_cfg.get("flip_horizontal", False):
-        flips.append([3])
-    if test_cfg.get("flip_vertical", False):
-        flips.append([2])
-        if test_cfg.get("flip_horizontal", False):
-            flips.append([2, 3])
-    h, w = img.shape[-2:]
-    total = 0
-    for s in scales:
-        hs, ws = int(h * s + 0.5), int(w * s + 0.5)
-        x = F.interpolate(img, [hs, ws], mode="bilinear") if (hs, ws) != (h, w) else img
-        for flip in flips:
-            xi = paddle.flip(x, flip) if flip else x
-            logit = once(xi)
-            logit = paddle.flip(logit, flip) if flip else logit
-            logit = F.interpolate(logit, [h, w], mode="bilinear") if (hs, ws) != (h, w) else logit
-            total = total + F.softmax(logit, axis=1)
-    return total
-
-
-def iter_predictions(model, dataset, test_cfg=None, num_classes=None, indices=None, margins=False):
-    """Yield ``(index, predicted labels, label)`` at the label's size for val samples;
-    with ``margins``, ``(index, labels, label, margin)``: the softmax probability of the
-    top class minus that of the runner-up, per pixel (near 0: a near tie)."""
-    test_cfg = test_cfg or {}
-    num_classes = num_classes or dataset.num_classes
-    model.eval()
-    with paddle.no_grad():
-        for i in (range(len(dataset)) if indices is None else indices):
-            img, lab, trans_info = dataset[i]
-            logits = predict_logits(model, paddle.to_tensor(img[np.newaxis]), test_cfg, num_classes)
-            logits = _reverse_transform(logits, trans_info)
-            labels = paddle.argmax(logits, axis=1).numpy()[0]
-            if margins:
-                top2 = paddle.topk(paddle.nn.functional.softmax(logits, axis=1), 2, axis=1)[0].numpy()[0]
-                yield i, labels, lab, top2[0] - top2[1]
-            else:
-                yield i, labels, lab
-
-
-def evaluate(model, dataset, test_cfg=None, num_classes=None, progress=True, label="Evaluate"):
-    """Evaluate on every image of ``dataset`` (val mode). Returns the metrics dict.
-
-    Logs PaddleSeg's ``[EVAL] #Images ... mIoU ... Acc ... Kappa ... Dice``
-    line plus per-class IoU and precision.
-    """
-    test_cfg = test_cfg or {}
-    num_classes = num_classes or dataset.num_classes
-    cm = ConfusionMatrix(num_classes, dataset.ignore_index)
-    n = len(dataset)
-    logger.info("%s: %d images, %s", label, n, _describe_test_cfg(test_cfg))
-    start = time.time()
-    step = max(n // 10, 1)
-    for done, (i, pred, lab) in enumerate(iter_predictions(model, dataset, test_cfg, num_classes), 1):
-        cm.update(pred, lab)
-        if progress and (done % step == 0 or done == n):
-            el = time.time() - start
-            logger.info("[EVAL] %d/%d images | %.3f s/img | ETA %s",
-                        done, n, el / done, _fmt_eta(el / done * (n - done)))
-    m = compute_metrics(cm.mat)
-    m["num_images"] = n
-    m["confusion_matrix"] = cm.mat.tolist()
-    log_eval(m)
-    return m
-
-
-def log_eval(m):
-    """PaddleSeg's [EVAL] lines for a metrics dict (with num_images)."""
-    logger.info("[EVAL] #Images: %d mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f",
-                m["num_images"], m["mIoU"], m["Acc"], m["Kappa"], m["Dice"])
-    logger.info("[EVAL] Class IoU: %s", np.round(m["class_IoU"], 4).tolist())
-    logger.info("[EVAL] Class Precision: %s", np.round(m["class_precision"], 4).tolist())
-
-
-def _describe_test_cfg(tc):
-    if tc.get("aug_eval"):
-        return (f"aug_eval scales={tc.get('scales', 1.0)} flip_horizontal="
-                f"{tc.get('flip_horizontal', False)} flip_vertical={tc.get('flip_vertical', False)}"
-                + (f", slide crop={tc['crop_size']} stride={tc['stride']}" if tc.get("is_slide") else ""))
-    if tc.get("is_slide"):
-        return f"sliding window crop_size={tc['crop_size']} stride={tc['stride']}"
-    return "whole image"
-
-
-def _fmt_eta(seconds):
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def non_finite_parameters(model):
-    """Names of the model's parameters and buffers that hold NaN or Inf."""
-    bad = []
-    for name, t in model.state_dict().items():
-        if t.dtype in (paddle.float32, paddle.float64, paddle.float16) and \
-                not bool(paddle.isfinite(t).all()):
-            bad.append(name)
-    return bad
-
-
-def _verify_checkpoint(d, expected_keys):
-    """Read a written checkpoint back (safely) before it replaces anything."""
-    state = weights.load_state(os.path.join(d, "model.pdparams"), what="checkpoint")
-    if set(state) != set(expected_keys):
-        raise outputs.OutputError(f"checkpoint {d}: model.pdparams reads back with {len(state)} "
-                                  f"tensors, expected {len(expected_keys)}")
-    weights.require_finite(state, os.path.join(d, "model.pdparams"), what="checkpoint")
-    if os.path.isfile(os.path.join(d, "model.pdopt")):
-        weights.load_state(os.path.join(d, "model.pdopt"), what="checkpoint")
-    if os.path.isfile(os.path.join(d, "state.json")):
-        with open(os.path.join(d, "state.json")) as f:
-            json.load(f)
-
-
-def save_checkpoint(path, model, optimizer=None, state=None):
-    """Write ``path/`` (model.pdparams, model.pdopt, state.json) atomically, verified."""
-    sd = model.state_dict()
-
-    def write(d):
-        paddle.save(sd, os.path.join(d, "model.pdparams"))
-        if optimizer is not None:
-            paddle.save(optimizer.state_dict(), os.path.join(d, "model.pdopt"))
-        if state is not None:
-            with open(os.path.join(d, "state.json"), "w") as f:
-                json.dump(state, f, indent=2)
-    outputs.atomic_dir_write(path, write, kind="train", marker=False,
-                             verify=lambda d: _verify_checkpoint(d, sd.keys()))
-
-
-def _run_of(ckpt):
-    try:
-        with open(os.path.join(ckpt, "state.json")) as f:
-            return json.load(f).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _prune_checkpoints(save_dir, keep, run_id):
-    """Keep this run's newest ``keep`` iter_N/ (another run's are never touched)."""
-    if keep is None or keep <= 0:
-        return
-    own = [d for d in outputs.checkpoint_dirs(save_dir) if _run_of(d) == run_id]
-    for d in own[:-keep]:
-        outputs.remove_dir(d)
-
-
-def _adopt(ckpt, run_id):
-    p = os.path.join(ckpt, "state.json")
-    with open(p) as f:
-        st = json.load(f)
-    st["run_id"] = run_id
-    with open(p + ".tmp", "w") as f:
-        json.dump(st, f, indent=2)
-    os.replace(p + ".tmp", p)
-
-
-def _last_saved(save_dir, run_id):
-    own = [d for d in outputs.checkpoint_dirs(save_dir) if _run_of(d) == run_id]
-    return f"the last checkpoint is {own[-1]}" if own else "no checkpoint was written"
-
-
-def _remove_other_runs(save_dir, run_id):
-    """--overwrite: the checkpoints of earlier runs give way to this run's first one."""
-    old = [d for d in outputs.checkpoint_dirs(save_dir) + [os.path.join(save_dir, "best_model")]
-           if os.path.isdir(d) and _run_of(d) != run_id]
-    for d in old:
-        outputs.remove_dir(d)
-    if old:
-        logger.warning("--overwrite: removed %d checkpoint(s) of an earlier run from %s: %s",
-                       len(old), save_dir, ", ".join(os.path.basename(d) for d in old))
-
-
-class ResumeError(ValueError):
-    pass
-
-
-def load_resume(resume_dir, model, optimizer):
-    """Restore model, optimizer (with its LR schedule) and the training state."""
-    pdparams = os.path.join(resume_dir, "model.pdparams")
-    pdopt = os.path.join(resume_dir, "model.pdopt")
-    for p in (pdparams, pdopt):
-        if not os.path.isfile(p):
-            raise ResumeError(f"--resume_model {resume_dir}: {os.path.basename(p)} not found "
-                              f"(expected a checkpoint directory like save_dir/iter_N)")
-    weights.load_weights(model, pdparams, what="--resume_model")
-    optimizer.set_state_dict(weights.to_tensors(weights.load_state(pdopt, what="--resume_model")))
-    state_path = os.path.join(resume_dir, "state.json")
-    if os.path.isfile(state_path):
-        try:
-            with open(state_path) as f:
-                state = json.load(f)
-            int(state["iter"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ResumeError(f"--resume_model {resume_dir}: {state_path} is damaged "
-                              f"({type(e).__name__}: {e}); resume from another checkpoint") from None
-    else:  # a PaddleSeg checkpoint: iteration from the directory name
-        tail = os.path.basename(os.path.normpath(resume_dir)).rsplit("_", 1)[-1]
-        if not tail.isdigit():
-            raise ResumeError(f"--resume_model {resume_dir}: no state.json and the directory "
-                              "name does not end in _<iteration>")
-        state = {"iter": int(tail)}
-    logger.info("Resumed from %s at iteration %d", resume_dir, state["iter"])
-    return state
-
-
-# ---------------------------------------------------------------- training
 
 @dataclasses.dataclass
 class TrainOptions:
@@ -312,7 +55,9 @@ class TrainOptions:
     start_eval: typing.Optional[typing.Callable] = None
 
 
-def _loss(losses, logits_list, label):
+def compute_loss(losses, logits_list, label):
+    """The training loss: sum over the model's outputs of coef * loss(output, label)
+    (``losses`` as ``builder.build_losses`` returns it: one loss and coef per output)."""
     if len(logits_list) != len(losses["types"]):
         raise ValueError(f"the model returned {len(logits_list)} outputs but loss.types has "
                          f"{len(losses['types'])} entries; give one loss (and coef) per output")
@@ -357,13 +102,13 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     start_metrics = None
     run_id = uuid.uuid4().hex[:12]
     if opts.resume_model:
-        state = load_resume(opts.resume_model, model, optimizer)
+        state = checkpoint.load_resume(opts.resume_model, model, optimizer)
         start_iter = state["iter"]
         start_metrics = state.get("start_metrics")
         run_id = state.get("run_id") or run_id
         best_miou, best_iter = state.get("best_mIoU", -1.0), state.get("best_iter", -1)
         if start_iter >= opts.iters:
-            raise ResumeError(f"--resume_model {opts.resume_model} is at iteration {start_iter}, "
+            raise checkpoint.ResumeError(f"--resume_model {opts.resume_model} is at iteration {start_iter}, "
                               f"not before --iters {opts.iters}: nothing to train")
 
     ddp_model = paddle.DataParallel(model) if world > 1 else model
@@ -387,11 +132,9 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                 write_eval_scalars(writer, start_metrics, 0, class_names)
         if world > 1:
             paddle.distributed.barrier()
-    if opts.resume_model and _run_of(opts.resume_model) is None:
+    if opts.resume_model and checkpoint.run_of(opts.resume_model) is None:
         # a checkpoint from before run ids: its folder's checkpoints are this run's
-        for d in outputs.checkpoint_dirs(opts.save_dir):
-            if _run_of(d) is None and os.path.isfile(os.path.join(d, "state.json")):
-                _adopt(d, run_id)
+        checkpoint.adopt_checkpoints(opts.save_dir, run_id)
 
     model.train()
     it = start_iter
@@ -416,13 +159,13 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
             it += 1
             paddle.seed(opts.seed + it)  # dropout etc.: a function of the iteration only
             logits_list = ddp_model(img)
-            loss = _loss(losses, logits_list, label)
+            loss = compute_loss(losses, logits_list, label)
             loss_value = compat.scalar(loss)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"Loss is {loss_value} at iteration {it}; stopping, nothing saved from it "
-                    f"({_last_saved(opts.save_dir, run_id)}). Lower --learning_rate (it was "
-                    f"{optimizer.get_lr():g}) or check the labels.")
+                    f"({checkpoint.last_saved(opts.save_dir, run_id)}). Lower --learning_rate "
+                    f"(it was {optimizer.get_lr():g}) or check the labels.")
             loss.backward()
             optimizer.step()
             lr = optimizer.get_lr()
@@ -439,7 +182,7 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                     "[TRAIN] epoch: %d, iter: %d/%d, loss: %.4f, lr: %.6f, batch_cost: %.4f, "
                     "reader_cost: %.5f, ips: %.4f samples/sec | ETA %s",
                     epoch + 1, it, opts.iters, loss_value, lr, avg_batch, avg_reader,
-                    samples / max(batch_cost, 1e-9), _fmt_eta(eta))
+                    samples / max(batch_cost, 1e-9), format_eta(eta))
                 if writer:
                     writer.add_scalar("Train/loss", loss_value, it)
                     writer.add_scalar("Train/lr", lr, it)
@@ -450,19 +193,19 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
 
             saving = it % opts.save_interval == 0 or it == opts.iters
             if saving or it % opts.log_iters == 0:
-                bad = non_finite_parameters(model)
+                bad = checkpoint.non_finite_parameters(model)
                 if bad:
                     raise FloatingPointError(
                         f"Weights became non-finite (NaN/Inf) by iteration {it} ({len(bad)} tensors, "
                         f"e.g. {', '.join(bad[:3])}); stopping, nothing saved from them "
-                        f"({_last_saved(opts.save_dir, run_id)}). Lower --learning_rate (it was "
-                        f"{lr:g}) or check the data.")
+                        f"({checkpoint.last_saved(opts.save_dir, run_id)}). Lower --learning_rate "
+                        f"(it was {lr:g}) or check the data.")
             if saving:
                 if is_main and not config_saved:
                     # Written with the first checkpoint: a run that fails before it
                     # leaves an earlier run's save_dir as it was.
                     if opts.overwrite:
-                        _remove_other_runs(opts.save_dir, run_id)
+                        checkpoint.remove_other_runs(opts.save_dir, run_id)
                     cfg.save(os.path.join(opts.save_dir, "config.yaml"))
                     outputs.write_marker(opts.save_dir, "train")
                     config_saved = True
@@ -479,12 +222,13 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                         if m["mIoU"] > best_miou:
                             best_miou, best_iter = m["mIoU"], it
                             state.update(best_mIoU=best_miou, best_iter=best_iter)
-                            save_checkpoint(os.path.join(opts.save_dir, "best_model"), model,
-                                            state={**state, "metrics": _short(m)})
+                            checkpoint.save_checkpoint(os.path.join(opts.save_dir, "best_model"), model,
+                                                       state={**state, "metrics": _short(m)})
                         logger.info("[EVAL] The model with the best validation mIoU (%.4f) "
                                     "was saved at iter %d.", best_miou, best_iter)
-                    save_checkpoint(os.path.join(opts.save_dir, f"iter_{it}"), model, optimizer, state)
-                    _prune_checkpoints(opts.save_dir, opts.keep_checkpoint_max, run_id)
+                    checkpoint.save_checkpoint(os.path.join(opts.save_dir, f"iter_{it}"), model,
+                                               optimizer, state)
+                    checkpoint.prune_checkpoints(opts.save_dir, opts.keep_checkpoint_max, run_id)
                 if world > 1:
                     paddle.distributed.barrier()
             if it >= opts.iters:
@@ -498,10 +242,11 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
         # Each rank reports its weights: with all-reduced gradients they must be identical
         # (BatchNorm statistics are not: per process on CPU, see workflow).
         logger.warning("rank %d/%d trainable parameters sha1 %s, BatchNorm statistics sha1 %s",
-                       rank, world, weights_digest(model), weights_digest(model, trainable=False))
+                       rank, world, checkpoint.weights_digest(model),
+                       checkpoint.weights_digest(model, trainable=False))
     if is_main:
         logger.info("Training done: %d iterations in %s", it - start_iter,
-                    _fmt_eta(time.time() - run_start))
+                    format_eta(time.time() - run_start))
     out = {"best_mIoU": best_miou, "best_iter": best_iter, "last_iter": it}
     if start_metrics is not None:
         out["start_metrics"] = start_metrics
@@ -520,17 +265,6 @@ def write_eval_scalars(writer, m, step, class_names=None):
     names = class_names or [str(c) for c in range(len(m["class_IoU"]))]
     for name, v in zip(names, m["class_IoU"]):
         writer.add_scalar(f"Evaluate/IoU/{vdl_tag(name)}", v, step)
-
-
-def weights_digest(model, trainable=True):
-    """sha1 of the trainable parameters (or of the rest: BatchNorm statistics)."""
-    import hashlib
-    h = hashlib.sha1()
-    for name, t in sorted(model.named_parameters()):
-        if t.trainable == trainable:
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(t.numpy()).tobytes())
-    return h.hexdigest()
 
 
 def _short(m):

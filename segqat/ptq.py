@@ -9,9 +9,9 @@ Route: paddleslim's static PTQ (``quant_post_static``, i.e. paddle's
 1. the FP32 model is exported exactly as ``tools/export.py`` does
    (``export.export_model``: old-IR ``model.pdmodel``, the output op, and
    ``compat.fix_conv_bias_axis``) into a temporary directory;
-2. the static program is run on calibration batches; the activation scales
-   come from ``algo`` (abs_max, avg, hist, KL, mse); weights are quantized
-   per channel (``quant_config.weight_quantize_type``);
+2. the static program is run on calibration batches (``calibration.Calibration``);
+   the activation scales come from ``algo`` (abs_max, avg, hist, KL, mse);
+   weights are quantized per channel (``quant_config.weight_quantize_type``);
 3. the result is saved with ``onnx_format=True``: int8-stored weights and
    quantize_linear / dequantize_linear ops, the same form as
    ``slim/quant/qat_export.py`` writes, so ``deploy.create_predictor(precision="int8")``
@@ -19,7 +19,8 @@ Route: paddleslim's static PTQ (``quant_post_static``, i.e. paddle's
    kernels;
 4. the exported model is loaded with ``deploy.create_predictor`` in INT8 (which refuses a
    program without INT8 kernels) and, when the config has a val_dataset,
-   evaluated on the validation images (PaddleSeg's ``[EVAL]`` line);
+   evaluated on the validation images (``evaluate.evaluate``: PaddleSeg's
+   ``[EVAL]`` line);
 5. ``deploy.yaml`` (precision: int8) and ``ptq_info.json`` are written.
 
 Everything is written into a temporary sibling of ``save_dir`` and renamed
@@ -27,31 +28,23 @@ into place (``outputs.atomic_dir_write``): a failed run never damages an
 earlier export. The FP32 export PTQ starts from is made inside that temporary
 folder, so a killed run leaves nothing behind that the next run does not remove.
 
-Calibration data: the images of ``quant_config.calibration_list`` (a list
-file, one image per line) or else the train_dataset's images, with the *deployment*
-preprocessing (the transforms written into deploy.yaml, i.e. the val
-transforms; no random augmentation), in an order shuffled by ``seed``;
-``split`` < 1 keeps a seeded random fraction of the images. Without a
-train_dataset, or with ``random_calibration``, random images at the config's
-input size are used and a loud warning says that the accuracy of the result
-is meaningless (it only serves footprint / latency estimates).
+Calibration data (``calibration.Calibration``): the images of
+``quant_config.calibration_list`` or else the train_dataset's, with the
+deployment preprocessing, a seeded subset (``split``, ``seed``); random images,
+with a loud warning that the accuracy is meaningless, when there are none or
+with ``random_calibration``.
 """
 import json
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass, replace
-from typing import Optional
 
-import cv2
-import numpy as np
 import yaml
 
 from . import builder, compat, deploy, export, outputs, quant
-from .data import DataError, to_bgr8
-from .engine import log_eval
-from .metrics import ConfusionMatrix, compute_metrics
+from .calibration import RANDOM_WARNING, Calibration, CalibrationOptions
+from .evaluate import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +53,6 @@ ALGOS = ("abs_max", "avg", "hist", "KL", "mse")
 # quant_config.quantizable_layer_type -> static op types.
 _LAYER_TO_OPS = {"Conv2D": ["conv2d", "depthwise_conv2d"],
                  "Linear": ["mul", "matmul", "matmul_v2"]}
-DEFAULT_INPUT_HW = (512, 512)
-
-RANDOM_WARNING = (
-    "!!! PTQ CALIBRATION ON RANDOM DATA: the activation scales of this INT8 model come from "
-    "random inputs, so its ACCURACY IS MEANINGLESS. Use it only to estimate footprint and "
-    "latency; calibrate on real images (a train_dataset, without --random_calibration) for a "
-    "model you deploy. !!!")
 
 
 class PTQError(ValueError):
@@ -74,20 +60,14 @@ class PTQError(ValueError):
 
 
 @dataclass
-class PTQOptions:
+class PTQOptions(CalibrationOptions):
+    """The calibration options (batch_size, batch_nums, split, seed, random_calibration,
+    input_shape) and how to quantize and export."""
     algo: str = "hist"
-    batch_size: int = 4
-    batch_nums: int = 10
-    split: float = 1.0
-    seed: int = 0
-    random_calibration: bool = False
     output_op: str = "argmax"
-    input_shape: Optional[list] = None
     cpu_threads: int = 1
     hist_percent: float = 0.9999
 
-
-# ---------------------------------------------------------------- calibration data
 
 def check_options(opts):
     if opts.algo not in ALGOS:
@@ -105,179 +85,6 @@ def check_options(opts):
         if shape[0] > 0 and shape[0] != opts.batch_size:
             raise PTQError(f"--input_shape fixes the batch to {shape[0]} but --batch_size is "
                            f"{opts.batch_size}; calibration batches must fit the input shape")
-
-
-def _deploy_transforms(cfg):
-    """The preprocessing deploy.yaml will name (val transforms): what inference sees."""
-    return deploy.build_transforms({"transforms": export.deploy_transforms(cfg),
-                                    "path": f"{cfg.path} (deploy transforms)"})
-
-
-def _preprocess(transforms, img):
-    data = {"img": img.astype("float32"), "trans_info": [], "gt_fields": []}
-    return transforms(data)["img"]
-
-
-def _fixed_hw(opts):
-    s = opts.input_shape
-    if s is not None and s[2] > 0 and s[3] > 0:
-        return int(s[2]), int(s[3])
-    return None
-
-
-def _stack(xs, fixed_hw, note):
-    """Stack CHW arrays; resize to the first one's (or the fixed) size when sizes differ."""
-    hw = fixed_hw or xs[0].shape[1:]
-    out = []
-    for x in xs:
-        if tuple(x.shape[1:]) != tuple(hw):
-            if not note:
-                logger.info("Calibration: resizing preprocessed images of other sizes to %dx%d "
-                            "(H x W) to batch them", hw[0], hw[1])
-                note.append(True)
-            x = np.stack([cv2.resize(c, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR)
-                          for c in x])
-        out.append(x)
-    return np.ascontiguousarray(np.stack(out).astype("float32"))
-
-
-def select_calibration_indices(n, opts):
-    """Dataset indices used for calibration, in calibration order (deterministic in ``seed``).
-
-    A ``seed``-shuffled order of the ``n`` images; ``split`` < 1 keeps its first
-    ``round(split * n)`` (at least 1) images, then at most
-    ``batch_nums * batch_size`` of those are used.
-    """
-    order = np.random.RandomState(opts.seed).permutation(n)
-    keep = max(1, int(round(float(opts.split) * n)))
-    subset = order[:keep]
-    return [int(i) for i in subset[:opts.batch_nums * opts.batch_size]], keep
-
-
-def input_hw(cfg, opts):
-    """The config's input size (H, W) for random calibration."""
-    fixed = _fixed_hw(opts)
-    if fixed:
-        return fixed, "--input_shape"
-    for t in export.deploy_transforms(cfg) or []:
-        if t.get("type") in ("Resize", "ResizeStepScaling") and t.get("target_size"):
-            ts = t["target_size"]
-            ts = [ts, ts] if isinstance(ts, int) else ts
-            return (int(ts[1]), int(ts[0])), "deploy transforms Resize target_size (W, H)"
-    for t in (cfg.get("train_dataset") or {}).get("transforms", []) or []:
-        cs = t.get("crop_size")
-        if cs:
-            cs = [cs, cs] if isinstance(cs, int) else cs
-            return (int(cs[1]), int(cs[0])), f"train_dataset {t.get('type')} crop_size (W, H)"
-    if cfg.get("val_dataset"):
-        try:
-            val_ds = builder.build_dataset(cfg, "val")
-            img, _ = val_ds.read(0)
-            return tuple(int(v) for v in img.shape[:2]), "size of the first validation image"
-        except Exception as e:  # a broken val set must not stop a random calibration
-            logger.info("Could not read a validation image for the input size: %s", e)
-    return DEFAULT_INPUT_HW, "default"
-
-
-def read_calibration_list(cfg, list_path):
-    """Image paths of ``quant_config.calibration_list``.
-
-    One image per line (a second column, e.g. a label, is ignored); paths are
-    relative to the train_dataset's ``dataset_root`` when there is one, else to
-    the list file's folder, or absolute. Every file must exist.
-    """
-    where = f"quant_config.calibration_list in {cfg.where('quant_config')}"
-    if not os.path.isfile(list_path):
-        raise DataError(f"{where}: file not found: {list_path}")
-    root = (cfg.get("train_dataset") or {}).get("dataset_root") or os.path.dirname(list_path)
-    paths = []
-    with open(list_path) as f:
-        for no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
-            if not os.path.isfile(p):
-                raise DataError(f"{where}: {list_path} line {no}: image not found: {p}")
-            paths.append(p)
-    if not paths:
-        raise DataError(f"{where}: {list_path} lists no image")
-    return paths
-
-
-class Calibration:
-    """Re-iterable source of ``{"x": batch}`` feeds (PTQ iterates it twice for hist/KL)."""
-
-    def __init__(self, cfg, opts):
-        self.opts = opts
-        self.transforms = _deploy_transforms(cfg)
-        self.fixed_hw = _fixed_hw(opts)
-        self._note = []
-        has_train = bool(cfg.get("train_dataset"))
-        calib_list = cfg.section("quant_config").get("calibration_list")
-        self.random = bool(opts.random_calibration) or not (has_train or calib_list)
-        self.list_paths = None
-        if self.random:
-            why = ("--random_calibration" if opts.random_calibration
-                   else f"the config {cfg.path} has no train_dataset and no "
-                        "quant_config.calibration_list")
-            self.hw, hw_src = input_hw(cfg, opts)
-            self.indices = None
-            self.num_images = opts.batch_nums * opts.batch_size
-            self.source = "random"
-            self.describe = (f"random images {self.hw[0]}x{self.hw[1]} (H x W, from {hw_src}), "
-                             f"{self.num_images} images, because of {why}")
-            logger.warning(RANDOM_WARNING)
-            logger.warning("!!! Calibrating on %s", self.describe)
-        else:
-            if calib_list:
-                self.list_paths = read_calibration_list(cfg, calib_list)
-                n, name = len(self.list_paths), f"calibration_list {calib_list}"
-                self.source = "calibration_list"
-            else:
-                self.ds = builder.build_dataset(cfg, "train")
-                n, name = len(self.ds), self.ds.name
-                self.source = "train_dataset"
-            self.indices, self.subset_size = select_calibration_indices(n, opts)
-            self.num_images = len(self.indices)
-            self.describe = (f"{self.num_images} images of the {name} (subset of "
-                             f"{self.subset_size}/{n} images, split {opts.split}, "
-                             f"seed {opts.seed}), deploy preprocessing")
-            if self.num_images < opts.batch_nums * opts.batch_size:
-                logger.warning("Calibration: only %d images available, fewer than batch_nums x "
-                               "batch_size = %d", self.num_images, opts.batch_nums * opts.batch_size)
-        self.num_batches = math.ceil(self.num_images / opts.batch_size)
-        logger.info("Calibration data: %s; %d batch(es) of up to %d", self.describe,
-                    self.num_batches, opts.batch_size)
-
-    def _images(self):
-        if self.random:
-            rng = np.random.RandomState(self.opts.seed)
-            for _ in range(self.num_images):
-                yield rng.randint(0, 256, size=(self.hw[0], self.hw[1], 3)).astype("uint8")
-        elif self.list_paths is not None:
-            for i in self.indices:
-                img = cv2.imread(self.list_paths[i], cv2.IMREAD_COLOR)
-                if img is None:
-                    raise DataError(f"calibration image cannot be read: {self.list_paths[i]}")
-                yield img
-        else:
-            for i in self.indices:
-                img, _ = self.ds.read(i)
-                yield to_bgr8(img)
-
-    def __call__(self):
-        batch = []
-        for img in self._images():
-            batch.append(_preprocess(self.transforms, img))
-            if len(batch) == self.opts.batch_size:
-                yield {"x": _stack(batch, self.fixed_hw, self._note)}
-                batch = []
-        if batch:
-            yield {"x": _stack(batch, self.fixed_hw, self._note)}
-
-    def __len__(self):
-        return self.num_batches
 
 
 # ---------------------------------------------------------------- quantization
@@ -334,23 +141,6 @@ def quantize_static(fp32_dir, out_dir, calib, opts, qc, skip_tensors):
     return ops
 
 
-# ---------------------------------------------------------------- evaluation
-
-def evaluate_predictor(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference, oneDNN INT8)"):
-    """mIoU & co. of a Paddle Inference predictor on every validation image (original size)."""
-    cm = ConfusionMatrix(val_ds.num_classes, val_ds.ignore_index)
-    n = len(val_ds)
-    logger.info("%s: %d images", label, n)
-    for i in range(n):
-        img, lab = val_ds.read(i)
-        out = pred.predict([to_bgr8(img)])[0]
-        cm.update(out, lab)
-    m = compute_metrics(cm.mat)
-    m["num_images"] = n
-    log_eval(m)
-    return m
-
-
 # ---------------------------------------------------------------- the whole run
 
 def run_ptq(cfg, model_path, save_dir, opts):
@@ -389,7 +179,8 @@ def run_ptq(cfg, model_path, save_dir, opts):
         pred = deploy.create_predictor(d, precision="int8", threads=opts.cpu_threads)
         try:
             int8_ops = dict(pred.int8_ops())
-            metrics = evaluate_predictor(pred, val_ds) if val_ds is not None else None
+            metrics = (evaluate(pred, val_ds, label="Evaluate PTQ INT8 model (Paddle Inference, "
+                                "oneDNN INT8)") if val_ds is not None else None)
         finally:
             pred.close()
         info.update({
@@ -450,5 +241,4 @@ def check_model_path(model_path):
         raise WeightsError(f"--model_path: weights file not found: {model_path}")
 
 
-__all__ = ["ALGOS", "PTQOptions", "PTQError", "run_ptq", "select_calibration_indices",
-           "Calibration", "RANDOM_WARNING", "check_model_path"]
+__all__ = ["ALGOS", "PTQOptions", "PTQError", "run_ptq", "check_model_path"]

@@ -26,6 +26,7 @@ import logging
 import numpy as np
 
 from . import builder
+from . import calibration
 from . import compat
 from . import export
 from . import weights
@@ -337,41 +338,12 @@ def _fold_changes_output(model, pair, x, reference):
     return _output_change(trial, x, reference) is not None
 
 
-def calibrate(model, batches, reset=True):
-    """Update the activation quantizers' moving-average scales on ``batches``.
-
-    Only the quantizers learn (they update in train mode); batch norms stay in
-    eval mode, so the model's own statistics are unchanged. ``reset`` zeroes the
-    moving averages first: paddle starts them at 1, which biases the scales of
-    a short calibration towards 1 (after 3 batches 21% of the scale is that
-    start value).
-    """
-    import paddle
-    if reset:
-        for layer in model.sublayers():
-            for name in ("_state", "_accum"):
-                p = getattr(layer, name, None)
-                if isinstance(p, paddle.Tensor):
-                    p.set_value(paddle.zeros_like(p))
-    model.train()
-    for layer in model.sublayers():
-        if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
-            layer.eval()
-    n = 0
-    with paddle.no_grad():
-        for x in batches:
-            model(x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x))
-            n += 1
-    model.eval()
-    return n
-
-
 @contextlib.contextmanager
 def state_restored(model):
     """Put every parameter and buffer of ``model`` back, bit for bit, after the block.
 
-    For a look at the model that changes it (``calibrate`` updates the quantizers'
-    scales) in the middle of something that must not notice (training).
+    For a look at the model that changes it (``calibration.calibrate`` updates the
+    quantizers' scales) in the middle of something that must not notice (training).
     """
     saved = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     try:
@@ -487,5 +459,6 @@ def export_calibrated_int8(cfg, save_dir, input_shape, rng, model_path=None, bat
     runtime checks (slim/quant/bench_latency.py, benchmarks/). Returns the export's path."""
     qmodel, _ = build_model(cfg, model_path)
     quanter = quantize(qmodel, quant_settings(cfg, purpose="export"), pact=False, in_channels=input_shape[1])
-    calibrate(qmodel, [rng.rand(*input_shape).astype("float32") * 2 - 1 for _ in range(batches)])
+    calibration.calibrate(qmodel, [rng.rand(*input_shape).astype("float32") * 2 - 1
+                                   for _ in range(batches)])
     return export.export_model(cfg, qmodel, save_dir, input_shape, output_op=output_op, quanter=quanter)

@@ -1,9 +1,17 @@
-"""FP32 vs INT8 on the same validation images: accuracy, agreement, latency, size, plots.
+"""The benchmark: FP32 vs INT8 on the same validation images, one row per model and runtime.
 
-Used by deploy/python/benchmark.py and tools/pipeline.py. Every deployed model
-is evaluated through Paddle Inference (the predictor a user deploys), on the
-raw validation images and labels at their original size; the optional
-fake-quant model is evaluated in dygraph on the same images.
+    res = run_benchmark(cfg, {"FP32": "out_fp32_infer", "INT8": "out_qat_infer"}, "out_bench",
+                        qat_model_path="out_qat/best_model/model.pdparams")
+
+Used by deploy/python/benchmark.py, tools/pipeline.py and the zoo. Every
+deployed model is evaluated by ``evaluate.evaluate`` through its runtime's
+predictor (``deploy.create_predictor``, as a user deploys it), on the raw
+validation images and labels at their original size; the optional fake-quant
+model is evaluated in dygraph on the same images. Beside accuracy: pixel
+agreement of each INT8 row with the FP32 model of its runtime and with the
+fake-quant model (split at near ties), interleaved latency (``bench``), size,
+parameters and MACs. Writes results.json, results.md (the table, warnings and a
+per-class table) and latency.png, class_iou.png, confusion.png, samples.png.
 """
 import json
 import logging
@@ -13,17 +21,10 @@ import numpy as np
 
 from . import bench, deploy
 from .data import class_names_of, to_bgr8
-from .metrics import ConfusionMatrix, compute_metrics
+from .evaluate import NEAR_TIE, evaluate
+from .metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def _progress(iterable, total, desc):
-    try:
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, desc=desc, unit="img", leave=False)
-    except ImportError:  # pragma: no cover
-        return iterable
 
 
 def model_size(dep_dir):
@@ -64,11 +65,6 @@ def count_params_flops(cfg, hw):
 _METRIC_KEYS = ("mIoU", "Acc", "Kappa", "Dice", "class_IoU", "class_Dice")
 
 
-# a pixel whose top-2 softmax probabilities differ by less than this is a near tie: any
-# rounding may flip it, so disagreement there says little about the deployed kernels
-NEAR_TIE = 0.1
-
-
 def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, warmup=5,
                   repeats=20, num_images=None, num_samples=4, runtimes=("paddle",)):
     """``models``: ordered {name: inference dir}; the first is the FP32 reference.
@@ -84,68 +80,57 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
 
     Returns the results dict and writes results.json, results.md and plots.
     """
-    from . import builder, engine, quant
+    from . import builder, quant
     os.makedirs(save_dir, exist_ok=True)
     val_ds = builder.build_dataset(cfg, "val")
     n = len(val_ds) if num_images is None else min(num_images, len(val_ds))
-    nc = val_ds.num_classes
+    indices = list(range(n))
     base = list(models)
     rows = {(name if len(runtimes) == 1 else f"{name} ({rt})"): (rt, name)
             for rt in runtimes for name in base}
-    names = list(rows)
+    names = list(rows)  # runtime by runtime, its FP32 row first
     ref_of = {row: next(r for r, (rt2, n2) in rows.items() if rt2 == rt and n2 == base[0])
               for row, (rt, _) in rows.items()}
+    ref = names[0]
+    # the QAT weights belong to the first INT8 model, on every runtime
+    fq_owners = {row for row, (_, name) in rows.items() if len(base) > 1 and name == base[1]}
     preds = {}
     try:
         for row, (rt, name) in rows.items():
             preds[row] = deploy.create_predictor(models[name], runtime=rt, threads=cpu_threads)
-    except Exception:
+        fq = None
+        if qat_model_path:
+            fq_model, _ = quant.build_model(cfg, qat_model_path, quantized=True, stage="eval")
+            fq = evaluate(fq_model, val_ds, builder.test_config(cfg), indices=indices, margins=True,
+                          label="Evaluate QAT model (fake quantization)")
+            del fq_model
+        # Each row once over the images; an INT8 row is compared with the kept predictions
+        # of its runtime's FP32 row (evaluated before it) and of the fake-quant model.
+        evals = {}
+        for row in names:
+            p = preds[row]
+            refs = {}
+            if row != ref_of[row]:
+                refs["fp32"] = evals[ref_of[row]]["predictions"]
+            if fq is not None and row in fq_owners:
+                refs["fake_quant"] = fq["predictions"]
+            evals[row] = evaluate(p, val_ds, indices=indices, keep=row == ref_of[row], references=refs,
+                                  label=f"Evaluate {row} (deployed, {p.runtime} {p.precision.upper()})")
+        samples = []  # the first images with every row's labels, for samples.png
+        for i in indices[:num_samples]:
+            img, lab = val_ds.read(i)
+            img = to_bgr8(img)
+            samples.append((img, lab, {row: p.predict([img])[0] for row, p in preds.items()}))
+
+        # latency: interleaved on the first image's preprocessed input
+        x = preds[ref].preprocess(to_bgr8(val_ds.read(0)[0]))[0][None]
+        lat = bench.summarize(bench.interleaved_latency(preds, x, warmup, repeats,
+                                                        group=lambda k: rows[k][0]))
+        precision = {row: p.precision for row, p in preds.items()}
+        int8_kernels = {row: int(sum(p.int8_ops().values())) for row, p in preds.items()}
+    finally:
         for p in preds.values():
             p.close()
-        raise
-    ref = names[0]
-
-    cms = {name: ConfusionMatrix(nc, val_ds.ignore_index) for name in names}
-    agree = {name: [0, 0] for name in names}       # vs FP32 on the same runtime: [equal, total]
-    agree_fq = {name: [0, 0] for name in names}    # vs fake-quant model
-    # disagreements with fake quant at near ties (fake quant's top-2 probability margin
-    # < NEAR_TIE), and agreement where the margin is clear: [disagree at ties, equal, total] clear
-    ties_fq = {name: [0, 0, 0] for name in names}
-    samples = []
-    fq_cm = None
-    fq_iter = None
-    # the QAT weights belong to the first INT8 model, on every runtime
-    fq_owners = {row for row, (_, name) in rows.items() if len(base) > 1 and name == base[1]}
-    if qat_model_path:
-        fq_model, _ = quant.build_model(cfg, qat_model_path, quantized=True, stage="eval")
-        fq_cm = ConfusionMatrix(nc, val_ds.ignore_index)
-        fq_iter = engine.iter_predictions(fq_model, val_ds, builder.test_config(cfg), indices=range(n),
-                                          margins=True)
-    for i in _progress(range(n), n, "benchmark"):
-        img, lab = val_ds.read(i)
-        img = to_bgr8(img)
-        outs = {name: p.predict([img])[0] for name, p in preds.items()}
-        fq = None
-        if fq_iter is not None:
-            _, fq, _, margin = next(fq_iter)
-            fq_cm.update(fq, lab)
-            clear = margin >= NEAR_TIE
-        for name, o in outs.items():
-            cms[name].update(o, lab)
-            agree[name][0] += int((o == outs[ref_of[name]]).sum())
-            agree[name][1] += o.size
-            if fq is not None and name in fq_owners:
-                agree_fq[name][0] += int((o == fq).sum())
-                agree_fq[name][1] += o.size
-                ties_fq[name][0] += int(((o != fq) & ~clear).sum())
-                ties_fq[name][1] += int(((o == fq) & clear).sum())
-                ties_fq[name][2] += int(clear.sum())
-        if len(samples) < num_samples:
-            samples.append((img, lab, outs))
-
-    # latency: interleaved on the first image's preprocessed input
-    x = preds[ref].preprocess(to_bgr8(val_ds.read(0)[0]))[0][None]
-    lat = bench.summarize(bench.interleaved_latency(preds, x, warmup, repeats, group=lambda k: rows[k][0]))
     n_params, flops = count_params_flops(cfg, x.shape[2:])
 
     results = {"config": cfg.path, "num_images": n, "input_shape": list(x.shape),
@@ -153,33 +138,31 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
                "class_names": class_names_of(val_ds), "models": {}}
     for name in names:
         rt, model = rows[name]
-        m = compute_metrics(cms[name].mat)
+        m = evals[name]
+        agree = m.get("agreement", {})
         r = {"dir": os.path.abspath(models[model]), "model": model, "runtime": rt,
-             "precision": preds[name].precision,
-             "int8_kernels": int(sum(preds[name].int8_ops().values())),
+             "precision": precision[name], "int8_kernels": int8_kernels[name],
              **{k: m[k] for k in _METRIC_KEYS},
-             "confusion_matrix": cms[name].mat.tolist(),
-             "agreement_with_fp32": agree[name][0] / max(agree[name][1], 1),
+             "confusion_matrix": m["confusion_matrix"],
+             # the FP32 row of a runtime agrees with itself
+             "agreement_with_fp32": agree["fp32"]["agreement"] if "fp32" in agree else 1.0,
              "latency": lat[name],
              "ratio_to_fp32": lat[name]["median_ms"] / lat[ref_of[name]]["median_ms"],
              **model_size(models[model]), "num_params": n_params, "macs": flops}
-        if fq_cm is not None and name in fq_owners:
-            r["agreement_with_fake_quant"] = agree_fq[name][0] / max(agree_fq[name][1], 1)
-            differ = agree_fq[name][1] - agree_fq[name][0]
-            r["fake_quant_disagreement_at_near_ties"] = ties_fq[name][0] / differ if differ else None
-            r["agreement_with_fake_quant_clear_margin"] = ties_fq[name][1] / max(ties_fq[name][2], 1)
-            r["clear_margin_share"] = ties_fq[name][2] / max(agree_fq[name][1], 1)
+        if "fake_quant" in agree:
+            a = agree["fake_quant"]
+            r["agreement_with_fake_quant"] = a["agreement"]
+            r["fake_quant_disagreement_at_near_ties"] = a["disagreement_at_near_ties"]
+            r["agreement_with_fake_quant_clear_margin"] = a["agreement_clear_margin"]
+            r["clear_margin_share"] = a["clear_margin_share"]
         results["models"][name] = r
-    if fq_cm is not None:
-        fm = compute_metrics(fq_cm.mat)
+    if fq is not None:
         results["fake_quant"] = {"model_path": os.path.abspath(qat_model_path),
-                                 **{k: fm[k] for k in _METRIC_KEYS},
-                                 "confusion_matrix": fq_cm.mat.tolist()}
-    results["warnings"] = _warnings(results, ref_of)
+                                 **{k: fq[k] for k in _METRIC_KEYS},
+                                 "confusion_matrix": fq["confusion_matrix"]}
+    results["warnings"] = benchmark_warnings(results, ref_of)
     for w in results["warnings"]:
         logger.warning("!!! %s", w)
-    for p in preds.values():
-        p.close()
 
     with open(os.path.join(save_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -190,7 +173,10 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     return results
 
 
-def _warnings(results, ref_of):
+def benchmark_warnings(results, ref_of):
+    """What a reader of the table must not miss: an INT8 row not faster than the FP32 row
+    of its runtime (``ref_of``: row -> that FP32 row), or a deployed INT8 mIoU more than
+    0.5 points from its fake-quant model's."""
     out = []
     for name, r in results["models"].items():
         ref = ref_of[name]

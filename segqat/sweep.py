@@ -24,8 +24,8 @@ from typing import List
 
 import numpy as np
 
-from . import builder, deploy, export, ptq, quant
-from .engine import _fmt_eta
+from . import builder, calibration, deploy, export, ptq, quant
+from .evaluate import evaluate, format_eta
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def fp32_reference(cfg, model_path, save_dir, cpu_threads):
     export.export_model(cfg, model, d)
     pred = deploy.create_predictor(d, precision="fp32", threads=cpu_threads)
     try:
-        m = ptq.evaluate_predictor(pred, builder.build_dataset(cfg, "val"),
-                              label="Evaluate FP32 model (Paddle Inference, oneDNN)")
+        m = evaluate(pred, builder.build_dataset(cfg, "val"),
+                     label="Evaluate FP32 model (Paddle Inference, oneDNN)")
     finally:
         pred.close()
     m = {"mIoU": float(m["mIoU"]), "Acc": float(m["Acc"]), "num_images": m["num_images"],
@@ -92,7 +92,8 @@ def run_sweep(cfg, model_path, save_dir, opts):
     check_options(opts)
     cfg.require("val_dataset")
     quant.quant_settings(cfg, purpose="ptq")  # fail early on options PTQ cannot run
-    probe = ptq.Calibration(cfg, ptq.PTQOptions(batch_size=opts.batch_size, batch_nums=1))
+    probe = calibration.Calibration(cfg, calibration.CalibrationOptions(batch_size=opts.batch_size,
+                                                                        batch_nums=1))
     if probe.random:
         raise ValueError("a calibration sweep needs real calibration images (a train_dataset or "
                          f"quant_config.calibration_list in {cfg.path})")
@@ -124,7 +125,7 @@ def run_sweep(cfg, model_path, save_dir, opts):
         el = time.time() - t0
         logger.info("[SWEEP] fraction %g seed %d: %d images, INT8 mIoU %.4f (%+.2f points vs FP32) "
                     "| ETA %s", frac, seed, info["calibration_images"], info["mIoU"],
-                    rows[-1]["delta_points"], _fmt_eta(el / k * (len(points) - k)))
+                    rows[-1]["delta_points"], format_eta(el / k * (len(points) - k)))
     res = {"config": os.path.abspath(cfg.path), "model_path": os.path.abspath(model_path),
            "algo": opts.algo, "batch_size": opts.batch_size, "calibration_pool": probe.source,
            "calibration_pool_images": total, "fp32": ref, "points": rows,
@@ -134,7 +135,7 @@ def run_sweep(cfg, model_path, save_dir, opts):
     with open(os.path.join(save_dir, "sweep.md"), "w") as f:
         f.write(markdown(res))
     plot(res, os.path.join(save_dir, "sweep.png"))
-    logger.info("Sweep done in %s: %s/sweep.md, sweep.png", _fmt_eta(res["seconds"]), save_dir)
+    logger.info("Sweep done in %s: %s/sweep.md, sweep.png", format_eta(res["seconds"]), save_dir)
     return res
 
 

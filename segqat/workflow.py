@@ -11,8 +11,9 @@ import os
 import numpy as np  # before paddle: segqat/compat/__init__.py
 import paddle
 
-from . import builder, data, engine, export, outputs, quant
+from . import builder, calibration, data, engine, export, outputs, quant
 from .config import load_config
+from .evaluate import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def run_training(args, qat=False):
         do_eval=args.do_eval, log_iters=args.log_iters, use_vdl=args.use_vdl, seed=args.seed,
         overwrite=args.overwrite,
         label="Evaluate QAT model (fake quantization)" if qat else "Evaluate",
-        start_eval=_qat_start_eval(cfg, val_ds, test_cfg, args.seed) if qat and args.do_eval else None)
+        start_eval=qat_start_eval(cfg, val_ds, test_cfg, args.seed) if qat and args.do_eval else None)
     res = engine.train(cfg, model, train_ds, val_ds, losses, opts, test_cfg)
     start = res.get("start_metrics")
     if start is not None and res["best_iter"] > 0:
@@ -64,28 +65,27 @@ def run_training(args, qat=False):
     return res
 
 
-def _qat_start_eval(cfg, val_ds, test_cfg, seed):
-    """What the quantized FP32 weights score before QAT fine-tuning changes them.
+def qat_start_eval(cfg, val_ds, test_cfg, seed):
+    """``TrainOptions.start_eval`` for QAT: what the quantized FP32 weights score before
+    fine-tuning changes them.
 
     A freshly quantized model's activation quantizers hold paddle's initial
     scale (0.001) until the first training step replaces it; evaluated as they
     are, every activation is clipped to +-0.001 and the score means nothing.
     So the scales are calibrated first, on the images PTQ calibrates on (train
-    images, deploy preprocessing, ``ptq.PTQOptions`` defaults), for this
-    evaluation only: the model's state is restored afterwards and training
-    runs exactly as it would without it. Compared with the QAT checkpoints it
+    images, deploy preprocessing, ``calibration.CalibrationOptions`` defaults),
+    for this evaluation only: the model's state is restored afterwards and
+    training runs exactly as it would without it. Compared with the QAT checkpoints it
     shows what fine-tuning bought. (It is near, not equal to, a PTQ model:
     moving-average abs-max scales in fake quantization, not PTQ's ``--algo``.)
     """
-    from . import ptq
-
     def start_eval(model):
-        calib = ptq.Calibration(cfg, ptq.PTQOptions(seed=seed))
+        calib = calibration.Calibration(cfg, calibration.CalibrationOptions(seed=seed))
         with quant.state_restored(model):
             paddle.seed(seed)  # dropout during calibration
-            quant.calibrate(model, (b["x"] for b in calib()))
-            m = engine.evaluate(model, val_ds, test_cfg,
-                                label="Evaluate QAT model before fine-tuning (fake quantization)")
+            calibration.calibrate(model, calib.arrays())
+            m = evaluate(model, val_ds, test_cfg,
+                         label="Evaluate QAT model before fine-tuning (fake quantization)")
         logger.info("[EVAL] before QAT fine-tuning (iter 0): mIoU: %.4f Acc: %.4f Kappa: %.4f Dice: %.4f "
                     "(activation scales calibrated on %d train images for this evaluation only)",
                     m["mIoU"], m["Acc"], m["Kappa"], m["Dice"], calib.num_images)
@@ -104,8 +104,8 @@ def run_eval(args, qat=False):
     model, _ = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")
     val_ds = builder.build_dataset(cfg, "val")
     tc = builder.test_config(cfg, **cli.eval_overrides(args))
-    m = engine.evaluate(model, val_ds, tc,
-                        label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
+    m = evaluate(model, val_ds, tc,
+                 label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
     m.update(model_path=os.path.abspath(args.model_path) if args.model_path else None,
              config=os.path.abspath(args.config), quantized=qat, test_config=tc)
     if args.save_metrics:

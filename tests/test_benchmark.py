@@ -102,7 +102,6 @@ def test_plots_and_table_many_classes(tmp_path):
 
 
 def test_benchmark_warns(tmp_path):
-    from segqat.report import _warnings
     res = {"models": {"FP32": {"precision": "fp32", "mIoU": 0.6, "latency": {"median_ms": 10.0},
                                "ratio_to_fp32": 1.0},
                       "INT8": {"precision": "int8", "mIoU": 0.58, "latency": {"median_ms": 11.0},
@@ -111,11 +110,11 @@ def test_benchmark_warns(tmp_path):
                               "ratio_to_fp32": 0.5}},
            "fake_quant": {"mIoU": 0.60}}
     ref_of = dict.fromkeys(res["models"], "FP32")
-    w = _warnings(res, ref_of)
+    w = report.benchmark_warnings(res, ref_of)
     assert any("not faster" in x for x in w) and any("differs from the fake-quant" in x for x in w)
     assert not any(x.startswith("PTQ") for x in w)  # the QAT weights are not the PTQ model's
     res["models"]["INT8"].update(mIoU=0.598, ratio_to_fp32=0.5)
-    assert _warnings(res, ref_of) == []
+    assert report.benchmark_warnings(res, ref_of) == []
 
 
 def test_benchmark_across_runtimes(syn_cfg, qat_run, exports, tmp_path):

@@ -132,12 +132,12 @@ def test_shipped_configs_build(path):
     opt = builder.build_optimizer(cfg, model, sched)
     assert isinstance(opt, paddle.optimizer.Optimizer)
     # one training step with the configured losses (paddleseg's own losses break on paddle 3.x)
-    from segqat.engine import _loss
+    from segqat.engine import compute_loss
     model.train()
     n = builder.num_classes(cfg)
     label = paddle.to_tensor(np.random.RandomState(0).randint(0, n, (2, 64, 64)).astype("int64"))
     label[0, :4] = 255  # some ignored pixels
-    loss = _loss(losses, model(paddle.rand([2, 3, 64, 64])), label)
+    loss = compute_loss(losses, model(paddle.rand([2, 3, 64, 64])), label)
     loss.backward()
     opt.step()
     assert np.isfinite(loss.item())

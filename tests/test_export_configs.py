@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from segqat import deploy, export, quant
+from segqat import calibration, deploy, export, quant
 from segqat.config import load_config
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yml")
@@ -27,7 +27,7 @@ def test_export_fp32_and_int8(path, tmp_path):
     quanter = quant.quantize(qmodel, quant.quant_settings(cfg))
     rng = np.random.RandomState(0)
     # give the activation quantizers a scale
-    quant.calibrate(qmodel, [rng.rand(2, 3, 64, 64).astype("float32") for _ in range(2)])
+    calibration.calibrate(qmodel, [rng.rand(2, 3, 64, 64).astype("float32") for _ in range(2)])
     export.export_model(cfg, qmodel, str(tmp_path / "int8"), quanter=quanter)
     x = rng.rand(1, 3, 64, 96).astype("float32")
     fp32 = deploy.create_predictor(str(tmp_path / "fp32"), threads=1)
@@ -74,8 +74,8 @@ def test_sfnet_trains_and_exports(tmp_path):
     model.train()
     x = paddle.rand([2, 3, 32, 32])
     losses = builder.build_losses(cfg)
-    from segqat.engine import _loss
-    loss = _loss(losses, model(x), paddle.randint(0, 4, [2, 32, 32]))
+    from segqat.engine import compute_loss
+    loss = compute_loss(losses, model(x), paddle.randint(0, 4, [2, 32, 32]))
     loss.backward()
     model.eval()
     x = np.random.RandomState(0).rand(1, 3, 32, 48).astype("float32")

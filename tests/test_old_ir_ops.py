@@ -434,10 +434,10 @@ def _op_types(prefix):
 def _quantized_for_eval(layer, seed):
     """QAT-wrap ``layer`` with the default quant config, calibrate it on two random 6x6
     batches and put it in eval mode; returns the quanter and the RNG for further inputs."""
-    from segqat import quant
+    from segqat import calibration, quant
     quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
     r = np.random.RandomState(seed)
-    quant.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
+    calibration.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
     layer.eval()
     return quanter, r
 

@@ -80,7 +80,7 @@ def test_single_loss_type_repeated_independently(tmp_path):
 
 
 def test_mixed_loss_sums_its_parts(tmp_path):
-    from segqat.engine import _loss
+    from segqat.engine import compute_loss
     cfg = load_config(str(w(tmp_path / "a.yml", "train_dataset: " + GENERIC % ("train", 3, "train", "") + "\n"
         "loss: {types: [{type: MixedLoss, losses: [{type: CrossEntropyLoss}, {type: LovaszSoftmaxLoss}],"
         " coef: [0.8, 0.2]}], coef: [1]}\n")))
@@ -91,7 +91,7 @@ def test_mixed_loss_sums_its_parts(tmp_path):
     logit = paddle.rand([2, 3, 8, 8])
     label = paddle.to_tensor(np.random.RandomState(0).randint(0, 3, (2, 8, 8)).astype("int64"))
     parts = mixed.mixed(logit, label)                           # paddleseg: a list of weighted losses
-    total = _loss(losses, [logit], label)
+    total = compute_loss(losses, [logit], label)
     assert isinstance(parts, list) and len(parts) == 2
     np.testing.assert_allclose(total.item(), sum(p.item() for p in parts), rtol=1e-6)
 

@@ -10,6 +10,7 @@ import yaml
 
 from conftest import run_script
 from segqat import deploy, ptq
+from segqat.calibration import Calibration, CalibrationOptions, select_calibration_indices
 from segqat.config import load_config
 from segqat.metrics import agreement
 
@@ -141,20 +142,20 @@ def test_no_train_dataset_falls_back_to_random(synth, fp32_run, tmp_path, caplog
 
 def test_quantization_split_is_seeded(syn_cfg, fp32_run, tmp_path):
     cfg = load_config(str(syn_cfg))
-    opts = ptq.PTQOptions(split=0.25, seed=3, batch_size=4, batch_nums=100)
-    a, n_a = ptq.select_calibration_indices(64, opts)
-    b, _ = ptq.select_calibration_indices(64, opts)
-    c, _ = ptq.select_calibration_indices(64, ptq.PTQOptions(split=0.25, seed=4, batch_size=4,
-                                                              batch_nums=100))
+    opts = CalibrationOptions(split=0.25, seed=3, batch_size=4, batch_nums=100)
+    a, n_a = select_calibration_indices(64, opts)
+    b, _ = select_calibration_indices(64, opts)
+    c, _ = select_calibration_indices(64, CalibrationOptions(split=0.25, seed=4, batch_size=4,
+                                                             batch_nums=100))
     assert a == b and n_a == 16 and len(a) == 16 and len(set(a)) == 16
     assert all(0 <= i < 64 for i in a) and set(a) != set(c)
     # batch_nums x batch_size smaller than the subset: a prefix of the same seeded subset
-    d, _ = ptq.select_calibration_indices(64, ptq.PTQOptions(split=0.25, seed=3, batch_size=2,
-                                                              batch_nums=3))
+    d, _ = select_calibration_indices(64, CalibrationOptions(split=0.25, seed=3, batch_size=2,
+                                                             batch_nums=3))
     assert d == a[:6]
     # the feeds themselves are identical for the same seed
-    c1 = ptq.Calibration(cfg, ptq.PTQOptions(split=0.25, seed=3, batch_size=4, batch_nums=2))
-    c2 = ptq.Calibration(cfg, ptq.PTQOptions(split=0.25, seed=3, batch_size=4, batch_nums=2))
+    c1 = Calibration(cfg, CalibrationOptions(split=0.25, seed=3, batch_size=4, batch_nums=2))
+    c2 = Calibration(cfg, CalibrationOptions(split=0.25, seed=3, batch_size=4, batch_nums=2))
     f1, f2 = list(c1()), list(c1())
     assert len(f1) == 2 and f1[0]["x"].shape == (4, 3, 64, 64)
     assert all(np.array_equal(x["x"], y["x"]) for x, y in zip(f1, f2))
@@ -175,7 +176,7 @@ def test_failed_run_keeps_earlier_export(syn_cfg, fp32_run, tmp_path, monkeypatc
 
     def boom(*a, **k):
         raise ValueError("evaluation failed on purpose")
-    monkeypatch.setattr(ptq, "evaluate_predictor", boom)
+    monkeypatch.setattr(ptq, "evaluate", boom)
     with pytest.raises(SystemExit) as e:
         run_ptq(syn_cfg, fp32_run, out, "--algo", "avg", "--batch_nums", 1)
     assert e.value.code == 1

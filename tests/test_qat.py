@@ -178,7 +178,7 @@ def test_qat_resume_restores_scales(syn_cfg, fp32_run, tmp_path, monkeypatch):
     run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "res", "--do_eval",
                                                   "--resume_model", tmp_path / "full" / "iter_3"])
     with monkeypatch.context() as mp:  # the same run without the evaluation before the first step
-        mp.setattr(workflow, "_qat_start_eval", lambda *a: None)
+        mp.setattr(workflow, "qat_start_eval", lambda *a: None)
         run_script("slim/quant/qat_train.py", base + ["--save_dir", tmp_path / "plain", "--do_eval"])
 
     def same(x, y):

@@ -4,14 +4,14 @@ import paddle
 import pytest
 
 from conftest import SYN_CONFIG, write_config
-from segqat import deploy, export, ptq, quant
+from segqat import calibration, deploy, export, ptq, quant
 from segqat.config import ConfigError, load_config
 
 
 def quantized_export(cfg, out):
     model, _ = quant.build_model(cfg)
     quanter = quant.quantize(model, quant.quant_settings(cfg))
-    quant.calibrate(model, [np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32")])
+    calibration.calibrate(model, [np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32")])
     export.export_model(cfg, model, str(out), quanter=quanter)
     return model
 
@@ -124,7 +124,7 @@ def test_16_bit_is_closer_to_fp32(tmp_path):
         if bits:
             qc = dict(quant.quant_settings(cfg), weight_bits=bits, activation_bits=bits)
             quant.quantize(model, qc)
-            assert quant.calibrate(model, [x] * 3) == 3
+            assert calibration.calibrate(model, [x] * 3) == 3
         model.eval()
         with paddle.no_grad():
             outs[bits] = model(x)[0].numpy()
@@ -173,7 +173,7 @@ def test_pact_clipping_reaches_the_exported_scales(tmp_path):
         assert bool(alphas) == pact
         for p in alphas:
             p.set_value(paddle.full([1], alpha, "float32"))
-        quant.calibrate(model, [x] * 3)
+        calibration.calibrate(model, [x] * 3)
         if pact:
             with pytest.raises(ValueError, match="remove PACT first"):
                 export.export_model(cfg, model, str(tmp_path / "direct"), quanter=quanter)
@@ -260,7 +260,7 @@ def test_fuse_conv_bn_qat_exports_int8(tmp_path, fp32_run):
         return sum(isinstance(x, paddle.nn.layer.norm._BatchNormBase) for x in m.sublayers())
     plain, _ = quant.build_model(cfg, weights)
     assert n_bn(model) < n_bn(plain) / 5
-    quant.calibrate(model, [np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32")])
+    calibration.calibrate(model, [np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32")])
     paddle.save(model.state_dict(), str(tmp_path / "qat.pdparams"))
     # qat_val / qat_export build the same folded structure and load those weights
     again, quanter = quant.build_model(cfg, str(tmp_path / "qat.pdparams"), quantized=True, stage="export")

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 import paddle  # noqa: E402
 
-from segqat import compat, export, quant  # noqa: E402
+from segqat import calibration, compat, export, quant  # noqa: E402
 from segqat.config import load_config  # noqa: E402
 
 cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "bisenetv2",
@@ -25,7 +25,7 @@ paddle.seed(0)
 model, _ = quant.build_model(cfg)
 qc = dict(quant.quant_settings(cfg, purpose="train"), weight_bits=16, activation_bits=16)
 quanter = quant.quantize(model, qc)
-quant.calibrate(model, [paddle.rand([2, 3, 64, 64])] * 3)
+calibration.calibrate(model, [paddle.rand([2, 3, 64, 64])] * 3)
 # per output channel: the 16-bit integers of each conv weight, by static parameter name
 expected = {}
 for layer in model.sublayers():
