@@ -247,7 +247,7 @@ def foreign_entries(folder):
 
 # ---------------------------------------------------------------- the rule
 
-def _inside(path, folder):
+def inside(path, folder):
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -261,7 +261,7 @@ def _check_common(path, kind, inputs, flag):
     if not path:
         raise OutputError(f"{flag} is required")
     for src in inputs:
-        if src and _inside(src, path):
+        if src and inside(src, path):
             what = "is" if os.path.realpath(src) == os.path.realpath(path) else "contains"
             raise OutputError(
                 f"{flag} {path} {what} the input {src}: the {kind} would be written over what the "
@@ -423,7 +423,7 @@ def check_train_dir(save_dir, resume_model=None, overwrite=False, inputs=()):
     if found not in (None, "train"):
         raise OutputError(f"--save_dir {save_dir} holds a {found} output, not a training run; "
                           "choose another --save_dir")
-    if resume_model and _inside(resume_model, save_dir):
+    if resume_model and inside(resume_model, save_dir):
         return  # continuing the run that lives there
     entries = _visible(save_dir)
     is_run = found == "train" or any(e == "best_model" or (e.startswith("iter_") and e[5:].isdigit())
@@ -448,7 +448,7 @@ def check_train_dir(save_dir, resume_model=None, overwrite=False, inputs=()):
             "--overwrite to replace them (at this run's first checkpoint), or choose another "
             "--save_dir")
     for src in inputs:
-        if src and overwrite and _inside(src, save_dir):
+        if src and overwrite and inside(src, save_dir):
             raise OutputError(f"--overwrite would delete the input {src}, which is inside "
                               f"--save_dir {save_dir}; choose another --save_dir")
 
@@ -722,7 +722,7 @@ def _write_failure(e, target, tmp):
         return getattr(e, "errno", None) in WRITE_ERRNOS
     parent, name = os.path.split(target)
     for n in map(os.path.abspath, map(str, names)):
-        if _inside(n, tmp) or _inside(n, target) or (
+        if inside(n, tmp) or inside(n, target) or (
                 os.path.dirname(n) == parent and os.path.basename(n).startswith(f".{name}.")):
             return True
     return False

@@ -84,8 +84,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
 
     Returns the results dict and writes results.json, results.md and plots.
     """
-    from . import builder, engine, quant
-    os.makedirs(save_dir, exist_ok=True)
+    from . import builder, engine, outputs, quant
     val_ds = builder.build_dataset(cfg, "val")
     n = len(val_ds) if num_images is None else min(num_images, len(val_ds))
     nc = val_ds.num_classes
@@ -181,11 +180,13 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     for p in preds.values():
         p.close()
 
-    with open(os.path.join(save_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(save_dir, "results.md"), "w") as f:
-        f.write(markdown_table(results))
-    plots(results, samples, save_dir, ref)
+    def write(d):
+        with open(os.path.join(d, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(d, "results.md"), "w") as f:
+            f.write(markdown_table(results))
+        plots(results, samples, d, ref)
+    outputs.atomic_dir_write(save_dir, write, kind="benchmark")
     logger.info("Benchmark written to %s (results.json, results.md, *.png)", save_dir)
     return results
 
