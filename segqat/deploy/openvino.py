@@ -138,7 +138,11 @@ def save_model(model, path):
         xml, bin_ = _ir_files(os.path.abspath(path))
         # never over a file that appeared meanwhile (os.link fails where os.replace would not)
         outputs.place_new(os.path.join(tmp, "model.bin"), bin_, flag="--save_ir")
-        outputs.place_new(os.path.join(tmp, "model.xml"), xml, flag="--save_ir")
+        try:
+            outputs.place_new(os.path.join(tmp, "model.xml"), xml, flag="--save_ir")
+        except BaseException:
+            os.remove(bin_)  # the pair appears together or not at all
+            raise
     except OSError as e:
         raise outputs.io_error(path, e) from e
     finally:
