@@ -25,6 +25,8 @@ import pytest
 from conftest import load_script, run_script
 from segqat import outputs
 
+TEMP_MARKER = ".segqat-temp.json"  # the marker of a temp folder, by the name docs/safety.md gives
+
 
 def fails(script, argv, caplog):
     """Run a script in-process; it must exit 1 with a one-line error. Returns the log."""
@@ -71,9 +73,9 @@ def images(synth, dest, n=2):
 def test_infer_never_writes_over_its_images(exports, synth, tmp_path, caplog):
     imgs = images(synth, tmp_path / "imgs")
     before = tree(imgs)
-    for image_path in (imgs, imgs / "val_0000.png"):
+    for image_path, extra in ((imgs, []), (imgs, ["--overwrite"]), (imgs / "val_0000.png", [])):
         msg = fails("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path", image_path,
-                                               "--save_dir", imgs, "--overwrite"], caplog)
+                                               "--save_dir", imgs, *extra], caplog)
         assert f"--save_dir {imgs} " in msg and "the input" in msg
     # a list file whose images live in --save_dir
     (tmp_path / "list.txt").write_text("imgs/val_0000.png\n")
@@ -96,8 +98,8 @@ def test_infer_replaces_earlier_predictions_only_with_overwrite(exports, synth, 
     run_script("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path", imgs,
                                           "--save_dir", pred])
     fp32 = tree(pred)
-    assert sorted(fp32) == [outputs.MARKER, "val_0000.png", "val_0000_overlay.png", "val_0001.png",
-                            "val_0001_overlay.png"]
+    assert sorted(f for f in fp32 if f != outputs.MARKER) == [
+        "val_0000.png", "val_0000_overlay.png", "val_0001.png", "val_0001_overlay.png"]
     one = imgs / "val_0001.png"
     msg = fails("deploy/python/infer.py", ["--config", exports / "int8", "--image_path", one,
                                            "--save_dir", pred], caplog)
@@ -116,10 +118,11 @@ def test_infer_refuses_training_run_and_foreign_folder(exports, synth, tmp_path,
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
     before = tree(tmp_path)
-    msg = fails("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path",
-                                           synth / "images" / "val_0000.png", "--save_dir", run,
-                                           "--overwrite"], caplog)
-    assert "holds a train output" in msg
+    for extra in ([], ["--overwrite"]):
+        msg = fails("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path",
+                                               synth / "images" / "val_0000.png", "--save_dir", run,
+                                               *extra], caplog)
+        assert "holds a train output" in msg
     msg = fails("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path",
                                            synth / "images" / "val_0000.png", "--save_dir", mine,
                                            "--overwrite"], caplog)
@@ -186,11 +189,12 @@ def test_calib_sweep_refuses_earlier_report_and_training_run(syn_cfg, fp32_run, 
 
 # ---------------------------------------------------------------- --save_metrics
 
-@pytest.mark.parametrize("script", ["tools/val.py", "slim/quant/qat_val.py"])
-def test_save_metrics_never_replaces_a_file_silently(script, syn_cfg, tmp_path, caplog):
+@pytest.mark.parametrize("script,run", [("tools/val.py", "fp32_run"), ("slim/quant/qat_val.py", "qat_run")])
+def test_save_metrics_never_replaces_a_file_silently(script, run, syn_cfg, tmp_path, caplog, request):
     f = tmp_path / "metrics.json"
     f.write_text("my own results\n")
-    argv = ["--config", syn_cfg, "--model_path", tmp_path / "unused.pdparams", "--save_metrics"]
+    weights_file = request.getfixturevalue(run) / "best_model" / "model.pdparams"
+    argv = ["--config", syn_cfg, "--model_path", weights_file, "--save_metrics"]
     msg = fails(script, argv + [f], caplog)  # refused before the model is even loaded
     assert f"--save_metrics {f} exists; give --overwrite" in msg
     msg = fails(script, argv + [f, "--overwrite"], caplog)
@@ -205,9 +209,6 @@ def test_save_metrics_overwrite_and_recheck(syn_cfg, fp32_run, tmp_path, caplog,
     f = tmp_path / "m.json"
     argv = ["--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
             "--save_metrics", f]
-    first = run_script("tools/val.py", argv)
-    again = run_script("tools/val.py", argv + ["--overwrite"])  # an earlier metrics file: replaced
-    assert json.loads(f.read_text())["mIoU"] == first["mIoU"] == again["mIoU"]
     # a file that appears while the evaluation runs is not replaced
     g = tmp_path / "new.json"
     real = engine.evaluate
@@ -218,6 +219,16 @@ def test_save_metrics_overwrite_and_recheck(syn_cfg, fp32_run, tmp_path, caplog,
     monkeypatch.setattr(engine, "evaluate", meanwhile)
     msg = fails("tools/val.py", argv[:-1] + [g], caplog)
     assert "exists; give --overwrite" in msg and g.read_text() == "saved meanwhile\n"
+    monkeypatch.undo()
+    first = run_script("tools/val.py", argv)
+    again = run_script("tools/val.py", argv + ["--overwrite"])  # an earlier metrics file: replaced
+    assert json.loads(f.read_text())["mIoU"] == first["mIoU"] == again["mIoU"]
+    # the disk fills up while it is replaced: the earlier file stays as it was
+    before = f.read_bytes()
+    _FullDisk(monkeypatch, tmp_path)
+    msg = fails("tools/val.py", argv + ["--overwrite"], caplog)
+    monkeypatch.undo()
+    assert f"cannot write {f}: the disk is full" in msg and f.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.json", "new.json"]
 
 
@@ -384,7 +395,7 @@ def test_clean_stale_touches_only_what_segqat_marked(tmp_path):
         p = tmp_path / name
         p.mkdir()
         (p / "payload").write_text(name)
-        (p / outputs.TEMP_MARKER).write_text(json.dumps(
+        (p / TEMP_MARKER).write_text(json.dumps(
             {"role": role, "name": final or name.split(".")[1], "kind": "export", "pid": pid,
              "host": host or socket.gethostname()}))
         return p
@@ -402,7 +413,7 @@ def test_clean_stale_touches_only_what_segqat_marked(tmp_path):
     assert (tmp_path / ".cfg.old-99997").is_dir() and (tmp_path / ".cfg.del-99996").is_dir()
     assert not gone.exists() and not kept_old.exists()
     assert not restored.exists() and (tmp_path / "best" / "payload").read_text() == restored.name
-    assert not (tmp_path / "best" / outputs.TEMP_MARKER).exists()
+    assert not (tmp_path / "best" / TEMP_MARKER).exists()
     assert live.exists() and other_host.exists() and renamed.exists()
 
 
@@ -410,7 +421,7 @@ def test_temp_folders_are_marked(tmp_path):
     seen = {}
 
     def write(d):
-        seen.update(json.loads(open(os.path.join(d, outputs.TEMP_MARKER)).read()))
+        seen.update(json.loads(open(os.path.join(d, TEMP_MARKER)).read()))
         open(os.path.join(d, "a.txt"), "w").write("a")
     outputs.atomic_dir_write(str(tmp_path / "out"), write, kind="analysis")
     assert seen["pid"] == os.getpid() and seen["host"] == socket.gethostname()
@@ -529,7 +540,7 @@ class _FullDisk:
         """A payload file under root opened for writing (segqat's own small markers pass)."""
         return isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+") \
             and os.path.abspath(file).startswith(self.root + os.sep) \
-            and os.path.basename(file) not in (outputs.MARKER, outputs.TEMP_MARKER)
+            and os.path.basename(file) not in (outputs.MARKER, TEMP_MARKER)
 
     def wrap(self, f, file, mode):
         return _Failing(f) if self.ours(file, mode) else f
@@ -568,19 +579,15 @@ def test_full_disk_is_one_line_and_leaves_nothing(case, syn_cfg, fp32_run, expor
                                                   caplog, monkeypatch):
     w = tmp_path / "w"
     w.mkdir()
-    target, kept = {
-        "infer": (w / "pred", None), "val": (w / "m.json", w / "m.json"),
-        "benchmark": (w / "bench", None), "export_onnx": (w / "model.onnx", None)}[case]
+    target = {"infer": w / "pred", "val": w / "m.json", "benchmark": w / "bench",
+              "export_onnx": w / "model.onnx"}[case]
     weights_file = fp32_run / "best_model" / "model.pdparams"
-    if case == "val":  # an earlier metrics file, replaced with --overwrite: kept when that fails
-        run_script("tools/val.py", ["--config", syn_cfg, "--model_path", weights_file,
-                                    "--save_metrics", target])
     before = tree(w)
     script, argv = {
         "infer": ("deploy/python/infer.py", ["--config", exports / "fp32", "--image_path",
                                              synth / "images" / "val_0000.png", "--save_dir", target]),
         "val": ("tools/val.py", ["--config", syn_cfg, "--model_path", weights_file,
-                                 "--save_metrics", target, "--overwrite"]),
+                                 "--save_metrics", target]),
         "benchmark": ("deploy/python/benchmark.py", [
             "--config", syn_cfg, "--fp32", exports / "fp32", "--int8", exports / "int8",
             "--save_dir", target, "--num_images", 1, "--repeats", 1, "--warmup", 1, "--cpu_threads", 1]),
@@ -591,6 +598,5 @@ def test_full_disk_is_one_line_and_leaves_nothing(case, syn_cfg, fp32_run, expor
     msg = fails(script, argv, caplog)
     assert f"cannot write {target}" in msg and ("the disk is full" in msg or "cv2.imwrite" in msg)
     monkeypatch.undo()
-    assert tree(w) == before  # no 0-byte or half-written file, an earlier one intact
-    assert kept is None or json.loads(kept.read_text())["mIoU"] > 0
+    assert tree(w) == before  # no 0-byte or half-written file
     assert not [e for e in os.listdir(w) if e.startswith(".")]
