@@ -144,7 +144,9 @@ def add_eval_args(parser):
     g.add_argument("--flip_horizontal", action="store_true", default=None, help="flip for --aug_eval")
     g.add_argument("--flip_vertical", action="store_true", default=None, help="flip for --aug_eval")
     g.add_argument("--save_metrics", default=None, metavar="FILE.json",
-                   help="write the metrics to this JSON file")
+                   help="write the metrics to this JSON file (an existing one only with --overwrite)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier --save_metrics file (default: refuse)")
     add_cpu_threads(g)
 
 
@@ -160,24 +162,38 @@ def eval_overrides(args):
                                           "scales", "flip_horizontal", "flip_vertical")}
 
 
-def add_overwrite(parser, what="output"):
+def add_overwrite(parser, what="output", flag="--save_dir"):
     parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace an earlier {what} in --save_dir (kept until the new one is "
-                             "complete); without it an existing --save_dir is refused")
+                        help=f"replace an earlier {what} that segqat wrote at {flag} (kept until "
+                             f"the new one is complete); without it an existing {flag} is refused")
 
 
 @contextlib.contextmanager
 def training_dir(args):
-    """Check --save_dir before anything is written there, and hold its lock for the run."""
+    """Check --save_dir before anything is written there, and hold its locks for the run.
+
+    The lock beside the folder (the one every segqat output takes) keeps an
+    export, PTQ or other command out of it while the run lasts; the one inside
+    (``save_dir/.segqat.lock``) says which process runs there.
+    """
     from . import outputs
-    outputs.check_train_dir(args.save_dir, args.resume_model, args.overwrite,
-                            inputs=[args.model_path, args.resume_model])
+
+    def check():
+        outputs.check_train_dir(args.save_dir, args.resume_model, args.overwrite,
+                                inputs=[args.model_path, args.resume_model])
+    check()
     if int(os.environ.get("PADDLE_TRAINER_ID", "0")) != 0:  # rank 0 owns save_dir
         yield
         return
-    os.makedirs(args.save_dir, exist_ok=True)
-    with outputs.lock(os.path.join(args.save_dir, outputs.LOCK), f"--save_dir {args.save_dir}"):
-        yield
+    what = f"--save_dir {args.save_dir}"
+    with outputs.lock(outputs.lock_path(args.save_dir), what):
+        check()  # again, under the lock
+        try:
+            os.makedirs(args.save_dir, exist_ok=True)
+        except OSError as e:
+            raise outputs.io_error(args.save_dir, e) from e
+        with outputs.lock(os.path.join(args.save_dir, outputs.LOCK), what):
+            yield
 
 
 def setup(args=None, save_dir=None, log_name="train.log"):
@@ -187,7 +203,7 @@ def setup(args=None, save_dir=None, log_name="train.log"):
     handlers = [logging.StreamHandler(sys.stdout)]
     if save_dir and rank == 0:
         os.makedirs(save_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(save_dir, log_name)))
+        handlers.append(_file_handler(os.path.join(save_dir, log_name)))
     root = logging.getLogger()
     # ours from an earlier setup, and the plain StreamHandler that `import paddle`
     # puts on the root logger (it would print every line twice); handlers of
@@ -214,6 +230,20 @@ def setup(args=None, save_dir=None, log_name="train.log"):
                 os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
 
+def _file_handler(path):
+    h = logging.FileHandler(path)
+    h._segqat = True
+    h.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    return h
+
+
+def add_log_file(path):
+    """Also log to ``path`` (after ``setup``; for a log inside an output that is checked and
+    claimed first: ``outputs.Claim.file``)."""
+    if int(os.environ.get("PADDLE_TRAINER_ID", "0")) == 0:
+        logging.getLogger().addHandler(_file_handler(path))
+
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -235,12 +265,15 @@ def run(main, args):
     """Run ``main(args)``: a user-facing error prints one clear line and exits 1.
 
     User-facing: segqat's error classes, missing files, non-finite training,
-    and any ValueError raised by segqat's own checks. A ValueError from inside
-    paddle or another library is unexpected: it is logged with its traceback.
+    a failed write (disk full, file too large, quota, read-only, permissions:
+    segqat's writers raise these as OutputError naming the path; this catches
+    any other write), and any ValueError raised by segqat's own checks. A
+    ValueError from inside paddle or another library is unexpected: it is
+    logged with its traceback.
     """
     from .config import ConfigError
     from .data import DataError
-    from .outputs import OutputError
+    from .outputs import WRITE_ERRNOS, OutputError
     from .weights import WeightsError
     log = logging.getLogger("segqat")
     try:
@@ -248,6 +281,11 @@ def run(main, args):
     except (ConfigError, DataError, WeightsError, OutputError, FileNotFoundError,
             FloatingPointError) as e:
         log.error("%s: %s", type(e).__name__, e)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        log.error("OutputError: cannot write %s: %s", e.filename or "a file", e.strerror or e)
         sys.exit(1)
     except ValueError as e:
         if _raised_here(e):

@@ -11,9 +11,12 @@ Every function writes a PaddleSeg "generic Dataset" folder: ``train.txt`` and
 is absolute, so the converters list the read-only source images by absolute
 path (they are never copied) and only write remapped label PNGs.
 
-List files are written last, through a temporary file and ``os.replace``, and
-stale ones are removed first, so an interrupted run never leaves a list file
-that is half written or that points at files which do not exist.
+Each data set is written into a temporary folder and swapped in when it is
+complete (``outputs.atomic_dir_write``, kind "dataset"): an interrupted or
+failed run leaves no list file, image or label behind, and an earlier data set
+stays as it was. An existing data set at out_dir is replaced only with
+``overwrite=True`` (the scripts' --overwrite); a folder of anything else, or one
+that holds the source, is refused.
 """
 import logging
 import os
@@ -21,6 +24,8 @@ import os
 import cv2
 import numpy as np
 from PIL import Image
+
+from . import outputs
 
 logger = logging.getLogger(__name__)
 
@@ -57,31 +62,31 @@ def _require_dir(path, what):
     return os.path.abspath(path)
 
 
-def _prepare_out(out_dir, src_dir=None):
-    """Create out_dir (refusing to write inside src_dir) and drop stale list files."""
+def _check_out(out_dir, overwrite, src_dir=None):
+    """out_dir as an absolute path, refused (before any work) where a data set would destroy
+    something: inside src_dir, over its source, over anything but an earlier data set."""
     out = os.path.abspath(out_dir)
     if src_dir is not None:
         real_src, real_out = os.path.realpath(src_dir), os.path.realpath(out)
         if real_out == real_src or real_out.startswith(real_src + os.sep):
             raise ValueError(f"out_dir {out} is inside the source directory {src_dir}, "
                              "which is read-only: choose another out_dir")
-    os.makedirs(out, exist_ok=True)
-    for name in ("train.txt", "val.txt"):
-        if os.path.exists(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
+    outputs.check_save_dir(out, "dataset", overwrite=overwrite, inputs=[src_dir])
     return out
 
 
-def _write_text_atomic(path, lines):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+def _write_dataset(out, write, overwrite, src_dir=None):
+    """``write(d)`` fills the data set in a temp folder; it replaces out_dir under the rule."""
+    outputs.atomic_dir_write(out, write, kind="dataset", overwrite=overwrite, inputs=[src_dir],
+                             flag="--save_dir")
+
+
+def _write_text(path, lines):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
 
 
-def _imwrite(path, array):
-    if not cv2.imwrite(path, array):
-        raise OSError(f"cv2.imwrite failed to write {path}")
+_imwrite = outputs.imwrite
 
 
 def _read_label(path):
@@ -115,11 +120,14 @@ def _list_line(abs_image, rel_label):
     return f"{abs_image} {rel_label}"
 
 
-def _finish(out, names, lists):
-    """Write labels.txt, then the list files (last, atomically)."""
-    _write_text_atomic(os.path.join(out, "labels.txt"), names)
+def _write_lists(d, names, lists):
+    """labels.txt and the list files, into the data set's temp folder ``d``."""
+    _write_text(os.path.join(d, "labels.txt"), names)
     for split, lines in lists.items():
-        _write_text_atomic(os.path.join(out, f"{split}.txt"), lines)
+        _write_text(os.path.join(d, f"{split}.txt"), lines)
+
+
+def _info(out, names, lists):
     return {"dataset_root": out, "num_classes": len(names),
             "train_path": os.path.join(out, "train.txt"),
             "val_path": os.path.join(out, "val.txt"),
@@ -212,7 +220,7 @@ def synthetic_image(size, seed=0, num_classes=4):
 
 
 def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, seed=0,
-                   object_size=OBJECT_SIZE, colour_jitter=COLOUR_JITTER):
+                   object_size=OBJECT_SIZE, colour_jitter=COLOUR_JITTER, overwrite=False):
     """Write a deterministic synthetic multi-class segmentation data set.
 
     Class 0 is a noisy, blotchy background; class k >= 1 is a shape
@@ -244,22 +252,28 @@ def make_synthetic(out_dir, num_train=200, num_val=40, size=64, num_classes=4, s
     if not 0 < lo <= hi <= 0.5:
         raise ValueError(f"object_size={tuple(object_size)!r} is not allowed: expected "
                          "MIN MAX with 0 < MIN <= MAX <= 0.5 (fractions of the image side)")
-    out = _prepare_out(out_dir)
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    os.makedirs(os.path.join(out, "labels"), exist_ok=True)
+    out = _check_out(out_dir, overwrite)
+    names = list(SYNTHETIC_CLASSES[:num_classes])
     lists = {}
-    for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-        lines = []
-        for i in range(count):
-            rng = np.random.default_rng([seed, split_id, i])
-            image, label = _synthetic_sample(rng, size, num_classes, 1 + i % (num_classes - 1),
-                                             (lo, hi), colour_jitter)
-            name = f"{split}_{i:04d}.png"
-            _imwrite(os.path.join(out, "images", name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            _imwrite(os.path.join(out, "labels", name), label)
-            lines.append(f"images/{name} labels/{name}")
-        lists[split] = lines
-    info = _finish(out, list(SYNTHETIC_CLASSES[:num_classes]), lists)
+
+    def write(d):
+        os.makedirs(os.path.join(d, "images"))
+        os.makedirs(os.path.join(d, "labels"))
+        for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
+            lines = []
+            for i in range(count):
+                rng = np.random.default_rng([seed, split_id, i])
+                image, label = _synthetic_sample(rng, size, num_classes, 1 + i % (num_classes - 1),
+                                                 (lo, hi), colour_jitter)
+                name = f"{split}_{i:04d}.png"
+                _imwrite(os.path.join(d, "images", name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                _imwrite(os.path.join(d, "labels", name), label)
+                lines.append(f"images/{name} labels/{name}")
+            lists[split] = lines
+        _write_lists(d, names, lists)
+
+    _write_dataset(out, write, overwrite)
+    info = _info(out, names, lists)
     logger.info("synthetic: %d train + %d val images, %d classes, in %s",
                 num_train, num_val, num_classes, out)
     return info
@@ -286,7 +300,7 @@ def _listed_file(root, rel, list_file, lineno):
     return path
 
 
-def convert_camvid(src_dir, out_dir):
+def convert_camvid(src_dir, out_dir, overwrite=False):
     """Convert the SegNet-layout CamVid folder (read-only) into out_dir.
 
     Reads src_dir/{train,val}.txt (``train/x.png trainannot/x.png`` lines,
@@ -296,32 +310,37 @@ def convert_camvid(src_dir, out_dir):
     <label relative to out_dir>``, and out_dir/labels.txt (11 class names).
     """
     src = _require_dir(src_dir, "CamVid source directory")
-    out = _prepare_out(out_dir, src)
+    out = _check_out(out_dir, overwrite, src)
     lists = {}
-    for split in ("train", "val"):
-        list_file = os.path.join(src, f"{split}.txt")
-        if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"CamVid list file not found: {list_file}")
-        os.makedirs(os.path.join(out, f"{split}annot"), exist_ok=True)
-        lines, seen = [], set()
-        for lineno, image_rel, label_rel in _read_pairs(list_file):
-            image_path = _listed_file(src, image_rel, list_file, lineno)
-            label_path = _listed_file(src, label_rel, list_file, lineno)
-            out_rel = f"{split}annot/{os.path.basename(label_path)}"
-            if out_rel in seen:
-                raise ValueError(f"{list_file}, line {lineno}: duplicate label name {out_rel}")
-            seen.add(out_rel)
-            label = _read_label(label_path)
-            _check_values(label_path, label, np.arange(CAMVID_VOID + 1),
-                          "0..10 (classes) and 11 (void)")
-            _check_same_size(image_path, label, label_path)
-            label[label == CAMVID_VOID] = IGNORE_INDEX
-            _imwrite(os.path.join(out, out_rel), label)
-            lines.append(_list_line(image_path, out_rel))
-        if not lines:
-            raise ValueError(f"CamVid list file {list_file} has no entries")
-        lists[split] = lines
-    info = _finish(out, list(CAMVID_CLASSES), lists)
+
+    def write(d):
+        for split in ("train", "val"):
+            list_file = os.path.join(src, f"{split}.txt")
+            if not os.path.isfile(list_file):
+                raise FileNotFoundError(f"CamVid list file not found: {list_file}")
+            os.makedirs(os.path.join(d, f"{split}annot"))
+            lines, seen = [], set()
+            for lineno, image_rel, label_rel in _read_pairs(list_file):
+                image_path = _listed_file(src, image_rel, list_file, lineno)
+                label_path = _listed_file(src, label_rel, list_file, lineno)
+                out_rel = f"{split}annot/{os.path.basename(label_path)}"
+                if out_rel in seen:
+                    raise ValueError(f"{list_file}, line {lineno}: duplicate label name {out_rel}")
+                seen.add(out_rel)
+                label = _read_label(label_path)
+                _check_values(label_path, label, np.arange(CAMVID_VOID + 1),
+                              "0..10 (classes) and 11 (void)")
+                _check_same_size(image_path, label, label_path)
+                label[label == CAMVID_VOID] = IGNORE_INDEX
+                _imwrite(os.path.join(d, out_rel), label)
+                lines.append(_list_line(image_path, out_rel))
+            if not lines:
+                raise ValueError(f"CamVid list file {list_file} has no entries")
+            lists[split] = lines
+        _write_lists(d, list(CAMVID_CLASSES), lists)
+
+    _write_dataset(out, write, overwrite, src)
+    info = _info(out, list(CAMVID_CLASSES), lists)
     info["ignore_index"] = IGNORE_INDEX
     logger.info("camvid: %d train + %d val labels remapped (11 -> %d) into %s",
                 info["num_train"], info["num_val"], IGNORE_INDEX, out)
@@ -329,7 +348,7 @@ def convert_camvid(src_dir, out_dir):
 
 
 # -------------------------------------------------------------------- ISBI
-def convert_isbi(src_dir, out_dir, num_val=6):
+def convert_isbi(src_dir, out_dir, num_val=6, overwrite=False):
     """Convert the ISBI 2012 membrane stack (read-only) into out_dir.
 
     src_dir holds image/N.png (grayscale) and label/N.png (values {0, 255}).
@@ -349,21 +368,27 @@ def convert_isbi(src_dir, out_dir, num_val=6):
         raise FileNotFoundError(f"need at least 2 images named N.png in {image_dir}, "
                                 f"found {len(indices)}")
     _check_int("num_val", num_val, 1, len(indices) - 1)
-    out = _prepare_out(out_dir, src)
-    os.makedirs(os.path.join(out, "labels"), exist_ok=True)
-    lines = []
-    for i in indices:
-        image_path = os.path.join(image_dir, f"{i}.png")
-        label_path = os.path.join(label_dir, f"{i}.png")
-        if not os.path.isfile(label_path):
-            raise FileNotFoundError(f"ISBI label for image {image_path} not found: {label_path}")
-        label = _read_label(label_path)
-        _check_values(label_path, label, (0, 255), "0 (membrane) and 255 (cell)")
-        _check_same_size(image_path, label, label_path)
-        _imwrite(os.path.join(out, "labels", f"{i}.png"), (label == 255).astype(np.uint8))
-        lines.append(_list_line(image_path, f"labels/{i}.png"))
-    info = _finish(out, list(ISBI_CLASSES),
-                   {"train": lines[:-num_val], "val": lines[-num_val:]})
+    out = _check_out(out_dir, overwrite, src)
+    lists = {}
+
+    def write(d):
+        os.makedirs(os.path.join(d, "labels"))
+        lines = []
+        for i in indices:
+            image_path = os.path.join(image_dir, f"{i}.png")
+            label_path = os.path.join(label_dir, f"{i}.png")
+            if not os.path.isfile(label_path):
+                raise FileNotFoundError(f"ISBI label for image {image_path} not found: {label_path}")
+            label = _read_label(label_path)
+            _check_values(label_path, label, (0, 255), "0 (membrane) and 255 (cell)")
+            _check_same_size(image_path, label, label_path)
+            _imwrite(os.path.join(d, "labels", f"{i}.png"), (label == 255).astype(np.uint8))
+            lines.append(_list_line(image_path, f"labels/{i}.png"))
+        lists.update(train=lines[:-num_val], val=lines[-num_val:])
+        _write_lists(d, list(ISBI_CLASSES), lists)
+
+    _write_dataset(out, write, overwrite, src)
+    info = _info(out, list(ISBI_CLASSES), lists)
     logger.info("isbi: %d train + %d val labels (255 -> 1) into %s",
                 info["num_train"], info["num_val"], out)
     return info

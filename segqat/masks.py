@@ -499,7 +499,8 @@ def convert_masks(images_dir, masks_dir, save_dir, opts, overwrite=False):
         listed = [p for lines in lists.values() for line in lines for p in line.split()]
         outputs.check_files_written(tmp, listed + [f"{s}.txt" for s in lists if lists[s]])
 
-    outputs.atomic_dir_write(save_dir, write, kind="dataset", verify=verify)
+    outputs.atomic_dir_write(save_dir, write, kind="dataset", verify=verify, overwrite=overwrite,
+                             inputs=[images_dir, masks_dir, opts.colors], flag="--save_dir")
     summary.update(dataset_root=save_dir,
                    train_path=os.path.join(save_dir, "train.txt") if train_keys else None,
                    val_path=os.path.join(save_dir, "val.txt") if val_keys else None,

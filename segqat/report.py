@@ -80,8 +80,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
 
     Returns the results dict and writes results.json, results.md and plots.
     """
-    from . import builder, quant
-    os.makedirs(save_dir, exist_ok=True)
+    from . import builder, outputs, quant
     val_ds = builder.build_dataset(cfg, "val")
     n = len(val_ds) if num_images is None else min(num_images, len(val_ds))
     indices = list(range(n))
@@ -164,11 +163,13 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     for w in results["warnings"]:
         logger.warning("!!! %s", w)
 
-    with open(os.path.join(save_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(save_dir, "results.md"), "w") as f:
-        f.write(markdown_table(results))
-    plots(results, samples, save_dir, ref)
+    def write(d):
+        with open(os.path.join(d, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(d, "results.md"), "w") as f:
+            f.write(markdown_table(results))
+        plots(results, samples, d, ref)
+    outputs.atomic_dir_write(save_dir, write, kind="benchmark")
     logger.info("Benchmark written to %s (results.json, results.md, *.png)", save_dir)
     return results
 

@@ -11,9 +11,15 @@ FP32 model is exported and evaluated the same way (Paddle Inference) as the
 reference. Each PTQ model stays in ``save_dir/ptq_f{F}_s{seed}`` (usable with
 infer.py / benchmark.py); ``sweep.json``, ``sweep.md`` and ``sweep.png``
 (mIoU against calibration images, log scale, FP32 line) summarise them.
-A point already done (its ptq_info.json matches the settings) is reused, so an
-interrupted sweep resumes where it stopped.
+A point already done (its ptq_info.json matches the settings and is newer than
+the weights file) is reused, so an interrupted sweep resumes where it stopped.
+
+``save_dir`` is written in place (``outputs`` kind "sweep"): its marker says
+``complete: false`` until the report is written and lists what the sweep put
+there. An unfinished sweep is resumed; a finished one is replaced only with
+--overwrite (slim/quant/calib_sweep.py); anything else is refused.
 """
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +30,7 @@ from typing import List
 
 import numpy as np
 
-from . import builder, calibration, deploy, export, ptq, quant
+from . import builder, calibration, deploy, export, outputs, ptq, quant
 from .evaluate import evaluate, format_eta
 
 logger = logging.getLogger(__name__)
@@ -53,9 +59,14 @@ def _point_dir(save_dir, frac, seed):
     return os.path.join(save_dir, f"ptq_f{frac:g}_s{seed}")
 
 
+def _newer_than_weights(p, model_path):
+    """``p`` was written after the weights file (retrained weights make it stale)."""
+    return os.path.isfile(p) and os.path.getmtime(p) >= os.path.getmtime(model_path)
+
+
 def _reusable(d, frac, seed, opts, model_path):
     p = os.path.join(d, "ptq_info.json")
-    if not os.path.isfile(p):
+    if not _newer_than_weights(p, model_path):
         return None
     with open(p) as f:
         info = json.load(f)
@@ -68,12 +79,13 @@ def _reusable(d, frac, seed, opts, model_path):
 def fp32_reference(cfg, model_path, save_dir, cpu_threads):
     d = os.path.join(save_dir, "fp32_infer")
     p = os.path.join(d, "metrics.json")
-    if os.path.isfile(p):
+    if _newer_than_weights(p, model_path):
         with open(p) as f:
             m = json.load(f)
         if m.get("model_path") == os.path.abspath(model_path):
             return m
     model, _ = quant.build_model(cfg, model_path, quantized=False)
+    outputs.update_marker(save_dir, add_files=["fp32_infer/"])  # before it exists: never unlisted
     export.export_model(cfg, model, d)
     pred = deploy.create_predictor(d, precision="fp32", threads=cpu_threads)
     try:
@@ -83,12 +95,31 @@ def fp32_reference(cfg, model_path, save_dir, cpu_threads):
         pred.close()
     m = {"mIoU": float(m["mIoU"]), "Acc": float(m["Acc"]), "num_images": m["num_images"],
          "model_path": os.path.abspath(model_path)}
-    with open(p, "w") as f:
-        json.dump(m, f, indent=2)
+    outputs.write_into(d, "metrics.json", lambda path: _dump(m, path))
     return m
 
 
+def _dump(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def _write_text(text, path):
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def run_sweep(cfg, model_path, save_dir, opts):
+    """The sweep into ``save_dir``; a caller that has not claimed it (slim/quant/calib_sweep.py
+    does) gets the library rule: a new, empty or unfinished sweep folder, or a finished one
+    replaced."""
+    target = (contextlib.nullcontext() if outputs.claimed(save_dir)
+              else outputs.claim(save_dir, "sweep", overwrite=True, flag="save_dir"))
+    with target:
+        return _run_sweep(cfg, model_path, save_dir, opts)
+
+
+def _run_sweep(cfg, model_path, save_dir, opts):
     check_options(opts)
     cfg.require("val_dataset")
     quant.quant_settings(cfg, purpose="ptq")  # fail early on options PTQ cannot run
@@ -98,7 +129,6 @@ def run_sweep(cfg, model_path, save_dir, opts):
         raise ValueError("a calibration sweep needs real calibration images (a train_dataset or "
                          f"quant_config.calibration_list in {cfg.path})")
     total = probe.subset_size
-    os.makedirs(save_dir, exist_ok=True)
     t0 = time.time()
     ref = fp32_reference(cfg, model_path, save_dir, opts.cpu_threads)
     logger.info("FP32 reference: mIoU %.4f on %d validation images", ref["mIoU"], ref["num_images"])
@@ -115,6 +145,7 @@ def run_sweep(cfg, model_path, save_dir, opts):
         else:
             logger.info("[SWEEP] %d/%d fraction %g (%d of %d images), seed %d", k, len(points),
                         frac, n_img, total, seed)
+            outputs.update_marker(save_dir, add_files=[os.path.basename(d) + "/"])
             info = ptq.run_ptq(cfg, model_path, d, ptq.PTQOptions(
                 algo=opts.algo, batch_size=opts.batch_size,
                 batch_nums=math.ceil(n_img / opts.batch_size), split=frac, seed=seed,
@@ -130,11 +161,10 @@ def run_sweep(cfg, model_path, save_dir, opts):
            "algo": opts.algo, "batch_size": opts.batch_size, "calibration_pool": probe.source,
            "calibration_pool_images": total, "fp32": ref, "points": rows,
            "summary": summarize(rows), "seconds": time.time() - t0}
-    with open(os.path.join(save_dir, "sweep.json"), "w") as f:
-        json.dump(res, f, indent=2)
-    with open(os.path.join(save_dir, "sweep.md"), "w") as f:
-        f.write(markdown(res))
-    plot(res, os.path.join(save_dir, "sweep.png"))
+    outputs.write_into(save_dir, "sweep.json", lambda p: _dump(res, p))
+    outputs.write_into(save_dir, "sweep.md", lambda p: _write_text(markdown(res), p))
+    outputs.write_into(save_dir, "sweep.png", lambda p: plot(res, p))
+    outputs.update_marker(save_dir, complete=True)
     logger.info("Sweep done in %s: %s/sweep.md, sweep.png", format_eta(res["seconds"]), save_dir)
     return res
 

@@ -4,6 +4,7 @@ Each function takes the parsed arguments of its script; the QAT scripts call
 the same functions with ``qat=True``, which only changes how the model is
 built (``quant.build_model``) and how results are labelled.
 """
+import contextlib
 import json
 import logging
 import os
@@ -99,30 +100,37 @@ def run_eval(args, qat=False):
     if args.save_metrics and os.path.isdir(args.save_metrics):
         raise ValueError(f"--save_metrics {args.save_metrics} is a folder; give a file name, "
                          f"e.g. {os.path.join(args.save_metrics, 'metrics.json')}")
-    cfg = _load_cfg(args)
-    cfg.require("val_dataset")
-    model, _ = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")
-    val_ds = builder.build_dataset(cfg, "val")
-    tc = builder.test_config(cfg, **cli.eval_overrides(args))
-    m = evaluate(model, val_ds, tc,
-                 label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
-    m.update(model_path=os.path.abspath(args.model_path) if args.model_path else None,
-             config=os.path.abspath(args.config), quantized=qat, test_config=tc)
-    if args.save_metrics:
-        os.makedirs(os.path.dirname(os.path.abspath(args.save_metrics)), exist_ok=True)
-        with open(args.save_metrics, "w") as f:
-            json.dump(m, f, indent=2)
-        logger.info("Metrics written to %s", args.save_metrics)
+    # checked (and locked) before the evaluation, written at the end
+    target = (outputs.claim(args.save_metrics, "metrics", overwrite=args.overwrite,
+                            inputs=[args.model_path, args.config], flag="--save_metrics")
+              if args.save_metrics else contextlib.nullcontext())
+    with target:
+        cfg = _load_cfg(args)
+        cfg.require("val_dataset")
+        model, _ = quant.build_model(cfg, args.model_path, quantized=qat, stage="eval")
+        val_ds = builder.build_dataset(cfg, "val")
+        tc = builder.test_config(cfg, **cli.eval_overrides(args))
+        m = evaluate(model, val_ds, tc,
+                     label="Evaluate QAT model (fake quantization)" if qat else "Evaluate")
+        m.update(model_path=os.path.abspath(args.model_path) if args.model_path else None,
+                 config=os.path.abspath(args.config), quantized=qat, test_config=tc)
+        if args.save_metrics:
+            def write(path):
+                with open(path, "w") as f:
+                    json.dump(m, f, indent=2)
+            outputs.atomic_file_write(args.save_metrics, write, kind="metrics")
+            logger.info("Metrics written to %s", args.save_metrics)
     return m
 
 
 def run_export(args, qat=False):
-    outputs.check_save_dir(args.save_dir, "export", overwrite=args.overwrite, inputs=[args.model_path])
-    cfg = _load_cfg(args)
-    export.check_input_shape(cfg, args.input_shape)
-    model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="export")
-    out = export.export_model(cfg, model, args.save_dir, input_shape=args.input_shape,
-                              output_op=args.output_op, quanter=quanter)
+    with outputs.claim(args.save_dir, "export", overwrite=args.overwrite,
+                       inputs=[args.model_path, args.config]):
+        cfg = _load_cfg(args)
+        export.check_input_shape(cfg, args.input_shape)
+        model, quanter = quant.build_model(cfg, args.model_path, quantized=qat, stage="export")
+        out = export.export_model(cfg, model, args.save_dir, input_shape=args.input_shape,
+                                  output_op=args.output_op, quanter=quanter)
     if qat:
         logger.info("INT8 inference model: run it with deploy/python/infer.py --config %s/deploy.yaml "
                     "--precision int8", out)

@@ -21,8 +21,9 @@ def _read_list(path):
 
 
 def _all_files(root):
+    """The data set's files (not segqat's output marker, which records when it was written)."""
     return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+            for p in sorted(Path(root).rglob("*")) if p.is_file() and p.name != ".segqat.json"}
 
 
 def _label(path):
@@ -147,7 +148,7 @@ def test_camvid_counts_and_lists(camvid_out):
             assert os.path.join(str(out), img) == img
     # only labels and text files were written: no copied images
     written = {p.relative_to(out).parts[0] for p in out.rglob("*") if p.is_file()}
-    assert written == {"trainannot", "valannot", "train.txt", "val.txt", "labels.txt"}
+    assert written == {"trainannot", "valannot", "train.txt", "val.txt", "labels.txt", ".segqat.json"}
 
 
 def test_camvid_label_remap(camvid_out):

@@ -1,8 +1,12 @@
 """slim/quant/calib_sweep.py: PTQ mIoU against calibration size."""
 import json
 import logging
+import os
+
+import pytest
 
 from conftest import run_script
+from segqat import outputs
 
 
 def test_calibration_sweep(syn_cfg, fp32_run, tmp_path, caplog):
@@ -24,8 +28,22 @@ def test_calibration_sweep(syn_cfg, fp32_run, tmp_path, caplog):
     assert 0.3 < data["fp32"]["mIoU"] <= 1 and data["fp32"]["num_images"] == 12
     assert "| 0.05 | 3 | 1 |" in (out / "sweep.md").read_text()
     assert (out / "sweep.png").stat().st_size > 1000
-    # re-running reuses finished points (an interrupted sweep resumes)
+    # a finished sweep is not replaced without --overwrite
     caplog.clear()
+    with pytest.raises(SystemExit):
+        run_script("slim/quant/calib_sweep.py", argv)
+    assert "holds an earlier sweep" in caplog.text
+    # an interrupted sweep (its marker still says complete: false) resumes, reusing finished points
+    outputs.update_marker(str(out), complete=False)
+    os.remove(out / "sweep.json")
+    caplog.clear()
+    caplog.set_level(logging.INFO)
     again = run_script("slim/quant/calib_sweep.py", argv)
     assert caplog.text.count("reusing") == 2
     assert again["points"] == res["points"]
+    assert json.loads((out / outputs.MARKER).read_text())["complete"] is True
+    # --overwrite replaces the report; points with the same settings are reused
+    caplog.clear()
+    run_script("slim/quant/calib_sweep.py", argv + ["--overwrite"])
+    assert caplog.text.count("reusing") == 2
+    assert "sweep.log" in json.loads((out / outputs.MARKER).read_text())["files"]

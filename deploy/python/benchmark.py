@@ -12,6 +12,8 @@ then IoU and Dice per class, named from the dataset's labels.txt) and latency.pn
 class_iou.png, confusion.png (row-normalised, values in the cells), samples.png. Warns when INT8 is
 not faster than FP32, or when the deployed INT8 mIoU is more than 0.5 points
 from the fake-quant mIoU. Run it on an otherwise idle machine.
+The report (with benchmark.log) appears in --save_dir when complete; an earlier
+report there is replaced only with --overwrite.
 """
 import argparse
 import os
@@ -31,6 +33,7 @@ def get_args_parser():
     p.add_argument("--qat_model_path", default=None,
                    help="QAT weights of the first --int8 model: also evaluate its fake-quant model")
     p.add_argument("--save_dir", default="./output/benchmark")
+    cli.add_overwrite(p, "benchmark")
     cli.add_runtimes(p)
     p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
@@ -54,11 +57,15 @@ def main(args):
         if not os.path.isfile(os.path.join(d, "deploy.yaml")):
             raise FileNotFoundError(f"{flag} {d}: no inference directory there (no deploy.yaml); "
                                     "give a folder written by tools/export.py, qat_export.py or ptq.py")
-    cli.setup(None, args.save_dir, "benchmark.log")
-    cfg = load_config(args.config, opts=args.opts)
-    res = report.run_benchmark(cfg, dict(zip(names, dirs)), args.save_dir, args.qat_model_path,
-                               args.cpu_threads, args.warmup, args.repeats, args.num_images,
-                               runtimes=args.runtimes)
+    from segqat import outputs
+    cli.setup(None)
+    with outputs.claim(args.save_dir, "benchmark", overwrite=args.overwrite,
+                       inputs=[args.config, *dirs, args.qat_model_path]) as target:
+        cli.add_log_file(target.file("benchmark.log"))  # swapped in with the results
+        cfg = load_config(args.config, opts=args.opts)
+        res = report.run_benchmark(cfg, dict(zip(names, dirs)), args.save_dir, args.qat_model_path,
+                                   args.cpu_threads, args.warmup, args.repeats, args.num_images,
+                                   runtimes=args.runtimes)
     print(report.markdown_table(res))
     return res
 

@@ -9,7 +9,9 @@ the FP32 file; segqat/deploy/onnx_export.py says how and why). The model is
 run in ONNX Runtime on check images (--image_path, or synthetic ones) and
 written only if its labels agree with Paddle's own run of the export on at
 least --min_agreement of the pixels. An existing file is replaced only with
---overwrite.
+--overwrite, and only if it is an ONNX model segqat wrote; the export's own
+files (deploy.yaml, model.pdmodel, model.pdiparams) and the check images are
+never written over.
 
 Run it in ONNX Runtime as ``--runtime onnxruntime`` does: all graph
 optimizations, and on x86 ``session.x64quantprecision=1`` (without it, CPUs
@@ -39,7 +41,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Write an exported model as a checked ONNX model")
     p.add_argument("--config", required=True, help="deploy.yaml of an exported directory")
     p.add_argument("--save_path", required=True, help="the .onnx file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --save_path")
+    cli.add_overwrite(p, "ONNX model", flag="--save_path")
     p.add_argument("--image_path", default=None,
                    help="check images: a file, folder or list file (default: synthetic images)")
     p.add_argument("--min_agreement", type=agreement_fraction, default=onnx_export.MIN_AGREEMENT,
@@ -51,22 +53,26 @@ def get_args_parser():
 
 
 def main(args):
-    from segqat import deploy
+    from segqat import deploy, outputs
     from segqat.deploy import onnx_export
     cli.setup(args)
-    if os.path.exists(args.save_path) and not args.overwrite:
-        raise deploy.DeployError(f"--save_path {args.save_path} exists; give --overwrite to replace it")
+    dep = deploy.load_deploy_config(args.config)
     images = list_images(args.image_path) if args.image_path else None
-    pred = deploy.create_predictor(args.config, runtime="onnxruntime", threads=args.cpu_threads,
-                                   verbose=args.verbose, check_images=images,
-                                   min_agreement=args.min_agreement)
-    try:
-        onnx_export.save(pred.model, args.save_path, overwrite=args.overwrite)
-        res = {"onnx": args.save_path, "bytes": os.path.getsize(args.save_path),
-               "precision": pred.precision, "int8_kernels": dict(pred.int8_ops()),
-               "agreement_with_paddle": round(pred.agreement, 6)}
-    finally:
-        pred.close()
+    # the export's files and the check images are inputs: never written over, --overwrite or not
+    inputs = [dep["path"], dep["model_file"], dep["params_file"], *(images or [])]
+    with outputs.claim(args.save_path, "onnx", overwrite=args.overwrite, inputs=inputs,
+                       flag="--save_path"):
+        pred = deploy.create_predictor(args.config, runtime="onnxruntime", threads=args.cpu_threads,
+                                       verbose=args.verbose, check_images=images,
+                                       min_agreement=args.min_agreement)
+        try:
+            outputs.atomic_file_write(args.save_path, lambda tmp: onnx_export.save(pred.model, tmp),
+                                      kind="onnx")
+            res = {"onnx": args.save_path, "bytes": os.path.getsize(args.save_path),
+                   "precision": pred.precision, "int8_kernels": dict(pred.int8_ops()),
+                   "agreement_with_paddle": round(pred.agreement, 6)}
+        finally:
+            pred.close()
     print(f"wrote {args.save_path} ({res['bytes'] / 2**20:.2f} MB, {res['precision'].upper()}, "
           f"ONNX Runtime INT8 kernels {res['int8_kernels'] or 'none'}, labels agree with Paddle on "
           f"{res['agreement_with_paddle']:.2%} of check pixels)")

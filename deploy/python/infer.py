@@ -7,7 +7,12 @@
         --benchmark true           # median ms per image after warm-up
 
 The precision is the export's (deploy.yaml ``precision``); ``--precision``
-only overrides it. 
+only overrides it.
+--save_dir gets label PNGs (stem.png) and overlays (stem_overlay.png), written
+to a temporary folder and swapped in when all are done. It is refused if it
+holds or is one of the inputs, a training run or anything segqat did not write;
+an earlier prediction folder is replaced only with --overwrite (as a whole:
+FP32 and INT8 results are never mixed).
 --image_path: an image file, a folder of images, or a list file (one image
 path per line, optionally followed by a label path, relative to the list's folder).
 An INT8 model must compile INT8 kernels on the runtime (oneDNN on CPU for
@@ -15,6 +20,7 @@ Paddle Inference); a run without them is refused. GPU and TensorRT options are
 implemented but untested here (no GPU on the development machine).
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,6 +39,7 @@ def get_args_parser():
     p.add_argument("--config", required=True, help="deploy.yaml of an exported directory")
     p.add_argument("--image_path", required=True, help="image file, folder, or list file")
     p.add_argument("--save_dir", default="./output/result", help="where label PNGs and overlays go")
+    cli.add_overwrite(p, "prediction folder")
     p.add_argument("--runtime", choices=list(deploy.RUNTIMES), default="paddle",
                    help="inference runtime (default paddle: Paddle Inference)")
     p.add_argument("--precision", choices=list(deploy.PRECISIONS), default=None,
@@ -120,55 +127,83 @@ def runtime_options(args):
     return options
 
 
+def output_names(files):
+    """{image: stem} for the label PNG (stem.png) and overlay (stem_overlay.png) of each image;
+    two images that would write the same file are an error."""
+    names, taken = {}, {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        for out in (stem + ".png", stem + "_overlay.png"):
+            if out in taken and taken[out] != f:
+                raise ValueError(f"--image_path: {taken[out]} and {f} would both be written as "
+                                 f"{out} in --save_dir; rename one of them")
+            taken[out] = f
+        names[f] = stem
+    return names
+
+
 def main(args):
     import cv2
     import numpy as np
-    from segqat import deploy
+    from segqat import deploy, outputs
     cli.setup(args)
     shapes = [args.min_shape, args.opt_shape, args.max_shape]
     if args.use_trt and any(shapes) and not all(shapes):
         raise ValueError("--min_shape, --opt_shape and --max_shape go together")
     options = runtime_options(args)
     files = list_images(args.image_path)
-    pred = deploy.create_predictor(args.config, runtime=args.runtime, precision=args.precision,
-                                   threads=args.cpu_threads, verbose=args.verbose, **options)
+    target = contextlib.nullcontext()
+    if not args.benchmark:
+        for flag in ("save_ir", "save_onnx"):
+            if getattr(args, flag) and outputs.inside(getattr(args, flag), args.save_dir):
+                raise ValueError(f"--{flag} {getattr(args, flag)} is inside --save_dir "
+                                 f"{args.save_dir}, which holds the predictions only; choose a "
+                                 "path outside it")
+        stems = output_names(files)
+        # the images, the list file and the export are inputs: never written over
+        target = outputs.claim(args.save_dir, "prediction", overwrite=args.overwrite,
+                               inputs=[args.image_path, args.config, *files])
+    with target:
+        pred = deploy.create_predictor(args.config, runtime=args.runtime, precision=args.precision,
+                                       threads=args.cpu_threads, verbose=args.verbose, **options)
 
-    def read(f):
-        img = cv2.imread(f, cv2.IMREAD_COLOR)
-        if img is None:
-            raise deploy.DeployError(f"cannot read image file {f}")
-        return img
+        def read(f):
+            img = cv2.imread(f, cv2.IMREAD_COLOR)
+            if img is None:
+                raise deploy.DeployError(f"cannot read image file {f}")
+            return img
 
-    try:
-        if args.benchmark:
-            imgs = [read(f) for f in files[:args.batch_size]]
-            while len(imgs) < args.batch_size:
-                imgs.append(imgs[-1])
-            batch = np.stack([pred.preprocess(im)[0] for im in imgs])
-            times = pred.benchmark(batch, args.warmup, args.repeats)
-            per_img = statistics.median(times) / args.batch_size * 1000
-            res = {"model": args.config, "runtime": args.runtime, "precision": pred.precision,
-                   "threads": args.cpu_threads, "int8_kernels": sum(pred.int8_ops().values()),
-                   "input_shape": list(batch.shape), "median_ms_per_image": round(per_img, 3),
-                   "repeats": args.repeats}
-            print(json.dumps(res))
-            return res
-        os.makedirs(args.save_dir, exist_ok=True)
-        for i in range(0, len(files), args.batch_size):
-            chunk = files[i:i + args.batch_size]
-            imgs = [read(f) for f in chunk]
-            if len({im.shape for im in imgs}) > 1:
-                labels = [pred.predict([im])[0] for im in imgs]
-            else:
-                labels = pred.predict(imgs)
-            for f, im, lab in zip(chunk, imgs, labels):
-                stem = os.path.splitext(os.path.basename(f))[0]
-                deploy.save_label_png(lab, os.path.join(args.save_dir, stem + ".png"))
-                cv2.imwrite(os.path.join(args.save_dir, stem + "_overlay.png"),
-                            deploy.overlay(im, lab, pred.dep.get("num_classes")))
-        print(f"wrote {len(files)} label PNGs and overlays to {args.save_dir}")
-    finally:
-        pred.close()
+        try:
+            if args.benchmark:
+                imgs = [read(f) for f in files[:args.batch_size]]
+                while len(imgs) < args.batch_size:
+                    imgs.append(imgs[-1])
+                batch = np.stack([pred.preprocess(im)[0] for im in imgs])
+                times = pred.benchmark(batch, args.warmup, args.repeats)
+                per_img = statistics.median(times) / args.batch_size * 1000
+                res = {"model": args.config, "runtime": args.runtime, "precision": pred.precision,
+                       "threads": args.cpu_threads, "int8_kernels": sum(pred.int8_ops().values()),
+                       "input_shape": list(batch.shape), "median_ms_per_image": round(per_img, 3),
+                       "repeats": args.repeats}
+                print(json.dumps(res))
+                return res
+
+            def write(d):
+                for i in range(0, len(files), args.batch_size):
+                    chunk = files[i:i + args.batch_size]
+                    imgs = [read(f) for f in chunk]
+                    if len({im.shape for im in imgs}) > 1:
+                        labels = [pred.predict([im])[0] for im in imgs]
+                    else:
+                        labels = pred.predict(imgs)
+                    for f, im, lab in zip(chunk, imgs, labels):
+                        deploy.save_label_png(lab, os.path.join(d, stems[f] + ".png"))
+                        outputs.imwrite(os.path.join(d, stems[f] + "_overlay.png"),
+                                        deploy.overlay(im, lab, pred.dep.get("num_classes")))
+            outputs.atomic_dir_write(args.save_dir, write, kind="prediction")
+            print(f"wrote {len(files)} label PNGs and overlays to {args.save_dir}")
+        finally:
+            pred.close()
 
 
 if __name__ == "__main__":

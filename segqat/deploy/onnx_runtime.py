@@ -95,8 +95,10 @@ class OnnxRuntimePredictor(Predictor):
         except DeployError:
             self.close()
             raise
-        if save_onnx:
-            onnx_export.save(model, save_onnx)
+        if save_onnx:  # checked again right before the rename; never over an existing file
+            from .. import outputs
+            outputs.atomic_file_write(save_onnx, lambda tmp: onnx_export.save(model, tmp),
+                                      kind="onnx", overwrite=False, flag="--save_onnx")
 
     def int8_ops(self):
         return Counter({k: n for k, n in self._kernels.items() if k in onnx_export.INT8_KERNELS})

@@ -124,17 +124,30 @@ def save_model(model, path):
     import shutil
     import tempfile
     import openvino as ov
+    from .. import outputs
     _check_ir_path(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".segqat_ir_", dir=folder)
+    tmp = None
     try:
-        ov.save_model(model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
+        os.makedirs(folder, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".segqat_ir_", dir=folder)
+        try:
+            ov.save_model(model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
+        except RuntimeError as e:  # OpenVINO reports a failed write (disk full) this way
+            raise outputs.OutputError(f"--save_ir: cannot write {path}: {str(e).strip()[-300:]}") from e
         xml, bin_ = _ir_files(os.path.abspath(path))
-        os.replace(os.path.join(tmp, "model.bin"), bin_)
-        os.replace(os.path.join(tmp, "model.xml"), xml)
+        # never over a file that appeared meanwhile (os.link fails where os.replace would not)
+        outputs.place_new(os.path.join(tmp, "model.bin"), bin_, flag="--save_ir")
+        try:
+            outputs.place_new(os.path.join(tmp, "model.xml"), xml, flag="--save_ir")
+        except BaseException:
+            os.remove(bin_)  # the pair appears together or not at all
+            raise
+    except OSError as e:
+        raise outputs.io_error(path, e) from e
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _frontend_message(error):

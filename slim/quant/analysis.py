@@ -57,14 +57,15 @@ def main(args):
     cli.setup(args)
     from segqat.ptq import check_model_path
     check_model_path(args.model_path)
-    from segqat.outputs import check_save_dir
-    check_save_dir(args.save_dir, "analysis", overwrite=args.overwrite, inputs=[args.model_path])
-    cfg = load_config(args.config, opts=args.opts)
-    opts = analysis.AnalysisOptions(
-        mode=args.mode, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
-        batch_nums=args.batch_nums, layers=args.layers, skip_top=args.skip_top,
-        skip_threshold=args.skip_threshold)
-    return analysis.run_analysis(cfg, args.model_path, args.save_dir, opts)
+    from segqat import outputs
+    with outputs.claim(args.save_dir, "analysis", overwrite=args.overwrite,
+                       inputs=[args.model_path, args.config]):
+        cfg = load_config(args.config, opts=args.opts)
+        opts = analysis.AnalysisOptions(
+            mode=args.mode, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
+            batch_nums=args.batch_nums, layers=args.layers, skip_top=args.skip_top,
+            skip_threshold=args.skip_threshold)
+        return analysis.run_analysis(cfg, args.model_path, args.save_dir, opts)
 
 
 if __name__ == "__main__":

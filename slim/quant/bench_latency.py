@@ -18,6 +18,7 @@ weight values; accuracy is measured elsewhere (qat_val, benchmark).
 Run it on an otherwise idle machine.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -38,19 +39,29 @@ def get_args_parser():
     p.add_argument("--warmup", type=cli.positive_int, default=10)
     p.add_argument("--repeats", type=cli.positive_int, default=30)
     p.add_argument("--save_json", default=None, help="write the results here")
+    cli.add_overwrite(p, "results file", flag="--save_json")
     p.add_argument("--opts", nargs="+", default=[])
     return p
 
 
 
 def main(args):
-    import numpy as np
-    import paddle
-    from segqat import bench, deploy, export, quant
-    from segqat.config import load_config
     if args.model_path and len(args.config) > 1:
         raise ValueError("--model_path goes with a single --config")
     cli.setup(args)
+    from segqat import outputs
+    target = (outputs.claim(args.save_json, "latency", overwrite=args.overwrite,
+                            inputs=[*args.config, args.model_path], flag="--save_json")
+              if args.save_json else contextlib.nullcontext())
+    with target:
+        return _run(args)
+
+
+def _run(args):
+    import numpy as np
+    import paddle
+    from segqat import bench, deploy, export, outputs, quant
+    from segqat.config import load_config
     results = {"machine": dict(bench.machine(), paddle=paddle.__version__),
                "input_shape": args.input_shape, "cpu_threads": args.cpu_threads,
                "runtimes": list(args.runtimes),
@@ -100,9 +111,10 @@ def main(args):
                   f"{s['best']['ratio_int8_fp32']:.3f}", flush=True)
             results["models"][name] = s
     if args.save_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.save_json)), exist_ok=True)
-        with open(args.save_json, "w") as f:
-            json.dump(results, f, indent=2)
+        def write(path):
+            with open(path, "w") as f:
+                json.dump(results, f, indent=2)
+        outputs.atomic_file_write(args.save_json, write, kind="latency")
     return results
 
 

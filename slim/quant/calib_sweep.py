@@ -9,7 +9,10 @@ or quant_config.calibration_list) and seed, calibrating on all images of the
 seeded subset, and evaluates each INT8 model with Paddle Inference on the
 validation set beside the FP32 export. Writes save_dir/sweep.md (table),
 sweep.json and sweep.png (mIoU against calibration images); each PTQ model stays
-in save_dir/ptq_f<fraction>_s<seed>. Re-running the command reuses finished points.
+in save_dir/ptq_f<fraction>_s<seed>. Re-running the command on an unfinished sweep
+(interrupted) resumes it, reusing finished points; a finished sweep is replaced only
+with --overwrite (points with the same settings are reused); any other --save_dir
+content is refused.
 """
 import argparse
 import os
@@ -25,6 +28,7 @@ def get_args_parser():
     cli.add_config_args(parser, model_path_required=True,
                         model_path_help=cli.FP32_WEIGHTS_HELP)
     parser.add_argument("--save_dir", default="./output_quant/calib_sweep", help="where results go")
+    cli.add_overwrite(parser, "finished sweep")
     g = parser.add_argument_group("sweep")
     g.add_argument("--fractions", type=cli.fraction, nargs="+", default=[0.01, 0.05, 0.2, 1.0],
                    metavar="FRACTION", help="fractions (0, 1] of the calibration images "
@@ -38,15 +42,18 @@ def get_args_parser():
 
 
 def main(args):
-    from segqat import sweep
+    from segqat import outputs, sweep
     from segqat.config import load_config
-    cli.setup(args, save_dir=args.save_dir, log_name="sweep.log")
+    cli.setup(args)
     from segqat.ptq import check_model_path
     check_model_path(args.model_path)
-    cfg = load_config(args.config, opts=args.opts)
-    opts = sweep.SweepOptions(fractions=args.fractions, seeds=args.seeds, algo=args.algo,
-                              batch_size=args.batch_size, cpu_threads=args.cpu_threads or 1)
-    return sweep.run_sweep(cfg, args.model_path, args.save_dir, opts)
+    with outputs.claim(args.save_dir, "sweep", overwrite=args.overwrite,
+                       inputs=[args.model_path, args.config]) as target:
+        cli.add_log_file(target.file("sweep.log"))
+        cfg = load_config(args.config, opts=args.opts)
+        opts = sweep.SweepOptions(fractions=args.fractions, seeds=args.seeds, algo=args.algo,
+                                  batch_size=args.batch_size, cpu_threads=args.cpu_threads or 1)
+        return sweep.run_sweep(cfg, args.model_path, args.save_dir, opts)
 
 
 if __name__ == "__main__":

@@ -51,14 +51,16 @@ def main(args):
     fp32_export.resolve_output_op(get_args_parser(), args)
     cli.setup(args)
     ptq.check_model_path(args.model_path)
-    outputs.check_save_dir(args.save_dir, "export", overwrite=args.overwrite, inputs=[args.model_path])
-    cfg = load_config(args.config, opts=args.opts)
-    export.check_input_shape(cfg, args.input_shape)
-    opts = ptq.PTQOptions(
-        algo=args.algo, batch_size=args.batch_size, batch_nums=args.batch_nums,
-        split=args.quantization_split, seed=args.seed, random_calibration=args.random_calibration,
-        output_op=args.output_op, input_shape=args.input_shape, cpu_threads=args.cpu_threads or 1)
-    return ptq.run_ptq(cfg, args.model_path, args.save_dir, opts)
+    # checked and locked now, checked again right before the swap (calibration takes a while)
+    with outputs.claim(args.save_dir, "export", overwrite=args.overwrite,
+                       inputs=[args.model_path, args.config]):
+        cfg = load_config(args.config, opts=args.opts)
+        export.check_input_shape(cfg, args.input_shape)
+        opts = ptq.PTQOptions(
+            algo=args.algo, batch_size=args.batch_size, batch_nums=args.batch_nums,
+            split=args.quantization_split, seed=args.seed, random_calibration=args.random_calibration,
+            output_op=args.output_op, input_shape=args.input_shape, cpu_threads=args.cpu_threads or 1)
+        return ptq.run_ptq(cfg, args.model_path, args.save_dir, opts)
 
 
 if __name__ == "__main__":

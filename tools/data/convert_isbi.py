@@ -6,6 +6,8 @@ Fixed split: the last --num_val images by index (24..29 by default) are val,
 the rest train. Writes labels/N.png with 255 -> 1 (0 membrane, 1 cell),
 train.txt / val.txt listing the source images by absolute path (not copied),
 and labels.txt.
+The data set appears when complete; an earlier one at --save_dir is replaced
+only with --overwrite, and a folder of anything else is refused.
 """
 import argparse
 import logging
@@ -14,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from segqat import datagen  # noqa: E402
+from segqat import cli, datagen  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ def get_args_parser():
     parser.add_argument("--src", default="../shared/data/isbi2012_membrane",
                         help="folder with image/N.png and label/N.png (read only)")
     parser.add_argument("--save_dir", default="data/isbi", help="output folder")
+    cli.add_overwrite(parser, "data set")
     parser.add_argument("--num_val", type=int, default=6,
                         help="the last NUM_VAL images by index go to val")
     return parser
@@ -31,7 +34,8 @@ def get_args_parser():
 
 def main(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s")
-    info = datagen.convert_isbi(args.src, args.save_dir, num_val=args.num_val)
+    info = datagen.convert_isbi(args.src, args.save_dir, num_val=args.num_val,
+                                overwrite=args.overwrite)
     logger.info("wrote %d train / %d val labels (%d classes) to %s",
                 info["num_train"], info["num_val"], info["num_classes"],
                 info["dataset_root"])
@@ -41,4 +45,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser().parse_args())

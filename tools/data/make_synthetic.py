@@ -8,6 +8,8 @@ The model zoo's easier set (large objects, colours that barely overlap):
 
 Writes images/, labels/, train.txt, val.txt and labels.txt under --save_dir
 (see segqat.datagen.make_synthetic). The same --seed gives identical files.
+The data set appears when complete; an earlier one at --save_dir is replaced
+only with --overwrite, and a folder of anything else is refused.
 """
 import argparse
 import logging
@@ -16,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from segqat import datagen  # noqa: E402
+from segqat import cli, datagen  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--save_dir", default="data/synthetic", help="output folder")
+    cli.add_overwrite(parser, "data set")
     parser.add_argument("--num_train", type=int, default=200, help="training images (>= 1)")
     parser.add_argument("--num_val", type=int, default=40, help="validation images (>= 1)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (>= 32)")
@@ -44,7 +47,8 @@ def main(args):
     info = datagen.make_synthetic(args.save_dir, num_train=args.num_train,
                                   num_val=args.num_val, size=args.size,
                                   num_classes=args.num_classes, seed=args.seed,
-                                  object_size=args.object_size, colour_jitter=args.colour_jitter)
+                                  object_size=args.object_size, colour_jitter=args.colour_jitter,
+                                  overwrite=args.overwrite)
     logger.info("wrote %d train / %d val images (%dx%d, %d classes) to %s",
                 info["num_train"], info["num_val"], args.size, args.size,
                 info["num_classes"], info["dataset_root"])
@@ -54,4 +58,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser().parse_args())
