@@ -205,18 +205,18 @@ def test_save_metrics_never_replaces_a_file_silently(script, run, syn_cfg, tmp_p
 
 
 def test_save_metrics_overwrite_and_recheck(syn_cfg, fp32_run, tmp_path, caplog, monkeypatch):
-    from segqat import engine
+    from segqat import workflow
     f = tmp_path / "m.json"
     argv = ["--config", syn_cfg, "--model_path", fp32_run / "best_model" / "model.pdparams",
             "--save_metrics", f]
     # a file that appears while the evaluation runs is not replaced
     g = tmp_path / "new.json"
-    real = engine.evaluate
+    real = workflow.evaluate
 
     def meanwhile(*a, **k):
         g.write_text("saved meanwhile\n")
         return real(*a, **k)
-    monkeypatch.setattr(engine, "evaluate", meanwhile)
+    monkeypatch.setattr(workflow, "evaluate", meanwhile)
     msg = fails("tools/val.py", argv[:-1] + [g], caplog)
     assert "exists; give --overwrite" in msg and g.read_text() == "saved meanwhile\n"
     monkeypatch.undo()
@@ -240,7 +240,7 @@ def test_ptq_rechecks_save_dir_before_the_swap(syn_cfg, fp32_run, tmp_path, capl
     from segqat import cli, ptq
     out = tmp_path / "ptq"
     seen = {}
-    real = ptq.evaluate_predictor
+    real = ptq.evaluate
 
     def meanwhile(*a, **k):
         train_args = load_script("tools/train.py").get_args_parser().parse_args(
@@ -255,7 +255,7 @@ def test_ptq_rechecks_save_dir_before_the_swap(syn_cfg, fp32_run, tmp_path, capl
         fake_run(out)  # a run of an older segqat, which does not take the lock
         seen["run"] = tree(out)
         return real(*a, **k)
-    monkeypatch.setattr(ptq, "evaluate_predictor", meanwhile)
+    monkeypatch.setattr(ptq, "evaluate", meanwhile)
     msg = fails("slim/quant/ptq.py", ["--config", syn_cfg, "--model_path",
                                       fp32_run / "best_model" / "model.pdparams", "--save_dir", out,
                                       "--batch_size", 2, "--batch_nums", 1, "--algo", "abs_max"], caplog)
