@@ -31,10 +31,10 @@ from collections import Counter
 from . import onnx_export, parity
 from .contract import DeployError, Predictor
 
-OPTIONS = ("save_onnx", "check_images", "min_agreement")
+OPTIONS = ("save_onnx", "check_images", "min_agreement", "profile_prefix")
 
 
-def session_options(threads, optimized_path=None, verbose=False):
+def session_options(threads, optimized_path=None, verbose=False, profile_prefix=None):
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
@@ -49,15 +49,18 @@ def session_options(threads, optimized_path=None, verbose=False):
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if optimized_path:
         so.optimized_model_filepath = optimized_path
+    if profile_prefix:  # ORT's profiler: a JSON of node times, written at end_profiling()
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     if not verbose:  # its warning that an ORT_ENABLE_ALL graph is hardware-specific
         so.log_severity_level = 3
     return so
 
 
-def session(model_bytes, threads, optimized_path=None, verbose=False):
+def session(model_bytes, threads, optimized_path=None, verbose=False, profile_prefix=None):
     import onnxruntime as ort
     try:
-        return ort.InferenceSession(model_bytes, session_options(threads, optimized_path, verbose),
+        return ort.InferenceSession(model_bytes, session_options(threads, optimized_path, verbose, profile_prefix),
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException
         raise DeployError(f"ONNX Runtime cannot load the converted model: {e}") from e
@@ -67,7 +70,7 @@ class OnnxRuntimePredictor(Predictor):
     runtime = "onnxruntime"
 
     def __init__(self, dep, precision, threads, verbose=False, save_onnx=None, check_images=None,
-                 min_agreement=parity.MIN_AGREEMENT):
+                 min_agreement=parity.MIN_AGREEMENT, profile_prefix=None):
         import onnx
         super().__init__(dep, precision, threads)
         if precision == "fp16":
@@ -82,7 +85,7 @@ class OnnxRuntimePredictor(Predictor):
         tmp = tempfile.mkdtemp(prefix="segqat_ort_")
         try:
             optimized = os.path.join(tmp, "optimized.onnx")
-            self.session = session(model.SerializeToString(), threads, optimized, verbose)
+            self.session = session(model.SerializeToString(), threads, optimized, verbose, profile_prefix)
             self._kernels = Counter(n.op_type for n in onnx.load(optimized).graph.node)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ from collections import Counter
 
 from .contract import DeployError, Predictor
 
-OPTIONS = ("inference_precision", "save_ir")
+OPTIONS = ("inference_precision", "save_ir", "perf_count")
 INT8_TYPES = {"u8", "i8"}
 # compute layers (runtime-graph layerType) counted as INT8 kernels
 COMPUTE_LAYERS = {"Convolution", "Deconvolution", "MatMul", "FullyConnected"}
@@ -162,7 +162,8 @@ def _frontend_message(error):
 class OpenVINOPredictor(Predictor):
     runtime = "openvino"
 
-    def __init__(self, dep, precision, threads, verbose=False, inference_precision="f32", save_ir=None):
+    def __init__(self, dep, precision, threads, verbose=False, inference_precision="f32", save_ir=None,
+                 perf_count=False):
         import openvino as ov
         super().__init__(dep, precision, threads)
         if precision == "fp16":
@@ -185,6 +186,7 @@ class OpenVINOPredictor(Predictor):
             "INFERENCE_PRECISION_HINT": inference_precision,
             "INFERENCE_NUM_THREADS": int(threads),
             "PERFORMANCE_HINT": "LATENCY",
+            "PERF_COUNT": bool(perf_count),  # per-layer counters (segqat.op_profile)
         })
         self.request = self.compiled.create_infer_request()
         self._output = self.compiled.output(0)

@@ -21,7 +21,7 @@ from .contract import DeployError, Predictor
 logger = logging.getLogger(__name__)
 
 OPTIONS = ("device", "enable_mkldnn", "batch_size", "use_trt", "trt_min_shape", "trt_opt_shape",
-           "trt_max_shape", "optim_dir")
+           "trt_max_shape", "optim_dir", "profile")
 
 
 def program_op_types(pdmodel_path):
@@ -92,7 +92,7 @@ class PaddlePredictor(Predictor):
 
     def __init__(self, dep, precision, threads, device="cpu", enable_mkldnn=True, batch_size=1,
                  use_trt=False, trt_min_shape=None, trt_opt_shape=None, trt_max_shape=None,
-                 optim_dir=None, verbose=False):
+                 optim_dir=None, profile=False, verbose=False):
         from paddle import inference as pi
         from .. import compat
         super().__init__(dep, precision, threads)
@@ -151,6 +151,8 @@ class PaddlePredictor(Predictor):
                         cfg.set_optim_cache_dir(self._optim_dir)
             for name in delete:
                 cfg.delete_pass(name)
+            if profile:  # Paddle's operator profiler; its report is printed when the predictor goes
+                cfg.enable_profile()
             return cfg
 
         self.device = device
