@@ -83,7 +83,7 @@ _SECTION_KEYS = {
         "fuse_conv_bn": bool, "window_size": int, "dtype": str,
         "weight_granularity": str, "pact": bool, "pact_alpha_init": (float, int),
         "quantize_scope": str,
-        "calibration_list": str, "int8_residual_fusion": bool,
+        "calibration_list": str, "int8_residual_fusion": bool, "skip_layer_kinds": list,
     },
 }
 

@@ -53,10 +53,19 @@ DEFAULT_QUANT_CONFIG = {
     # Paddle Inference (oneDNN) only: false runs INT8 without the conv + residual-add
     # fusion, which leaves some quantized convolutions FP32 (compat.residual_fusions)
     "int8_residual_fusion": True,
+    # kinds of layer (LAYER_KINDS) left float. Depthwise convolutions that multiply their
+    # channels (groups = input channels < output channels: BiSeNetV2's gather-and-expansion
+    # layers) run slower in INT8 than FP32 on every runtime measured: oneDNN has no INT8 JIT
+    # kernel for them on AVX2 (its reference loop, 50x its FP32 time), OpenVINO runs them
+    # as a gemm (slower than FP32), ONNX Runtime as ConvInteger
+    # (benchmarks/speed/, slim/quant/layer_latency.py)
+    "skip_layer_kinds": ["depthwise_multiplier"],
 }
 # Keys that are ours (not paddleslim's QAT config).
 _OWN_KEYS = ("skip_layers", "pact", "pact_alpha_init", "quantize_scope", "weight_granularity",
-             "calibration_list", "int8_residual_fusion")
+             "calibration_list", "int8_residual_fusion", "skip_layer_kinds")
+# What quant_config.skip_layer_kinds can name (layer_kind)
+LAYER_KINDS = ("conv1x1", "conv", "depthwise", "depthwise_multiplier", "grouped", "linear")
 
 GRANULARITY = {"per_channel": "channel_wise_abs_max", "per_tensor": "abs_max"}
 SCOPES = ("all", "backbone")
@@ -72,6 +81,7 @@ _ALLOWED = {
     "activation_bits": (8, 16),
     "quantizable_layer_type": ("Conv2D", "Linear"),
     "quantize_scope": SCOPES,
+    "skip_layer_kinds": LAYER_KINDS,
 }
 
 # Substrings of parameter names that only fake-quant layers have.
@@ -112,13 +122,16 @@ def quant_settings(cfg, purpose="train"):
                 f"{where} contradict each other ({gran} means {GRANULARITY[gran]}); set one of them")
         user["weight_quantize_type"] = GRANULARITY[gran]
     qc.update(user)
+    if not isinstance(qc["skip_layer_kinds"], list):
+        raise ConfigError(f"quant_config.skip_layer_kinds = {qc['skip_layer_kinds']!r} in {where}: "
+                          f"expected a list of {list(LAYER_KINDS)} (or [])")
     for key, allowed in _ALLOWED.items():
         vals = qc[key] if isinstance(qc[key], list) else [qc[key]]
         for v in vals:
             if v not in allowed:
-                raise ConfigError(
-                    f"quant_config.{key} = {v!r} in {where}: allowed {list(allowed)} (what "
-                    "Paddle Inference can run as INT8, plus 16 bits as a diagnostic)")
+                why = (" (kinds of layer, see quant.layer_kind)" if key == "skip_layer_kinds" else
+                       " (what Paddle Inference can run as INT8, plus 16 bits as a diagnostic)")
+                raise ConfigError(f"quant_config.{key} = {v!r} in {where}: allowed {list(allowed)}{why}")
     if not float(qc["pact_alpha_init"]) > 0:
         raise ConfigError(f"quant_config.pact_alpha_init must be > 0, got {qc['pact_alpha_init']}")
     if not 0 < float(qc["moving_rate"]) < 1:
@@ -161,12 +174,29 @@ def _quantizable_types(qc):
     return tuple(getattr(paddle.nn, t) for t in qc["quantizable_layer_type"])
 
 
+def layer_kind(layer):
+    """One of ``LAYER_KINDS`` for a Conv2D / Linear layer (None for other layers)."""
+    import paddle
+    if isinstance(layer, paddle.nn.Linear):
+        return "linear"
+    if not isinstance(layer, paddle.nn.Conv2D):
+        return None
+    out_c, in_per_group = layer.weight.shape[0], layer.weight.shape[1]
+    groups = layer._groups
+    if groups == 1:
+        return "conv1x1" if tuple(layer.weight.shape[2:]) == (1, 1) else "conv"
+    if in_per_group == 1:
+        return "depthwise" if out_c == groups else "depthwise_multiplier"
+    return "grouped"
+
+
 def _mark_skipped(model, qc):
     """Set ``skip_quant`` on the layers to leave in float; returns their names.
 
     Those are the sublayers matching a ``skip_layers`` pattern (fnmatch on the
-    layer name, e.g. ``head.*``) and, with ``quantize_scope: backbone``, the
-    quantizable layers outside the backbone.
+    layer name, e.g. ``head.*``), the quantizable layers of a kind named in
+    ``skip_layer_kinds`` and, with ``quantize_scope: backbone``, the quantizable
+    layers outside the backbone.
     """
     patterns = qc.get("skip_layers") or []
     layers = dict(model.named_sublayers())
@@ -181,8 +211,17 @@ def _mark_skipped(model, qc):
     if scoped:
         logger.info("quantize_scope backbone: %d quantizable layer(s) outside the backbone stay "
                     "float", len(scoped))
+    kinds = set(qc.get("skip_layer_kinds") or [])
+    by_kind = [n for n, layer in layers.items() if kinds and isinstance(layer, _quantizable_types(qc))
+               and layer_kind(layer) in kinds]
+    if by_kind:
+        logger.info("Not quantizing %d layer(s) of kind %s (quant_config.skip_layer_kinds)",
+                    len(by_kind), sorted(kinds))
     matched = set(skipped)
-    skipped += [n for n in scoped if n not in matched]
+    for n in scoped + by_kind:
+        if n not in matched:
+            matched.add(n)
+            skipped.append(n)
     for name in skipped:
         layers[name].skip_quant = True
     return skipped
@@ -441,6 +480,13 @@ def _load(model, path, expect_quant):
             raise WeightsError(
                 f"--model_path {path} holds FP32 weights (no quantizer scales). This command needs "
                 "QAT weights: the output of slim/quant/qat_train.py (save_dir/best_model/model.pdparams)."
+                f"\n{e}") from None
+        if expect_quant and has_quant:
+            raise WeightsError(
+                f"--model_path {path}: its quantizers do not match the layers this config quantizes "
+                "(quant_config skip_layers / skip_layer_kinds / quantize_scope differ from the QAT "
+                "run's). Use the config the QAT run wrote (its save_dir/config.yaml); a run made "
+                "before skip_layer_kinds existed needs --opts quant_config.skip_layer_kinds=[]."
                 f"\n{e}") from None
         if not expect_quant and has_quant:
             raise WeightsError(
