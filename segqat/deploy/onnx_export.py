@@ -237,13 +237,13 @@ def convert(dep):
         model.producer_name = "segqat (paddle2onnx)"
         onnx.checker.check_model(model)
         return model
-    n_bias, n_integer = to_qdq(model, quant)
+    n_bias, n_chained, n_integer = to_qdq(model, quant)
     model.producer_name = "segqat (paddle2onnx + QDQ)"
     onnx.checker.check_model(model)
     kinds = Counter(v["kind"] for v in quant.values())
     logger.info("ONNX QDQ: %d quantized activations, %d int8 weights; %d convolutions with a "
-                "quantized output (int32 bias), %d with a float output (ConvInteger)",
-                kinds["act"], kinds["weight"], n_bias, n_integer)
+                "quantized output (int32 bias; %d with their batch norm folded in), %d with a float "
+                "output (ConvInteger)", kinds["act"], kinds["weight"], n_bias, n_chained, n_integer)
     return model
 
 

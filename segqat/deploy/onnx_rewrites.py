@@ -25,6 +25,22 @@ weight, see ``onnx_export``), becomes:
    are identity, segqat/compat/old_ir_export.py; PTQ exports) becomes
    ConvInteger + Mul by (input scale x weight scale): ONNX Runtime has no INT8
    conv with a float output and would run DQ -> Conv in float.
+3. A quantized convolution whose output goes through a batch norm (and a relu) in
+   float before a quantizer, every reader of that tensor quantizing it with one scale
+   (it feeds only quantized convolutions), becomes Conv(batch norm folded) -> Q, the
+   pattern of item 2:
+   * the batch norm goes into the convolution: per output channel, the int8 weights stay
+     the same integers (their sign flipped where the batch norm's factor is negative) and
+     the weight scale is multiplied by |gamma / sqrt(var + eps)|; the bias becomes
+     ``(bias - mean) * factor + beta``. Exact up to float rounding.
+   * a relu before the quantizer becomes the quantizer's zero point: uint8 with zero
+     point 0 (negative values saturate to 0, as the relu makes them) instead of 128, and
+     the dequantize readers take the same zero point. The integers equal Paddle's
+     symmetric int8 ones for every value up to 127 steps; above that Paddle clips at 127
+     and this keeps up to 255 (values beyond the calibrated range, rare).
+   Why: ONNX Runtime's ConvInteger (u8 x u8, the only INT8 convolution with a float
+   output) is slower than its FP32 convolution; QLinearConv (u8 x s8) is not
+   (slim/quant/profile_ops.py).
 
 Activations are written as uint8 with zero point 128: the same numbers as
 Paddle's symmetric int8 (Paddle's quantize_linear rounds half to even and clips
@@ -43,18 +59,20 @@ from .contract import DeployError
 def to_qdq(model, quant):
     """Rewrite ``model`` (paddle2onnx's conversion of a program whose quantize/dequantize
     ops became placeholders) in place into the QDQ form (module docstring); returns
-    ``(convolutions with an int32 bias, convolutions lowered to ConvInteger)``.
+    ``(convolutions with an int32 bias, of those the ones with their batch norm folded in,
+    convolutions lowered to ConvInteger)``.
 
     ``quant``: {placeholder output: {"kind": "act" or "weight", "src": the tensor
     quantized, "scale": Paddle's scale array, "axis": its quant_axis, "bits": its bit
     length}}, as ``onnx_export`` collects it from the program."""
     gr = _insert_qdq(model, quant)
     _drop_identities(model)
+    n_chained = _chain_quantized_convs(model, gr)
     n_integer = _lower_float_output_convs(model, gr)
     n_bias = _fold_conv_bias(model, gr)
     _prune(model)
     _topological(model)
-    return n_bias, n_integer
+    return n_bias, n_chained, n_integer
 
 
 def _subgraphs(node):
@@ -316,6 +334,115 @@ def _bias_add(n, cons, gr, prod, outputs):
             or b.ndim > 1 and b.shape not in ((1, cout, 1, 1), (cout, 1, 1))):
         return None, None
     return add, b.reshape(-1)
+
+
+def _single_reader(cons, name, outputs, op_type):
+    users = cons.get(name, [])
+    if len(users) != 1 or users[0].op_type != op_type or name in outputs:
+        return None
+    return users[0]
+
+
+def _bn_params(bn, gr):
+    vals = [gr.const.get(i) for i in bn.input[1:5]]
+    if any(v is None for v in vals):
+        return None
+    eps = 1e-5
+    for a in bn.attribute:
+        if a.name == "epsilon":
+            eps = a.f
+    gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in vals)
+    factor = gamma / np.sqrt(var + eps)
+    return factor, beta - mean * factor
+
+
+def _chain_quantized_convs(model, gr):
+    """Rewrite each ``Conv -> [Add] -> BN -> [Relu] -> Q...`` whose quantizers share one
+    scale into ``Conv(BN folded) -> Add(bias) -> Q`` (item 3 of the module docstring);
+    returns how many."""
+    from onnx import helper
+    prod, cons = gr.producer(), gr.consumers()
+    outputs = {o.name for o in model.graph.output}
+    drop, before, after, count = set(), {}, {}, 0  # nodes to put before / after a Conv
+    for n in list(model.graph.node):
+        pair = _quantized_conv_inputs(n, prod, gr)
+        if pair is None:
+            continue
+        dx, dw = pair
+        add, b = _bias_add(n, cons, gr, prod, outputs)
+        cur = add.output[0] if add is not None else n.output[0]
+        bn = _single_reader(cons, cur, outputs, "BatchNormalization")
+        if bn is None:
+            continue
+        folded = _bn_params(bn, gr)
+        if folded is None:
+            continue
+        factor, shift = folded
+        cur = bn.output[0]
+        relu = _single_reader(cons, cur, outputs, "Relu")
+        if relu is not None:
+            cur = relu.output[0]
+        qs = cons.get(cur, [])
+        if not qs or cur in outputs or any(q.op_type != "QuantizeLinear" for q in qs):
+            continue
+        scale, zp = qs[0].input[1], qs[0].input[2] if len(qs[0].input) > 2 else ""
+        if (not zp or scale not in gr.const or zp not in gr.const
+                or any(q.input[1:3] != qs[0].input[1:3] for q in qs)):
+            continue
+        w = gr.const[dw.input[0]]
+        cout = w.shape[0]
+        if factor.size != cout or np.any(factor == 0) or not np.all(np.isfinite(factor)):
+            continue
+        sign = np.where(factor < 0, -1, 1).astype(np.int16)
+        if np.any((w.reshape(cout, -1) == -128).any(axis=1) & (sign < 0)):
+            continue  # -(-128) is not an int8
+        sw = np.broadcast_to(np.asarray(gr.const[dw.input[1]], np.float32).reshape(-1), (cout,))
+        base = n.output[0]
+        w_new = (w.astype(np.int16) * sign.reshape((cout,) + (1,) * (w.ndim - 1))).astype(np.int8)
+        wname = gr.initializer(f"{base}.weight_bn_folded", w_new)
+        sname = gr.initializer(f"{base}.weight_bn_folded.scale",
+                               (sw * np.abs(factor)).astype(np.float32))
+        wzp = gr.initializer(f"{base}.weight_bn_folded.zero_point", np.zeros(cout, np.int8))
+        wdq = gr.unique(f"{base}.weight_bn_folded.dequantized")
+        before[id(n)] = helper.make_node("DequantizeLinear", [wname, sname, wzp], [wdq],
+                                         name=gr.unique(f"{base}.weight.DequantizeLinear"), axis=0)
+        n.input[1] = wdq
+        bias = (b if b is not None else np.zeros(cout)) * factor + shift
+        bname = gr.initializer(f"{base}.bn_folded_bias", bias.astype(np.float32).reshape(1, cout, 1, 1))
+        # Conv -> Add(bias) -> Q: the form _fold_conv_bias turns into an int32 Conv bias
+        conv_out = gr.unique(f"{base}.bn_folded")
+        n.output[0] = conv_out
+        if add is not None:
+            drop.add(id(add))
+        drop.add(id(bn))
+        add_out = gr.unique(f"{base}.bn_folded_biased")
+        after[id(n)] = helper.make_node("Add", [conv_out, bname], [add_out],
+                                        name=gr.unique(f"{base}.bias.Add"))
+        keep_q = qs[0]
+        keep_q.input[0] = add_out
+        if relu is not None:
+            drop.add(id(relu))
+            zp0 = gr.initializer(f"{keep_q.output[0]}.zero_point_relu", np.uint8(0))
+            keep_q.input[2] = zp0
+        for q in qs[1:]:  # one quantizer: the others' readers read the first one's output
+            drop.add(id(q))
+            for r in cons.get(q.output[0], []):
+                for i, name in enumerate(r.input):
+                    if name == q.output[0]:
+                        r.input[i] = keep_q.output[0]
+        if relu is not None:
+            for r in [r for q in qs for r in cons.get(q.output[0], [])]:
+                if r.op_type == "DequantizeLinear":
+                    r.input[2] = keep_q.input[2]
+        count += 1
+    nodes = []  # in graph order (later passes walk it so)
+    for x in model.graph.node:
+        if id(x) in drop:
+            continue
+        nodes += [m for m in (before.get(id(x)), x, after.get(id(x))) if m is not None]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
 
 
 def _lower_float_output_convs(model, gr):
