@@ -111,8 +111,8 @@ def candidate_layers(cfg, qc, patterns):
     quantized ones matching ``patterns``, all of them without patterns) and the
     names of all layers the config quantizes."""
     model = builder.build_model(cfg)
-    skipped = set(quant._mark_skipped(model, qc))
-    kinds = quant._quantizable_types(qc)
+    skipped = set(quant.mark_skipped(model, qc))
+    kinds = quant.quantizable_types(qc)
     out = [(n, type(l).__name__, int(sum(np.prod(p.shape) for p in l.parameters(include_sublayers=False))))
            for n, l in model.named_sublayers() if isinstance(l, kinds) and n not in skipped]
     if patterns:

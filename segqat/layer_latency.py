@@ -28,8 +28,8 @@ def layers_by_kind(cfg, qc, model_path=None):
     """``{kind: [layer names]}`` of the layers ``qc`` would quantize."""
     from . import quant
     model, _ = quant.build_model(cfg, model_path)
-    skipped = set(quant._mark_skipped(model, qc))
-    kinds = quant._quantizable_types(qc)
+    skipped = set(quant.mark_skipped(model, qc))
+    kinds = quant.quantizable_types(qc)
     out = {}
     for name, layer in model.named_sublayers():
         if isinstance(layer, kinds) and name not in skipped:
@@ -38,12 +38,12 @@ def layers_by_kind(cfg, qc, model_path=None):
 
 
 def _export_int8(cfg, qc, skip, d, input_shape, model_path):
-    from . import export, quant
+    from . import calibration, export, quant
     model, _ = quant.build_model(cfg, model_path)
     q = dict(qc, skip_layers=list(qc.get("skip_layers") or []) + list(skip))
     quanter = quant.quantize(model, q, pact=False, in_channels=input_shape[1])
     rng = np.random.RandomState(0)
-    quant.calibrate(model, [rng.rand(*input_shape).astype("float32") * 2 - 1 for _ in range(2)])
+    calibration.calibrate(model, [rng.rand(*input_shape).astype("float32") * 2 - 1 for _ in range(2)])
     return export.export_model(cfg, model, d, input_shape, quanter=quanter)
 
 

@@ -99,7 +99,7 @@ def quantizable_op_types(qc):
 def skip_weight_names(model, qc):
     """Static weight names of the Conv2D / Linear layers matched by quant_config.skip_layers."""
     import paddle
-    skipped = quant._mark_skipped(model, qc)
+    skipped = quant.mark_skipped(model, qc)
     names = []
     for name, layer in model.named_sublayers():
         if name in skipped and isinstance(layer, (paddle.nn.Conv2D, paddle.nn.Linear)):

@@ -164,12 +164,12 @@ def scope_skips(model, qc):
             f"quant_config.quantize_scope = backbone: {type(model).__name__} has no `backbone` "
             f"sublayer (its top-level sublayers: {', '.join(tops)}). Use quantize_scope: all with "
             "skip_layers patterns instead, e.g. skip_layers: ['head.*']")
-    kinds = _quantizable_types(qc)
+    kinds = quantizable_types(qc)
     return [n for n, layer in model.named_sublayers()
             if isinstance(layer, kinds) and not n.startswith("backbone.")]
 
 
-def _quantizable_types(qc):
+def quantizable_types(qc):
     import paddle
     return tuple(getattr(paddle.nn, t) for t in qc["quantizable_layer_type"])
 
@@ -190,7 +190,7 @@ def layer_kind(layer):
     return "grouped"
 
 
-def _mark_skipped(model, qc):
+def mark_skipped(model, qc):
     """Set ``skip_quant`` on the layers to leave in float; returns their names.
 
     Those are the sublayers matching a ``skip_layers`` pattern (fnmatch on the
@@ -212,7 +212,7 @@ def _mark_skipped(model, qc):
         logger.info("quantize_scope backbone: %d quantizable layer(s) outside the backbone stay "
                     "float", len(scoped))
     kinds = set(qc.get("skip_layer_kinds") or [])
-    by_kind = [n for n, layer in layers.items() if kinds and isinstance(layer, _quantizable_types(qc))
+    by_kind = [n for n, layer in layers.items() if kinds and isinstance(layer, quantizable_types(qc))
                and layer_kind(layer) in kinds]
     if by_kind:
         logger.info("Not quantizing %d layer(s) of kind %s (quant_config.skip_layer_kinds)",
@@ -270,7 +270,7 @@ def quantize(model, qc, pact=None, in_channels=3):
     a target that folds before quantizing sees them."""
     if qc.get("fuse_conv_bn"):
         fold_batch_norms(model, in_channels)
-    _mark_skipped(model, qc)
+    mark_skipped(model, qc)
     quanter = make_quanter(qc, pact)
     quanter.quantize(model)
     return quanter

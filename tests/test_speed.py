@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SYN_CONFIG, run_script, write_config
-from segqat import deploy, export, quant
+from conftest import SYN_CONFIG, run_script
+from segqat import calibration, deploy, export, quant
 from segqat.config import load_config
 
 
 def _quantized_export(cfg, out):
     model, _ = quant.build_model(cfg)
     quanter = quant.quantize(model, quant.quant_settings(cfg, purpose="export"))
-    quant.calibrate(model, [np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32") * 2 - 1])
+    calibration.calibrate(model, [np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32") * 2 - 1])
     export.export_model(cfg, model, str(out), [1, 3, 64, 64], quanter=quanter)
     return model
 
