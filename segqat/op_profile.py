@@ -130,7 +130,9 @@ def _profile_paddle(infer_dir, precision, shape, threads, warmup, runs):
                 % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(infer_dir),
                    precision, list(shape), threads, warmup, runs, out))
         env = dict(os.environ, ONEDNN_VERBOSE="1", GLOG_minloglevel="2")
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        # cwd: Paddle's profiler writes a profile.log into the working folder
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              cwd=tmp)
         if proc.returncode or not os.path.isfile(out):
             raise RuntimeError(f"profiling {infer_dir} on Paddle Inference failed "
                                f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
