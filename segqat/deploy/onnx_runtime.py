@@ -23,6 +23,7 @@ The proof of INT8 is the optimized graph ONNX Runtime saves
 (``SessionOptions.optimized_model_filepath``): its QLinearConv / ConvInteger /
 MatMulInteger / QLinearMatMul nodes.
 """
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from collections import Counter
 from . import onnx_export, parity
 from .contract import DeployError, Predictor
 
+logger = logging.getLogger(__name__)
 OPTIONS = ("save_onnx", "check_images", "min_agreement", "profile_prefix")
 
 
@@ -66,6 +68,21 @@ def session(model_bytes, threads, optimized_path=None, verbose=False, profile_pr
         raise DeployError(f"ONNX Runtime cannot load the converted model: {e}") from e
 
 
+def _warn_without_vnni():
+    """ONNX Runtime's INT8 convolution is not faster than its FP32 one on an x86 CPU without
+    VNNI: QLinearConv's fast u8 x s8 kernel (vpmaddubsw) saturates its 16-bit pair sums
+    there, so segqat runs it with session.x64quantprecision = 1 (exact, u8 x u8) and
+    ConvInteger is u8 x u8 anyway. Measured on an AVX2 EPYC (benchmarks/speed): BiSeNetV2
+    at 512x512 with random weights, INT8 about as slow as FP32; the fast kernel changed 12% of
+    its labels."""
+    from ..bench import machine
+    m = machine()
+    if not m["vnni"] and any(f.startswith("avx") for f in m["isa"]):
+        logger.warning("ONNX Runtime INT8 on this CPU (%s, no VNNI) is not faster than FP32: its "
+                       "exact INT8 convolution kernels here are u8 x u8 (see docs/deployment.md); "
+                       "--runtime openvino or paddle runs INT8 faster on it", m["cpu"])
+
+
 class OnnxRuntimePredictor(Predictor):
     runtime = "onnxruntime"
 
@@ -91,6 +108,8 @@ class OnnxRuntimePredictor(Predictor):
             shutil.rmtree(tmp, ignore_errors=True)
         self._input = self.session.get_inputs()[0].name
         self._check_int8()
+        if precision == "int8":
+            _warn_without_vnni()
         try:
             batch = parity.check_batch(dep, self.preprocess, check_images)
             self.agreement = parity.check(dep, self._run, batch, float(min_agreement),
