@@ -1,6 +1,7 @@
 # Set-up, tests and the demo. Each target creates .venv and installs what is missing.
 #   make demo   synthetic data -> FP32 train -> QAT -> INT8 export -> INT8 inference
-#   make test   the test suite (CPU, a few minutes); make test-slow: the slow rest
+#   make test   the test suite (CPU, a few minutes); make test-unit: the quick tier;
+#               make test-slow: the slow rest
 #   make zoo    every configs/zoo/ model: FP32 -> QAT -> INT8 export -> INT8 inference (resumes);
 #               ZOO_ARGS="--phase latency" times them (2 threads) afterwards on an idle machine
 PY      ?= python3
@@ -11,7 +12,7 @@ DEMO    ?= output/demo
 CONFIG  ?= configs/bisenetv2/bisenetv2_synthetic_64x64.yml
 ZOO_ARGS ?= --phase build --cpu_threads 1
 
-.PHONY: venv test test-slow demo clean-demo zoo
+.PHONY: venv test test-unit test-slow demo clean-demo zoo
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,18 +25,26 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-# tests marked slow (the tutorial's ResNet50 models end to end, ~15 min) run with test-slow
-# Tests that load OpenVINO / ONNX Runtime run in a second process: with their native
-# threads in the process, a later test crashed the first run with a segfault. Both
-# processes share one folder of session fixtures (tests/conftest.py), built once.
-RUNTIME_TESTS := tests/test_runtimes.py tests/test_onnx_export.py \
-                 tests/test_benchmark.py::test_benchmark_across_runtimes
+# Test tiers (markers in pytest.ini):
+#   make test-unit   config, data, hygiene and error checks: no training, export or predictor
+#   make test        everything but `slow`, in two pytest processes: tests marked `runtimes`
+#                    (OpenVINO / ONNX Runtime loaded in the process) run in the second one;
+#                    with their native threads in the process a later test crashed with a
+#                    segfault. Both share one folder of session fixtures (tests/conftest.py).
+#   make test-slow   the tutorial's ResNet50 models end to end, the zoo export cases
+# Each run writes its per-test durations to output/test-durations/*.xml (JUnit XML).
+DURATIONS := output/test-durations
+test-unit: venv
+	mkdir -p $(DURATIONS)
+	$(BIN)/python -m pytest -q -m "unit and not slow" tests --junitxml=$(DURATIONS)/unit.xml
+
 test: venv
+	mkdir -p $(DURATIONS)
 	share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=10 -m "not slow" tests \
-	    --ignore=tests/test_runtimes.py --ignore=tests/test_onnx_export.py \
-	    --deselect tests/test_benchmark.py::test_benchmark_across_runtimes && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=5 -m "not slow" $(RUNTIME_TESTS)
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=10 -m "not slow and not runtimes" \
+	    tests --junitxml=$(DURATIONS)/main.xml && \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=5 -m "runtimes and not slow" \
+	    tests --junitxml=$(DURATIONS)/runtimes.xml
 
 test-slow: venv
 	$(BIN)/python -m pytest -q --durations=10 -m slow tests

@@ -117,6 +117,7 @@ def test_benchmark_warns(tmp_path):
     assert report.benchmark_warnings(res, ref_of) == []
 
 
+@pytest.mark.runtimes
 def test_benchmark_across_runtimes(syn_cfg, qat_run, exports, tmp_path):
     """Every model on every runtime: one row each, ratios and agreement within the runtime."""
     out = tmp_path / "bench_rt"

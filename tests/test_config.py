@@ -7,6 +7,8 @@ from conftest import ROOT
 from segqat import builder
 from segqat.config import ConfigError, load_config
 
+pytestmark = pytest.mark.unit  # no training, export or predictor (make test-unit)
+
 
 def w(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)

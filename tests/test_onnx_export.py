@@ -16,6 +16,8 @@ from conftest import ROOT, run_script
 from segqat import compat, deploy
 from segqat.deploy import onnx_export, onnx_runtime, parity
 
+pytestmark = pytest.mark.runtimes  # OpenVINO / ONNX Runtime in the process (Makefile)
+
 
 def paddle_ops(export_dir):
     with open(export_dir / "model.pdmodel", "rb") as f:
@@ -296,6 +298,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from segqat.deploy import onnx_rewrites
 from segqat.deploy.onnx_runtime import session_options
+
 rng = np.random.RandomState(0)
 C0, C1, C2 = 4, 8, 6
 w0 = rng.randint(-127, 128, (C1, C0, 3, 3)).astype(np.int8)

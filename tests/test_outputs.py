@@ -301,6 +301,7 @@ def test_export_overwrite_keeps_a_users_file(syn_cfg, fp32_run, exports, tmp_pat
 
 # ---------------------------------------------------------------- export_onnx.py
 
+@pytest.mark.runtimes
 def test_export_onnx_never_writes_over_an_input(exports, synth, tmp_path, caplog):
     exp = tmp_path / "int8"
     shutil.copytree(exports / "int8", exp)
@@ -574,7 +575,8 @@ class _Failing:
         return iter(self._f)
 
 
-@pytest.mark.parametrize("case", ["infer", "val", "benchmark", "export_onnx"])
+@pytest.mark.parametrize("case", ["infer", "val", "benchmark",
+                                  pytest.param("export_onnx", marks=pytest.mark.runtimes)])
 def test_full_disk_is_one_line_and_leaves_nothing(case, syn_cfg, fp32_run, exports, synth, tmp_path,
                                                   caplog, monkeypatch):
     w = tmp_path / "w"

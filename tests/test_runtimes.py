@@ -10,6 +10,8 @@ from conftest import run_script
 from segqat import compat, deploy, quant
 from segqat.config import load_config
 
+pytestmark = pytest.mark.runtimes  # OpenVINO / ONNX Runtime in the process (Makefile)
+
 RUNTIMES = list(deploy.RUNTIMES)
 
 

@@ -34,6 +34,7 @@ def test_layer_kinds_of_bisenetv2():
     assert sum(k == "depthwise_multiplier" for k in kinds.values()) == 8
 
 
+@pytest.mark.runtimes
 def test_channel_multiplying_depthwise_stays_float_by_default(tmp_path):
     """The default placement rule: the 8 depthwise convolutions that multiply their channels
     are float in the export (no int8 weights, no quantize op before them) on every runtime,
@@ -73,6 +74,7 @@ def test_qat_weights_of_another_placement_are_refused_clearly(tmp_path, qat_run,
         quant.build_model(cfg, str(qat_run / "best_model" / "model.pdparams"), quantized=True, stage="eval")
 
 
+@pytest.mark.runtimes
 def test_profile_ops_reports_int8_and_fp32_kernels(tmp_path):
     out = tmp_path / "prof"
     rec = run_script("slim/quant/profile_ops.py", [
