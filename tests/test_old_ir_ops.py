@@ -811,7 +811,7 @@ class _PooledBranch(paddle.nn.Layer):
 def test_int8_average_pool_keeps_its_own_scale(tmp_path):
     """Paddle 3.3.1's oneDNN scale propagation gives a pool's output its input's scale, even
     when QAT gave the output one of its own; after a global average pool that grid is many
-    times too coarse. ``compat.guard_overwritten_scales`` gives the pooled tensor a ``scale`` (x 1) of
+    times too coarse. ``compat.guard_overwritten_scales`` gives the pooled tensor an ``assign`` of
     its own: the program computes the same, and oneDNN then keeps the QAT scale. The Paddle
     predictor guards an unguarded export in a private copy; the export is not changed."""
     from segqat.deploy.contract import load_deploy_config
@@ -830,7 +830,7 @@ def test_int8_average_pool_keeps_its_own_scale(tmp_path):
     native = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)
     assert compat.guard_overwritten_scales(str(tmp_path / "model.pdmodel")) == 1
     assert compat.guard_overwritten_scales(str(tmp_path / "model.pdmodel")) == 0  # already guarded
-    assert _op_types(tmp_path / "model")["scale"] == 1
+    assert _op_types(tmp_path / "model")["assign"] == 1
     guarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
     for a, b in zip(native, _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)):
         np.testing.assert_array_equal(a, b)  # the assign changes nothing in Paddle's own kernels

@@ -10,7 +10,7 @@ ops it names, and leaves values unchanged:
   paddle 2.x's ``axis=1`` form (``segqat.export``, ``segqat.ptq``).
 * ``guard_overwritten_scales``: oneDNN's scale propagation
   (``compute_propagate_scales_onednn_pass``) gives an average pool's output
-  its input's scale and a concat input the concat output's; a ``scale`` by 1
+  its input's scale and a concat input the concat output's; an ``assign``
   keeps the scale QAT/PTQ gave (exports; the Paddle predictor for older ones).
 * ``undilate_same_convs``: Paddle runs padding="same" convolutions undilated
   whatever their dilation; paddle2onnx and OpenVINO's Paddle frontend apply
@@ -96,18 +96,14 @@ def fix_conv_bias_axis(pdmodel_path):
 # model agree with fake quant on 96.8% of the clear-margin pixels. The same pass gives every
 # input of a ``concat`` the concat output's scale (ANN's APNB concatenates its feature map
 # with the far wider attention context: the convolution also reading that feature map was
-# 7% off). A copy before the quantize ops of such a tensor gives them a tensor the pass
-# leaves alone; the values do not change. The copy is a ``scale`` by 1, which oneDNN runs in
-# its own layout: an ``assign`` has no oneDNN kernel, so each one cost two reorders to and
-# from Paddle's plain layout (PP-LiteSeg STDC1 at 512x512: 18 assigns; with them as scale
-# ops the INT8 model's quantize/reorder time fell from 134 to 78 ms of 391, measured with
-# slim/quant/profile_ops.py). Both keep the scale (tests/test_old_ir_ops.py).
+# 7% off). An ``assign`` before the quantize ops of such a tensor gives them a tensor the
+# pass leaves alone; the values do not change.
 _SCALE_GUARD_SUFFIX = ".segqat_own_scale"
 
 
 def guard_overwritten_scales(pdmodel_path, out_path=None):
     """Give each tensor whose quantization scale oneDNN's propagation would overwrite its
-    own copy (a ``scale`` by 1) for its quantize_linear readers, so that oneDNN keeps the
+    own copy (an ``assign``) for its quantize_linear readers, so that oneDNN keeps the
     scale QAT/PTQ gave it (see above): the output of an average pool, and an input of a
     ``concat`` (the pass gives every concat input the concat output's scale: ANN's APNB
     concatenates its feature map with the far wider attention context).
@@ -140,13 +136,10 @@ def guard_overwritten_scales(pdmodel_path, out_path=None):
             new.set_type(var.type())
             new.set_dtype(var.dtype())
             new.set_shape(var.shape())
-            copy = blk._insert_op(i)
-            copy.set_type("scale")
-            copy.set_input("X", [x])
-            copy.set_output("Out", [guarded])
-            copy._set_float32_attr("scale", 1.0)
-            copy._set_float32_attr("bias", 0.0)
-            copy._set_bool_attr("bias_after_scale", True)
+            assign = blk._insert_op(i)
+            assign.set_type("assign")
+            assign.set_input("X", [x])
+            assign.set_output("Out", [guarded])
             for j in range(i + 1, blk.op_size()):
                 r = blk.op(j)
                 if r.type() == "quantize_linear" and r.input("X")[0] == x:
