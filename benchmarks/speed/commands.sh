@@ -42,6 +42,7 @@ done
 #    deployed on the 3 runtimes: mIoU, agreement with fake quant, time per image
 C=configs/bisenetv2/bisenetv2_camvid_240x180.yml
 R=$RUNS/camvid_bisenetv2
+[ -d data/camvid ] || $PY tools/data/convert_camvid.py --src ../shared/data/camvid --save_dir data/camvid
 if [ ! -d $R/qat_all_infer ]; then
   $PY tools/train.py --config $C --cpu_threads 1 --num_workers 0 --seed 0 --do_eval --iters 600 \
       --learning_rate 0.05 --save_dir $R/fp32 --save_interval 150 --log_iters 30

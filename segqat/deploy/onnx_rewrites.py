@@ -33,11 +33,12 @@ weight, see ``onnx_export``), becomes:
      the same integers (their sign flipped where the batch norm's factor is negative) and
      the weight scale is multiplied by |gamma / sqrt(var + eps)|; the bias becomes
      ``(bias - mean) * factor + beta``. Exact up to float rounding.
-   * a relu before the quantizer becomes the quantizer's zero point: uint8 with zero
-     point 0 (negative values saturate to 0, as the relu makes them) instead of 128, and
-     the dequantize readers take the same zero point. The integers equal Paddle's
-     symmetric int8 ones for every value up to 127 steps; above that Paddle clips at 127
-     and this keeps up to 255 (values beyond the calibrated range, rare).
+   * a relu before the quantizer gets a quantize/dequantize pair of the quantizer's scale
+     before it: Conv -> Q -> DQ -> Relu -> Q. On a symmetric grid, quantizing, then relu,
+     then quantizing gives the integers of relu then quantizing, so this is exact. (A
+     quantizer with zero point 0 would make the relu redundant, but it keeps values up to
+     255 steps where Paddle clips at 127: 98.97% label agreement with fake quant on
+     synthetic check images against 99.72% without the rewrite, CamVid BiSeNetV2.)
    Why: ONNX Runtime's ConvInteger (u8 x u8, the only INT8 convolution with a float
    output) is slower than its FP32 convolution; QLinearConv (u8 x s8) is not
    (slim/quant/profile_ops.py).
@@ -416,30 +417,33 @@ def _chain_quantized_convs(model, gr):
             drop.add(id(add))
         drop.add(id(bn))
         add_out = gr.unique(f"{base}.bn_folded_biased")
-        after[id(n)] = helper.make_node("Add", [conv_out, bname], [add_out],
-                                        name=gr.unique(f"{base}.bias.Add"))
+        after[id(n)] = [helper.make_node("Add", [conv_out, bname], [add_out],
+                                         name=gr.unique(f"{base}.bias.Add"))]
         keep_q = qs[0]
-        keep_q.input[0] = add_out
-        if relu is not None:
-            drop.add(id(relu))
-            zp0 = gr.initializer(f"{keep_q.output[0]}.zero_point_relu", np.uint8(0))
-            keep_q.input[2] = zp0
+        if relu is None:
+            keep_q.input[0] = add_out
+        else:
+            # Conv -> Q -> DQ -> Relu -> Q (the quantizer's own): on the quantizer's symmetric
+            # grid, relu then quantize equals quantize then relu then quantize
+            q_mid, dq_mid = gr.unique(f"{base}.before_relu.quantized"), gr.unique(f"{base}.before_relu")
+            after[id(n)] += [
+                helper.make_node("QuantizeLinear", [add_out, scale, zp], [q_mid],
+                                 name=gr.unique(f"{base}.before_relu.QuantizeLinear")),
+                helper.make_node("DequantizeLinear", [q_mid, scale, zp], [dq_mid],
+                                 name=gr.unique(f"{base}.before_relu.DequantizeLinear"))]
+            relu.input[0] = dq_mid
         for q in qs[1:]:  # one quantizer: the others' readers read the first one's output
             drop.add(id(q))
             for r in cons.get(q.output[0], []):
                 for i, name in enumerate(r.input):
                     if name == q.output[0]:
                         r.input[i] = keep_q.output[0]
-        if relu is not None:
-            for r in [r for q in qs for r in cons.get(q.output[0], [])]:
-                if r.op_type == "DequantizeLinear":
-                    r.input[2] = keep_q.input[2]
         count += 1
     nodes = []  # in graph order (later passes walk it so)
     for x in model.graph.node:
         if id(x) in drop:
             continue
-        nodes += [m for m in (before.get(id(x)), x, after.get(id(x))) if m is not None]
+        nodes += [m for m in [before.get(id(x)), x] + after.get(id(x), []) if m is not None]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return count
