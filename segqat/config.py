@@ -10,7 +10,8 @@ Rules (PaddleSeg's, plus strictness):
   later bases override earlier ones, the file itself overrides its bases.
 * Dicts merge recursively; a dict with ``_inherited_: False`` replaces the
   base's dict instead of merging into it. Lists are replaced.
-* ``--opts a.b=v`` sets a value (parsed as YAML: ``3``, ``0.1``, ``[1,2]``).
+* ``--opts a.b=v`` sets a value, read as PaddleSeg reads it (a Python literal: ``None``,
+  ``True``, ``0.75,1.0,1.25``), else as YAML (``[a, b]``, ``true``), else as text.
 * Unknown top-level keys, keys of the known sections with a wrong type, and
   missing files are errors that name the key, the file and what is allowed.
   Arguments of components (``type:`` dicts) are checked against the
@@ -34,6 +35,7 @@ which its shipped configs rely on, applied when a config is resolved:
 * A top-level ``learning_rate`` (PaddleSeg <= 2.2's schema, still in its
   GloRe config) is ignored by PaddleSeg 2.8; here too, with a warning.
 """
+import ast
 import copy
 import logging
 import os
@@ -163,11 +165,29 @@ def _parse_opt(opt):
     key = key.strip()
     if not key:
         raise ConfigError(f"--opts item {opt!r} has an empty key")
+    return key.split("."), parse_opt_value(val)
+
+
+def parse_opt_value(text):
+    """An ``--opts`` value as PaddleSeg 2.8 reads it (``ast.literal_eval``, paddleseg/cvlibs/
+    config.py: ``None``, ``True``, ``0.75,1.0,1.25`` -> a tuple, ``'a'``), and what that leaves
+    as text as YAML (``[a, b]``, ``true``, ``null``), else the text itself. Tuples become lists,
+    as a YAML config holds them."""
     try:
-        val = yaml.safe_load(val)
-    except yaml.YAMLError:
-        pass
-    return key.split("."), val
+        val = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        try:
+            val = yaml.safe_load(text)
+        except yaml.YAMLError:
+            val = text
+
+    def lists(v):
+        if isinstance(v, (tuple, list)):
+            return [lists(x) for x in v]
+        if isinstance(v, dict):
+            return {k: lists(x) for k, x in v.items()}
+        return v
+    return lists(val)
 
 
 def _set_path(d, keys, val, opt):

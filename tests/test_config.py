@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT
-from segqat import builder
+from conftest import ROOT, SYN_CONFIG
+from segqat import builder, config
 from segqat.config import ConfigError, load_config
 
 pytestmark = pytest.mark.unit  # no training, export or predictor (make test-unit)
@@ -201,3 +201,22 @@ test_config:
     opt = builder.build_optimizer(cfg, model, sched)
     assert type(opt).__name__ == "Momentum"
     assert type(sched).__name__ == "LinearWarmup"
+
+
+@pytest.mark.parametrize("text, value", [
+    ("None", None), ("True", True), ("0.75,1.0,1.25", [0.75, 1.0, 1.25]), ("(1, 2)", [1, 2]),
+    ("'a b'", "a b"), ("3", 3), ("1e-3", 0.001), ("[depthwise, conv1x1]", ["depthwise", "conv1x1"]),
+    ("true", True), ("null", None), ("BiSeNetV2", "BiSeNetV2"), ("{a: 1}", {"a": 1})])
+def test_opts_values_are_read_as_paddleseg_reads_them(text, value):
+    """PaddleSeg 2.8 reads --opts values with ast.literal_eval (None, True, tuples); what that
+    cannot read is YAML, then text."""
+    assert config.parse_opt_value(text) == value
+
+
+def test_opts_pretrained_none_and_scales_as_in_paddleseg(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("_base_: " + str(SYN_CONFIG) + "\n")
+    cfg = load_config(str(path), opts=["model.pretrained=None", "test_config.scales=0.75,1.0,1.25",
+                                       "test_config.aug_eval=True"])
+    assert cfg["model"]["pretrained"] is None
+    assert cfg["test_config"]["scales"] == [0.75, 1.0, 1.25] and cfg["test_config"]["aug_eval"] is True
