@@ -40,6 +40,29 @@ def positive_int(v):
     return _int_at_least(v, 1, "a positive integer")
 
 
+# numpy's and paddle's seeds are 32-bit unsigned
+MAX_SEED = 2 ** 32 - 1
+# far above any CPU's core count; oneDNN/OpenMP abort the process (SIGABRT) on 100000
+MAX_THREADS = 1024
+
+
+def seed(v):
+    """A random seed: an integer in [0, 2**32 - 1]."""
+    i = _int_at_least(v, 0, f"an integer in [0, {MAX_SEED}]")
+    if i > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}], got {v!r}")
+    return i
+
+
+def threads(v):
+    """A thread count: an integer in [1, MAX_THREADS]."""
+    i = positive_int(v)
+    if i > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected a thread count in [1, {MAX_THREADS}] (this machine "
+                                         f"has {os.cpu_count()} CPUs), got {v!r}")
+    return i
+
+
 def nonneg_int(v):
     return _int_at_least(v, 0, "an integer >= 0")
 
@@ -114,14 +137,14 @@ def add_train_args(parser):
     g.add_argument("--do_eval", action="store_true", help="evaluate at each save and keep best_model/")
     g.add_argument("--log_iters", type=positive_int, default=10, help="log every N iterations")
     g.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to save_dir/vdl_log")
-    g.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentation, init)")
+    g.add_argument("--seed", type=seed, default=0, help="random seed (data order, augmentation, init)")
     g.add_argument("--allow_absent_classes", action="store_true",
                    help="train although a class never occurs in the training labels (a warning)")
     add_cpu_threads(g)
 
 
 def add_cpu_threads(parser):
-    parser.add_argument("--cpu_threads", type=positive_int, default=None,
+    parser.add_argument("--cpu_threads", type=threads, default=None,
                         help="math-library threads on CPU (default: paddle's, 1)")
 
 

@@ -133,5 +133,5 @@ def run_export(args, qat=False):
                                   output_op=args.output_op, quanter=quanter)
     if qat:
         logger.info("INT8 inference model: run it with deploy/python/infer.py --config %s/deploy.yaml "
-                    "--precision int8", out)
+                    "(deploy.yaml says INT8)", out)
     return out

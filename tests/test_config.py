@@ -220,3 +220,18 @@ def test_opts_pretrained_none_and_scales_as_in_paddleseg(tmp_path):
                                        "test_config.aug_eval=True"])
     assert cfg["model"]["pretrained"] is None
     assert cfg["test_config"]["scales"] == [0.75, 1.0, 1.25] and cfg["test_config"]["aug_eval"] is True
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("tools/train.py", "--seed", "-1"), ("tools/train.py", "--seed", "99999999999"),
+    ("tools/train.py", "--cpu_threads", "100000"), ("deploy/python/infer.py", "--cpu_threads", "100000"),
+    ("slim/quant/ptq.py", "--seed", "-1"), ("deploy/python/benchmark.py", "--cpu_threads", "0")])
+def test_seed_and_threads_out_of_range_are_usage_errors(script, flag, value, capsys):
+    """Out-of-range seeds and thread counts are argparse errors (exit 2, one line naming the
+    flag), not numpy's ValueError traceback or oneDNN's SIGABRT."""
+    from conftest import load_script
+    parser = load_script(script).get_args_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args([flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and flag in err and value in err

@@ -37,9 +37,9 @@ def get_args_parser():
     p.add_argument("--batch_size", type=cli.positive_int, default=None)
     p.add_argument("--save_interval", type=cli.positive_int, default=None,
                    help="evaluate/save every N iterations (default: iters / 4)")
-    p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--cpu_threads", type=cli.threads, default=2)
     p.add_argument("--num_workers", type=cli.nonneg_int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="benchmark timing repeats")
     p.add_argument("--ptq_algo", default="hist", choices=["none", "abs_max", "avg", "hist", "KL", "mse"],
                    help="also make a PTQ model with this algo for the table (none: skip)")

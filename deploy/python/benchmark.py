@@ -35,7 +35,7 @@ def get_args_parser():
     p.add_argument("--save_dir", default="./output/benchmark")
     cli.add_overwrite(p, "benchmark")
     cli.add_runtimes(p)
-    p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--cpu_threads", type=cli.threads, default=2)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
     p.add_argument("--repeats", type=cli.positive_int, default=20)
     p.add_argument("--num_images", type=cli.positive_int, default=None, help="first N val images only")

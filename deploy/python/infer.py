@@ -44,7 +44,7 @@ def get_args_parser():
                    help="inference runtime (default paddle: Paddle Inference)")
     p.add_argument("--precision", choices=list(deploy.PRECISIONS), default=None,
                    help="default: the export's, from deploy.yaml")
-    p.add_argument("--cpu_threads", type=cli.positive_int, default=1)
+    p.add_argument("--cpu_threads", type=cli.threads, default=1)
     p.add_argument("--batch_size", type=cli.positive_int, default=1)
     p.add_argument("--verbose", action="store_true", help="show the runtime's own optimizer output")
     g = p.add_argument_group("Paddle Inference")

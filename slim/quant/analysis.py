@@ -38,7 +38,7 @@ def get_args_parser():
                    help="single: one layer quantized at a time; leave_one_out: all but one; both")
     g.add_argument("--num_images", type=cli.nonneg_int, default=16,
                    help="validation images to evaluate on, chosen by --seed (0: all; default 16)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the image selection")
+    g.add_argument("--seed", type=cli.seed, default=0, help="seed of the image selection")
     g.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
                    help="analyse only layers matching these patterns, e.g. 'backbone.*'")
     g.add_argument("--batch_size", type=cli.positive_int, default=4, help="calibration batch size")

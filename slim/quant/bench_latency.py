@@ -34,7 +34,7 @@ def get_args_parser():
     p.add_argument("--config", action="append", required=True, help="model config (repeatable)")
     p.add_argument("--model_path", default=None, help="FP32 weights (only with one --config)")
     p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
-    p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--cpu_threads", type=cli.threads, default=2)
     cli.add_runtimes(p)
     p.add_argument("--warmup", type=cli.positive_int, default=10)
     p.add_argument("--repeats", type=cli.positive_int, default=30)

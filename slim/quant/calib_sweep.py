@@ -33,7 +33,7 @@ def get_args_parser():
     g.add_argument("--fractions", type=cli.fraction, nargs="+", default=[0.01, 0.05, 0.2, 1.0],
                    metavar="FRACTION", help="fractions (0, 1] of the calibration images "
                    "(default: 0.01 0.05 0.2 1.0)")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0],
+    g.add_argument("--seeds", type=cli.seed, nargs="+", default=[0],
                    help="one PTQ run per seed and fraction (different image subsets)")
     g.add_argument("--algo", choices=cli.PTQ_ALGOS, default="hist", help="activation scale algorithm")
     g.add_argument("--batch_size", type=cli.positive_int, default=4, help="calibration batch size")

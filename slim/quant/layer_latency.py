@@ -31,7 +31,7 @@ def get_args_parser():
                    "depend on them)")
     p.add_argument("--runtime", default="paddle", choices=["paddle", "openvino", "onnxruntime"])
     p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
-    p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--cpu_threads", type=cli.threads, default=2)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
     p.add_argument("--repeats", type=cli.positive_int, default=20)
     p.add_argument("--min_gain", type=float, default=0.02,

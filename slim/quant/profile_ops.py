@@ -31,7 +31,7 @@ def get_args_parser():
     p.add_argument("--int8", help="the INT8 export to compare with --fp32")
     p.add_argument("--model_path", default=None, help="FP32 weights for --config (default: random)")
     p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
-    p.add_argument("--cpu_threads", type=cli.positive_int, default=2)
+    p.add_argument("--cpu_threads", type=cli.threads, default=2)
     cli.add_runtimes(p)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
     p.add_argument("--runs", type=cli.positive_int, default=20, help="profiled runs per model")

@@ -12,7 +12,7 @@ train_dataset images with the deployment (val) preprocessing;
 --random_calibration (automatic without a train_dataset) calibrates on random
 images: the resulting accuracy is meaningless (footprint / latency only).
 With a val_dataset the INT8 model's mIoU is reported.
-Run it with deploy/python/infer.py --config output/ptq_infer/deploy.yaml --precision int8.
+Run it with deploy/python/infer.py --config output/ptq_infer/deploy.yaml (the precision comes from it).
 """
 import os
 import sys
@@ -38,7 +38,7 @@ def get_args_parser():
                    help="activation scale algorithm (default: hist)")
     g.add_argument("--quantization_split", type=cli.fraction, default=1.0, metavar="FRACTION",
                    help="calibrate on a random fraction (0, 1] of the training images, chosen by --seed")
-    g.add_argument("--seed", type=int, default=0, help="seed of the calibration image selection")
+    g.add_argument("--seed", type=cli.seed, default=0, help="seed of the calibration image selection")
     g.add_argument("--random_calibration", action="store_true",
                    help="calibrate on random images (accuracy meaningless: footprint/latency only)")
     cli.add_cpu_threads(g)

@@ -6,7 +6,7 @@
 Output op as tools/export.py: argmax labels (int32) by default; --output_op
 softmax|none; PaddleSeg's --without_argmax gives logits, --without_argmax
 --with_softmax probabilities, --with_softmax alone still labels.
-Run it with deploy/python/infer.py --config output/qat_infer/deploy.yaml --precision int8.
+Run it with deploy/python/infer.py --config output/qat_infer/deploy.yaml (the precision comes from it).
 """
 import os
 import sys
