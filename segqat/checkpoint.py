@@ -32,11 +32,13 @@ class ResumeError(ValueError):
 
 
 def non_finite_parameters(model):
-    """Names of the model's parameters and buffers that hold NaN or Inf."""
+    """Names of the model's parameters and buffers that hold NaN, Inf or a value beyond
+    +-weights.MAX_ABS_WEIGHT (a diverged run)."""
+    from .weights import MAX_ABS_WEIGHT
     bad = []
     for name, t in model.state_dict().items():
-        if t.dtype in (paddle.float32, paddle.float64, paddle.float16) and \
-                not bool(paddle.isfinite(t).all()):
+        if t.dtype in (paddle.float32, paddle.float64, paddle.float16) and t.size and not (
+                bool(paddle.isfinite(t).all()) and float(paddle.abs(t).max()) <= MAX_ABS_WEIGHT):
             bad.append(name)
     return bad
 

@@ -196,7 +196,7 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
                 bad = checkpoint.non_finite_parameters(model)
                 if bad:
                     raise FloatingPointError(
-                        f"Weights became non-finite (NaN/Inf) by iteration {it} ({len(bad)} tensors, "
+                        f"Weights became non-finite (NaN/Inf or beyond 1e10) by iteration {it} ({len(bad)} tensors, "
                         f"e.g. {', '.join(bad[:3])}); stopping, nothing saved from them "
                         f"({checkpoint.last_saved(opts.save_dir, run_id)}). Lower --learning_rate "
                         f"(it was {lr:g}) or check the data.")

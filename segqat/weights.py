@@ -102,15 +102,22 @@ def _join_big_params(state):
     return state
 
 
+# A weight or statistic of this magnitude is a diverged run, not a model (a finite
+# divergence reached 1.2e33 and predicted all background): refused like NaN/Inf
+MAX_ABS_WEIGHT = 1e10
+
+
 def non_finite(state):
-    """Names of float arrays in ``state`` (recursively) that hold NaN or Inf."""
+    """Names of float arrays in ``state`` (recursively) that hold NaN, Inf or a value
+    beyond +-MAX_ABS_WEIGHT (a diverged run)."""
     bad = []
     for k, v in state.items():
         if isinstance(v, dict):
             bad += [f"{k}.{n}" for n in non_finite(v)]
             continue
         a = v if isinstance(v, np.ndarray) else (np.asarray(v.numpy()) if hasattr(v, "numpy") else None)
-        if a is not None and a.dtype.kind == "f" and not np.isfinite(a).all():
+        if a is not None and a.dtype.kind == "f" and a.size and not (
+                np.isfinite(a).all() and np.abs(a).max() <= MAX_ABS_WEIGHT):
             bad.append(k)
     return bad
 
@@ -119,7 +126,8 @@ def require_finite(state, path, what="--model_path"):
     bad = non_finite(state)
     if bad:
         raise WeightsError(
-            f"{what}: {path} holds non-finite weights (NaN/Inf in {len(bad)} tensor(s), e.g. "
+            f"{what}: {path} holds non-finite weights (NaN/Inf or |w| > {MAX_ABS_WEIGHT:g} in "
+            f"{len(bad)} tensor(s), e.g. "
             f"{', '.join(bad[:3])}): it came from a diverged run and cannot be used. Use an "
             "earlier checkpoint, or retrain with a lower learning rate")
 

@@ -190,11 +190,14 @@ def test_no_non_finite_checkpoint(syn_cfg, tmp_path, caplog):
             assert not weights.non_finite(weights.load_state(os.path.join(d, "model.pdparams"))), d
 
 
-def test_non_finite_weights_refused(syn_cfg, fp32_run, tmp_path, caplog):
+@pytest.mark.parametrize("value", [np.nan, 1.2e33])
+def test_non_finite_weights_refused(syn_cfg, fp32_run, tmp_path, caplog, value):
+    """NaN, and a finite value no trained model has (a diverged run: 1.2e33 predicted all
+    background), are refused by val, export and QAT."""
     state = weights.load_state(fp32_run / "best_model" / "model.pdparams")
     name = next(k for k, v in state.items() if v.dtype == np.float32 and v.size > 1)
     state[name] = state[name].copy()
-    state[name][0] = np.nan
+    state[name][0] = value
     import paddle
     bad = tmp_path / "nan.pdparams"
     paddle.save(state, str(bad))
