@@ -62,8 +62,8 @@ def test_zoo_build_resume_and_failures(tmp_path):
     assert os.path.getmtime(work / "tiny" / "evaluate.log") == log_mtime
 
     # a second zoo run on the same work dir is refused while one holds it
-    from segqat.zoo import _lock_work_dir
-    held = _lock_work_dir(str(work))
+    from segqat.zoo import lock_work_dir
+    held = lock_work_dir(str(work))
     with pytest.raises(SystemExit):
         run_script("tools/zoo.py", common + ["--models", "tiny"])
     held.close()

@@ -59,5 +59,5 @@ from .measure import (CONV_OPS, LATENCY_SHAPES, evaluate_entry, measure_latency,
                       predicted_classes, run_single_step, runtime_agreement)
 from .table import (MIN_AGREEMENT, MIN_MIOU_GAIN, ONEDNN_CAUSE_CLEAR, RUNTIME_NAMES,  # noqa: F401
                     entry_row, markdown, plot, write_outputs)
-from .runner import (NEEDS, PHASES, Plan, State, _lock_work_dir, dependents, entries_all,  # noqa: F401
-                     error_reason, run_step, run_zoo, step_command)
+from .runner import (NEEDS, PHASES, Plan, State, dependents, entries_all, error_reason,  # noqa: F401
+                     lock_work_dir, run_step, run_zoo, step_command)

@@ -280,7 +280,7 @@ def run_zoo(args):
     steps = PHASES[args.phase]
     _STOPPING.clear()
     os.makedirs(args.work_dir, exist_ok=True)
-    lock = _lock_work_dir(args.work_dir) if steps else None  # noqa: F841 (held until return)
+    lock = lock_work_dir(args.work_dir) if steps else None  # noqa: F841 (held until return)
     state = State(args.work_dir)
     if args.phase != "report":
         _ensure_data(entries)
@@ -337,8 +337,11 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _lock_work_dir(work_dir):
-    """An exclusive lock on work_dir/.lock: two zoo runs would overwrite each other's state.json."""
+def lock_work_dir(work_dir):
+    """An exclusive lock on work_dir/.lock: two zoo runs would overwrite each other's state.json.
+
+    Returns the open lock file: the lock is held until it is closed (or the process ends);
+    raises ZooError, naming the holder's pid, when another process holds it."""
     import fcntl
     f = open(os.path.join(work_dir, ".lock"), "a+")
     try:
