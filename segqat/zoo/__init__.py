@@ -60,4 +60,4 @@ from .measure import (CONV_OPS, LATENCY_SHAPES, evaluate_entry, measure_latency,
 from .table import (MIN_AGREEMENT, MIN_MIOU_GAIN, ONEDNN_CAUSE_CLEAR, RUNTIME_NAMES,  # noqa: F401
                     entry_row, markdown, plot, write_outputs)
 from .runner import (NEEDS, PHASES, Plan, State, dependents, entries_all, error_reason,  # noqa: F401
-                     lock_work_dir, run_step, run_zoo, step_command)
+                     lock_work_dir, run_logged, run_step, run_zoo, step_command)

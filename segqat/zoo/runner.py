@@ -141,10 +141,7 @@ class State:
             self._save()
 
     def _save(self):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1)
-        os.replace(tmp, self.path)
+        write_json(self.path, self.data, indent=1)
 
 
 # ------------------------------------------------------------------ running a step
@@ -200,17 +197,44 @@ def _last_line(text):
     return ""
 
 
-_RUNNING = set()             # step processes under way
+_RUNNING = set()             # processes run_logged started, under way
 _STOPPING = threading.Event()  # set when the zoo is interrupted
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # a process this runner started, in its own group
+    except ProcessLookupError:
+        pass
 
 
 def _stop_running_steps():
     _STOPPING.set()
     for proc in list(_RUNNING):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # a step this zoo started, in its own group
-        except ProcessLookupError:
-            pass
+        _kill_group(proc)
+
+
+def run_logged(argv, log, timeout, env=None, cwd=None):
+    """Run ``argv`` with its stdout and stderr going to the open file ``log``, in a process
+    group of its own, for at most ``timeout`` seconds; returns ``(returncode, timed_out)``.
+
+    A timeout kills the whole group (SIGKILL). So does an exception in the waiting thread
+    (Ctrl-C when it is the main thread) before it goes on; the zoo's main thread stops the
+    processes its worker threads wait for with ``_stop_running_steps``."""
+    proc = subprocess.Popen(argv, cwd=cwd or os.getcwd(), stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    _RUNNING.add(proc)
+    try:
+        return proc.wait(timeout=timeout), False
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return proc.wait(), True
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        _RUNNING.discard(proc)
 
 
 def run_step(step, plan, args, timeout):
@@ -227,18 +251,7 @@ def run_step(step, plan, args, timeout):
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(argv) + "\n")
         log.flush()
-        proc = subprocess.Popen(argv, cwd=os.getcwd(), stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-        _RUNNING.add(proc)
-        try:
-            rc = proc.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the step's own process group
-            rc = proc.wait()
-            timed_out = True
-        finally:
-            _RUNNING.discard(proc)
+        rc, timed_out = run_logged(argv, log, timeout, env=env)
     if _STOPPING.is_set():  # the zoo was interrupted: this step did not finish, resume re-runs it
         return None
     secs = time.time() - t0
