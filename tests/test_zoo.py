@@ -62,8 +62,8 @@ def test_zoo_build_resume_and_failures(tmp_path):
     assert os.path.getmtime(work / "tiny" / "evaluate.log") == log_mtime
 
     # a second zoo run on the same work dir is refused while one holds it
-    from segqat.zoo import _lock_work_dir
-    held = _lock_work_dir(str(work))
+    from segqat.zoo import lock_work_dir
+    held = lock_work_dir(str(work))
     with pytest.raises(SystemExit):
         run_script("tools/zoo.py", common + ["--models", "tiny"])
     held.close()
@@ -168,7 +168,7 @@ def test_table_keeps_rows_built_elsewhere_while_their_config_is_unchanged(tmp_pa
     losing the rows it did not rebuild, unless their config changed since."""
     import threading
     from types import SimpleNamespace
-    from segqat.zoo import _file_hash, write_outputs
+    from segqat.zoo import file_hash, write_outputs
     cfgs, out = tmp_path / "configs", tmp_path / "out"
     cfgs.mkdir()
     out.mkdir()
@@ -180,12 +180,12 @@ def test_table_keeps_rows_built_elsewhere_while_their_config_is_unchanged(tmp_pa
     old_row = {"status": "✓", "reason": None, "model_type": "X", "build_seconds": 9.0, "int8_convs": 5,
                "all_convs": 5, "agreement_int8_vs_fake_quant": 0.995}
     (out / "zoo.json").write_text(json.dumps({"meta": {"runs": [old_run]}, "rows": [
-        dict(old_row, model="kept", config_hash=_file_hash(entries["kept"])),
+        dict(old_row, model="kept", config_hash=file_hash(entries["kept"])),
         dict(old_row, model="edited", config_hash="0123456789ab"),
-        dict(old_row, model="rebuilt", config_hash=_file_hash(entries["rebuilt"]))]}))
+        dict(old_row, model="rebuilt", config_hash=file_hash(entries["rebuilt"]))]}))
     failed = {"status": "failed", "seconds": 1.0, "reason": "fp32_train: RuntimeError: boom"}
     state = SimpleNamespace(lock=threading.Lock(), data={"rebuilt": {
-        "config_hash": _file_hash(entries["rebuilt"]), "steps": {"fp32_train": failed}}})
+        "config_hash": file_hash(entries["rebuilt"]), "steps": {"fp32_train": failed}}})
     args = SimpleNamespace(out_dir=str(out), work_dir=str(tmp_path / "work"), argv=["--phase", "report"])
     rows = {r["model"]: r for r in write_outputs(state, entries, args)}
     assert rows["kept"]["status"] == "✓" and rows["kept"]["carried_over"] is True

@@ -6,7 +6,7 @@
     python tools/zoo.py --phase report                           # only rewrite the table
 
 Writes benchmarks/zoo/zoo.md, zoo.json and zoo.png; what each step does and
-measures is in segqat/zoo.py's docstring.
+measures is in segqat/zoo/__init__.py's docstring.
 """
 import argparse
 import os
@@ -55,14 +55,15 @@ def get_args_parser():
 
 
 def main(args):
-    from segqat import zoo
-    if args.step:
+    if args.step:  # in the subprocess the runner starts for this step
+        from segqat.zoo import measure
         cli.setup(args)
-        return zoo.run_single_step(args)
+        return measure.run_single_step(args)
+    from segqat.zoo import runner
     args.argv = sys.argv[1:]
     cli.setup(None, args.work_dir, "zoo.log")
     try:
-        return zoo.run_zoo(args)
+        return runner.run_zoo(args)
     except KeyboardInterrupt:
         sys.exit(130)  # logged by run_zoo; state.json holds every finished step
 

@@ -31,10 +31,27 @@ one are skipped: the sweep resumes); exports, check batch, references and logs
 to WORK_DIR/NAME/. At the end the per-model JSONs are merged into
 benchmarks/zoo/runtimes_all.json and the table written to
 benchmarks/zoo/runtimes_all.md.
+
+Shared with the zoo's runner (segqat.zoo): every subprocess runs through
+``segqat.zoo.runner.run_logged`` (a process group of its own, killed as a whole at
+--timeout or on Ctrl-C), the model list is ``segqat.zoo.discover`` of configs/zoo,
+and JSON files are written by ``segqat.zoo.common.write_json``. Kept here, because
+moving them onto the runner would change what the sweep does or writes:
+
+- Resume: a model is done when WORK_DIR/NAME.json exists, and that file is also its
+  result, which the report merges. The zoo's state.json (a record per entry and step,
+  keyed by the config's hash) would be a second record that existing work dirs do not
+  have, and would skip differently (an edited config would start a model over).
+- Retrying the runs a dead subprocess did not finish, each alone, and the crash
+  records: the zoo has no counterpart (a failed step fails its row).
+- Lock: this sweep never took one; holding ``segqat.zoo.lock_work_dir`` on WORK_DIR
+  would add a refusal it did not have.
+- Error texts (error_record, _log_tail) and the --models check: their wording is in
+  runtimes_all.json and the table's footnotes; the zoo's error_reason words errors
+  differently.
 """
 import argparse
 import datetime
-import glob
 import json
 import os
 import re
@@ -47,6 +64,9 @@ import traceback
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
+
+from segqat.zoo import common as zoo_common  # noqa: E402
+from segqat.zoo.runner import run_logged  # noqa: E402
 
 RUNTIMES = ("paddle", "openvino", "onnxruntime")
 RUNTIME_NAMES = {"paddle": "Paddle", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
@@ -133,10 +153,7 @@ def error_record(e):
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-    os.replace(tmp, path)
+    zoo_common.write_json(path, obj, indent=1)
 
 
 def read_json(path):
@@ -145,7 +162,7 @@ def read_json(path):
 
 
 def zoo_models():
-    return [os.path.splitext(os.path.basename(p))[0] for p in sorted(glob.glob(os.path.join(ROOT, "configs", "zoo", "*.yml")))]
+    return list(zoo_common.discover(os.path.join(ROOT, "configs", "zoo")))
 
 
 # ------------------------------------------------------------------ child: one model
@@ -331,18 +348,17 @@ def _spawn(args, name, out, log, runtimes=RUNTIMES, precisions=PRECISIONS, verbo
         f.write(f"\n===== {datetime.datetime.now().isoformat(timespec='seconds')} "
                 f"{' '.join(runtimes)} x {' '.join(precisions)}\n")
         f.flush()
+        returncode, timed_out = run_logged(cmd, f, args.timeout, cwd=ROOT)
+    if timed_out:
+        return f"timed out after {args.timeout} s (killed)"
+    if returncode < 0:
         try:
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            return f"timed out after {args.timeout} s (killed)"
-    if p.returncode < 0:
-        try:
-            sig = signal.Signals(-p.returncode).name
+            sig = signal.Signals(-returncode).name
         except ValueError:
-            sig = f"signal {-p.returncode}"
+            sig = f"signal {-returncode}"
         return f"died by {sig}"
-    if p.returncode != 0:
-        return f"exited with code {p.returncode}"
+    if returncode != 0:
+        return f"exited with code {returncode}"
     return None
 
 
