@@ -1,4 +1,4 @@
-"""The output rule (segqat/outputs.py, docs/safety.md) in every script that writes.
+"""The output rule (segqat/outputs/, docs/safety.md) in every script that writes.
 
 One test per way of losing data found in a user trial (each exited 0 before):
 writing over the inputs, over an earlier result without --overwrite, into a
