@@ -79,8 +79,10 @@ def test_int8_predictor_runs_int8_and_agrees(syn_cfg, synth, qat_run, exports):
     ops = pred.optimized_op_types()
     int8_convs = sum(n for (t, dt), n in ops.items() if "conv" in t and dt == "int8")
     float_convs = sum(n for (t, dt), n in ops.items() if "conv" in t and dt != "int8")
-    # (one conv with a fused residual add stays float32 in oneDNN's int8 pass: 55 of 56)
-    assert int8_convs > 40 and float_convs <= 0.05 * (int8_convs + float_convs), ops
+    # 8 of BiSeNetV2's 56 convs are not quantized (channel-multiplying depthwise convs,
+    # quant_config.skip_layer_kinds); of the other 48, one with a fused residual add stays
+    # float32 in oneDNN's int8 pass
+    assert int8_convs >= 47 and float_convs <= 8 + 1, ops
     # batch norms folded into the convolutions (compat.fix_conv_bias_axis); BiSeNetV2 keeps
     # one, on globally pooled features with no conv before it
     assert sum(n for (t, _), n in ops.items() if t == "batch_norm") <= 1, ops
