@@ -72,6 +72,12 @@ def load_state(path, what="--model_path"):
     """The dict in a ``.pdparams``/``.pdopt`` file, arrays as numpy; safe against payloads."""
     if not path:
         raise WeightsError(f"{what} is required")
+    if os.path.isdir(path):
+        found = [os.path.join(path, *p) for p in (("model.pdparams",), ("best_model", "model.pdparams"))
+                 if os.path.isfile(os.path.join(path, *p))]
+        hint = (f"; did you mean {what} {found[0]}?" if found else
+                " (give the .pdparams file, e.g. save_dir/best_model/model.pdparams)")
+        raise WeightsError(f"{what}: {path} is a folder, not a weights file{hint}")
     if not os.path.isfile(path):
         raise WeightsError(f"{what}: weights file not found: {path}")
     if os.path.getsize(path) == 0:

@@ -235,3 +235,14 @@ def test_seed_and_threads_out_of_range_are_usage_errors(script, flag, value, cap
         parser.parse_args([flag, value])
     err = capsys.readouterr().err
     assert e.value.code == 2 and flag in err and value in err
+
+
+def test_model_path_of_a_run_folder_names_its_weights(tmp_path):
+    """--model_path <a training run folder> says which weights file it holds."""
+    from segqat import weights
+    (tmp_path / "run" / "best_model").mkdir(parents=True)
+    (tmp_path / "run" / "best_model" / "model.pdparams").write_bytes(b"x")
+    with pytest.raises(weights.WeightsError, match=r"is a folder.*did you mean --model_path .*best_model"):
+        weights.load_state(str(tmp_path / "run"))
+    with pytest.raises(weights.WeightsError, match=r"is a folder.*give the .pdparams file"):
+        weights.load_state(str(tmp_path))
