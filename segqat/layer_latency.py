@@ -47,7 +47,7 @@ def _export_int8(cfg, qc, skip, d, input_shape, model_path):
     return export.export_model(cfg, model, d, input_shape, quanter=quanter)
 
 
-def measure(cfg, runtime, input_shape, threads=2, warmup=5, repeats=20, model_path=None):
+def measure(cfg, runtime, input_shape, threads=2, warmup=5, repeats=20, model_path=None, kinds=None):
     """``{"fp32_ms", "int8_ms", "kinds": [{"kind", "layers", "ms", "gain"}]}``: the all-INT8
     model, the FP32 model, and the INT8 model with each kind left FP32 (``gain``: the
     fraction of the all-INT8 time that leaving it FP32 saves; negative = it costs)."""
@@ -55,6 +55,8 @@ def measure(cfg, runtime, input_shape, threads=2, warmup=5, repeats=20, model_pa
     # every kind quantized in the reference model, whatever the config leaves float
     qc = dict(quant.quant_settings(cfg, purpose="export"), skip_layer_kinds=[])
     groups = layers_by_kind(cfg, qc, model_path)
+    if kinds:  # only these kinds get a variant (the others stay INT8 in every model)
+        groups = {k: v for k, v in groups.items() if k in kinds}
     options = {"min_agreement": 0} if runtime == "onnxruntime" else {}
     preds = {}
     with tempfile.TemporaryDirectory(prefix="segqat_kinds_") as d:

@@ -15,10 +15,17 @@ def test_there_are_shipped_configs():
     assert "bisenetv2" in names and "pp_liteseg" in names and len(CONFIGS) >= 6
 
 
-# The zoo's configs are exported, quantized and run by `make zoo` (tools/zoo.py); here only
-# with `make test-slow`, to keep the default suite within its time budget.
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.startswith("configs/zoo/")
-                                  else p for p in CONFIGS])
+# One config per architecture in the default suite (the first of each model folder); the
+# other shipped configs of the same architecture (other data sets, the OpenVINO variant) and
+# the zoo's configs (also exported, quantized and run by `make zoo`) with `make test-slow`,
+# to keep the default suite within its time budget.
+def _default_tier(path):
+    folder = path.split("/")[1]
+    return folder != "zoo" and path == min(p for p in CONFIGS if p.split("/")[1] == folder)
+
+
+@pytest.mark.parametrize("path", [p if _default_tier(p) else pytest.param(p, marks=pytest.mark.slow)
+                                  for p in CONFIGS])
 def test_export_fp32_and_int8(path, tmp_path):
     cfg = load_config(str(ROOT / path))
     model, _ = quant.build_model(cfg)

@@ -100,13 +100,17 @@ def test_layer_latency_writes_a_usable_skip_config(tmp_path):
     out = tmp_path / "kinds"
     res = run_script("slim/quant/layer_latency.py", [
         "--config", SYN_CONFIG, "--runtime", "paddle", "--input_shape", 1, 3, 64, 64,
-        "--repeats", 3, "--warmup", 1, "--cpu_threads", 1, "--min_gain", "-1", "--save_dir", out])
+        "--repeats", 3, "--warmup", 1, "--cpu_threads", 1, "--min_gain", "-1", "--save_dir", out,
+        "--kinds", "depthwise_multiplier", "depthwise"])
     kinds = {r["kind"] for r in res["kinds"]}
-    assert {"conv", "conv1x1", "depthwise", "depthwise_multiplier"} <= kinds
+    assert kinds == {"depthwise", "depthwise_multiplier"}
+    assert all(len(r["layers"]) == 8 for r in res["kinds"])  # BiSeNetV2 has 8 of each
     # --min_gain -1: every kind "saves more than -100%", so every kind is listed
     assert sorted(res["skip_layer_kinds"]) == sorted(kinds)
     cfg = load_config(str(out / "config_with_skips.yml"))
     assert sorted(quant.quant_settings(cfg, purpose="export")["skip_layer_kinds"]) == sorted(kinds)
     model, _ = quant.build_model(cfg)
     quant.quantize(model, quant.quant_settings(cfg, purpose="export"))
-    assert not any(type(layer).__name__.startswith("Quantized") for _, layer in model.named_sublayers())
+    kind_of = {n: quant.layer_kind(getattr(layer, "_layer", layer)) for n, layer in model.named_sublayers()}
+    quantized = {n for n, layer in model.named_sublayers() if type(layer).__name__.startswith("Quantized")}
+    assert quantized and not any(kind_of[n] in kinds for n in quantized)  # the rest stays INT8

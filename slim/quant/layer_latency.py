@@ -34,6 +34,9 @@ def get_args_parser():
     p.add_argument("--cpu_threads", type=cli.threads, default=2)
     p.add_argument("--warmup", type=cli.positive_int, default=5)
     p.add_argument("--repeats", type=cli.positive_int, default=20)
+    p.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                   choices=["conv1x1", "conv", "depthwise", "depthwise_multiplier", "grouped", "linear"],
+                   help="measure only these kinds of layer (default: every kind the model has)")
     p.add_argument("--min_gain", type=float, default=0.02,
                    help="a kind stays FP32 when that makes the model faster by more than this "
                         "fraction (default 0.02)")
@@ -68,7 +71,7 @@ def main(args):
     cfg = load_config(args.config, opts=args.opts)
 
     res = layer_latency.measure(cfg, args.runtime, args.input_shape, args.cpu_threads, args.warmup,
-                                args.repeats, args.model_path)
+                                args.repeats, args.model_path, args.kinds)
     print(f"FP32 {res['fp32_ms']:.2f} ms, INT8 {res['int8_ms']:.2f} ms "
           f"(INT8/FP32 {res['int8_ms'] / res['fp32_ms']:.2f})")
     for r in res["kinds"]:
