@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 
-import numpy as np  # noqa: F401  (before paddle, see compat)
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +38,10 @@ def layers_by_kind(cfg, qc, model_path=None):
 
 
 def _export_int8(cfg, qc, skip, d, input_shape, model_path):
-    from . import calibration, export, quant
-    model, _ = quant.build_model(cfg, model_path)
+    from . import quant
     q = dict(qc, skip_layers=list(qc.get("skip_layers") or []) + list(skip))
-    quanter = quant.quantize(model, q, pact=False, in_channels=input_shape[1])
-    rng = np.random.RandomState(0)
-    calibration.calibrate(model, [rng.rand(*input_shape).astype("float32") * 2 - 1 for _ in range(2)])
-    return export.export_model(cfg, model, d, input_shape, quanter=quanter)
+    return quant.export_calibrated_int8(cfg, d, input_shape, np.random.RandomState(0), model_path,
+                                        batches=2, qc=q)
 
 
 def measure(cfg, runtime, input_shape, threads=2, warmup=5, repeats=20, model_path=None, kinds=None):

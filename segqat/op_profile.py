@@ -96,7 +96,6 @@ def parse_onednn_verbose(lines):
 
 def _paddle_worker(infer_dir, precision, shape, threads, warmup, runs, out_json):
     """Run in a child process with ONEDNN_VERBOSE=1: time, profile and log one predictor."""
-    import time
     import paddle.base.core as core
     from . import deploy
     x = np.random.RandomState(0).rand(*shape).astype("float32") * 2 - 1
@@ -110,14 +109,10 @@ def _paddle_worker(infer_dir, precision, shape, threads, warmup, runs, out_json)
     core.reset_profiler()
     sys.stdout.flush()
     print(_MARK, flush=True)
-    wall = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        pred.run(x)
-        wall.append((time.perf_counter() - t) * 1000)
+    wall = pred.benchmark(x, warmup=0, repeats=runs)
     print(_MARK, flush=True)
     with open(out_json, "w") as f:
-        json.dump({"wall_ms": float(np.median(wall)), "kinds": dict(kinds)}, f)
+        json.dump({"wall_ms": float(np.median(wall)) * 1000, "kinds": dict(kinds)}, f)
     pred.close()
     del pred  # the profiling report is printed when the predictor is destroyed
 
@@ -146,15 +141,16 @@ def _profile_paddle(infer_dir, precision, shape, threads, warmup, runs):
         if op.startswith(("Executor", "load_combine", "feed", "fetch")):
             continue
         n8, nother = res["kinds"].get(op, [0, 0])
-        kind = "convert" if op in _PADDLE_CONVERT else ("int8" if n8 and not nother else "fp32")
         e = ops.setdefault(op, {"ms": 0.0, "count": 0, **{k: 0 for k in KINDS}})
         e["ms"] += ms
         e["count"] += round(calls)
-        if kind == "int8" or (n8 and kind != "convert"):
+        if op in _PADDLE_CONVERT:
+            e["convert"] += round(calls)
+        elif n8:  # the optimized program says which of this type's ops run INT8
             e["int8"] += n8
             e["fp32"] += nother
         else:
-            e[kind] += round(calls)
+            e["fp32"] += round(calls)
     prims = parse_onednn_verbose(timed)
     layers = defaultdict(lambda: {"ms": 0.0, "count": 0})
     for p in prims:
@@ -222,20 +218,13 @@ def _ort_kind(op):
 
 
 def _profile_onnxruntime(infer_dir, precision, shape, threads, warmup, runs):
-    import time
     from . import deploy
     x = np.random.RandomState(0).rand(*shape).astype("float32") * 2 - 1
     with tempfile.TemporaryDirectory(prefix="segqat_prof_") as tmp:
         pred = deploy.create_predictor(infer_dir, runtime="onnxruntime", precision=precision,
                                        threads=threads, min_agreement=0,
                                        profile_prefix=os.path.join(tmp, "ort"))
-        for _ in range(warmup):
-            pred.run(x)
-        wall = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            pred.run(x)
-            wall.append((time.perf_counter() - t) * 1000)
+        wall = [t * 1000 for t in pred.benchmark(x, warmup=warmup, repeats=runs)]
         events = _ort_events(pred.session.end_profiling())
         pred.close()
     # the last `runs` model runs: ORT numbers its runs in the event list ("model_run")
@@ -286,9 +275,11 @@ def kind_totals(prof):
     return t
 
 
-def markdown(name, shape, results, top=12):
+def markdown(name, shape, results, machine, threads, runs, top=12):
     """A report: per runtime, op types FP32 vs INT8 and the slowest INT8 layers."""
-    lines = [f"# Where the time goes: {name}, input {'x'.join(map(str, shape))}", ""]
+    lines = [f"# Where the time goes: {name}, input {'x'.join(map(str, shape))}", "",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores, ISA {', '.join(machine['isa']) or '?'}; "
+             f"paddle {machine['paddle']}; {threads} threads, {runs} profiled runs.", ""]
     for rt, r in results.items():
         f, q = r["fp32"], r["int8"]
         lines += [f"## {rt}", "",

@@ -212,7 +212,8 @@ def mark_skipped(model, qc):
         logger.info("quantize_scope backbone: %d quantizable layer(s) outside the backbone stay "
                     "float", len(scoped))
     kinds = set(qc.get("skip_layer_kinds") or [])
-    by_kind = [n for n, layer in layers.items() if kinds and isinstance(layer, quantizable_types(qc))
+    types = quantizable_types(qc)
+    by_kind = [n for n, layer in layers.items() if kinds and isinstance(layer, types)
                and layer_kind(layer) in kinds]
     if by_kind:
         logger.info("Not quantizing %d layer(s) of kind %s (quant_config.skip_layer_kinds)",
@@ -497,14 +498,16 @@ def _load(model, path, expect_quant):
 
 
 def export_calibrated_int8(cfg, save_dir, input_shape, rng, model_path=None, batches=4,
-                           output_op="argmax"):
+                           output_op="argmax", qc=None):
     """Build ``cfg``'s model (weights from ``model_path``, else random), quantize it as it is
     exported (no PACT: export removes it), calibrate its quantizers on ``batches`` uniform
     inputs in [-1, 1) of ``input_shape`` drawn from ``rng``, and export it INT8 to
     ``save_dir``: the INT8 counterpart of an FP32 export without training, for latency and
-    runtime checks (slim/quant/bench_latency.py, benchmarks/). Returns the export's path."""
+    runtime checks (slim/quant/bench_latency.py, layer_latency, benchmarks/). ``qc``: quantization
+    settings to use instead of the config's. Returns the export's path."""
     qmodel, _ = build_model(cfg, model_path)
-    quanter = quantize(qmodel, quant_settings(cfg, purpose="export"), pact=False, in_channels=input_shape[1])
+    qc = quant_settings(cfg, purpose="export") if qc is None else qc
+    quanter = quantize(qmodel, qc, pact=False, in_channels=input_shape[1])
     calibration.calibrate(qmodel, [rng.rand(*input_shape).astype("float32") * 2 - 1
                                    for _ in range(batches)])
     return export.export_model(cfg, qmodel, save_dir, input_shape, output_op=output_op, quanter=quanter)

@@ -41,6 +41,17 @@ def run_script(rel, argv):
     return cli.run(mod.main, args)
 
 
+def tree(path):
+    """{relative path: bytes} of every file under ``path``."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, path)] = fh.read()
+    return out
+
+
 def write_config(path, base=SYN_CONFIG, data_root=None, extra=""):
     """A config that inherits ``base`` and points its datasets at ``data_root``."""
     text = f"_base_: {base}\n"

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import load_script, run_script
+from conftest import load_script, run_script, tree
 from segqat import outputs
 
 TEMP_MARKER = ".segqat-temp.json"  # the marker of a temp folder, by the name docs/safety.md gives
@@ -37,17 +37,6 @@ def fails(script, argv, caplog):
     assert e.value.code == 1
     assert "Traceback" not in caplog.text
     return caplog.text
-
-
-def tree(path):
-    """{relative path: bytes} of every file under ``path``."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, path)] = fh.read()
-    return out
 
 
 def fake_run(path):

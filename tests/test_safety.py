@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, tree
 from segqat import outputs, weights
 
 PY = sys.executable
@@ -31,17 +31,6 @@ def fails(script, argv, caplog):
         run_script(script, argv)
     assert e.value.code == 1
     return caplog.text
-
-
-def tree(path):
-    """{relative path: bytes} of every file under ``path``."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, path)] = fh.read()
-    return out
 
 
 def child(argv, limit_bytes=None, **kw):

@@ -31,6 +31,10 @@ for cfg in configs/zoo/bisenetv2.yml configs/zoo/pp_liteseg_stdc1.yml; do
       --runs 20 --save_dir $OUT/profile_$name --overwrite
 done
 
+# ... and BiSeNetV2 with every layer quantized (the placement before skip_layer_kinds)
+$PY slim/quant/profile_ops.py --config configs/zoo/bisenetv2.yml --input_shape 1 3 512 512 --runtimes paddle openvino \
+    --runs 20 --save_dir $OUT/profile_bisenetv2_every_layer --overwrite --opts quant_config.skip_layer_kinds=[]
+
 # 3. the mobile and transformer families of the issue at 512x1024, now
 for m in pp_mobileseg_tiny topformer_tiny segformer_b0 fastscnn; do
   $PY slim/quant/bench_latency.py --config configs/zoo/$m.yml --input_shape 1 3 512 1024 --cpu_threads 2 \

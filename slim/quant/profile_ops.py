@@ -72,14 +72,11 @@ def main(args):
             print(f"{name} [{rt}]: FP32 {f['wall_ms']:.1f} ms, INT8 {q['wall_ms']:.1f} ms "
                   f"(INT8/FP32 {q['wall_ms'] / f['wall_ms']:.2f}, profiler on); INT8 time by class: "
                   + ", ".join(f"{k} {v:.1f} ms" for k, v in op_profile.kind_totals(q).items()), flush=True)
-    text = op_profile.markdown(name, args.input_shape, results, args.top)
-    record = {"machine": dict(bench.machine(), paddle=paddle.__version__), "config": args.config,
+    machine = dict(bench.machine(), paddle=paddle.__version__)
+    text = op_profile.markdown(name, args.input_shape, results, machine, args.cpu_threads, args.runs, args.top)
+    record = {"machine": machine, "config": args.config,
               "input_shape": args.input_shape, "cpu_threads": args.cpu_threads, "runs": args.runs,
               "command": "python slim/quant/profile_ops.py " + " ".join(sys.argv[1:]), "runtimes": results}
-    machine = record["machine"]
-    text = text.replace("\n", f"\n\nMachine: {machine['cpu']}, {machine['cores']} cores, ISA "
-                        f"{', '.join(machine['isa']) or '?'}; paddle {machine['paddle']}; "
-                        f"{args.cpu_threads} threads, {args.runs} profiled runs.\n", 1)
 
     def write(d):
         with open(os.path.join(d, "profile.md"), "w") as fh:
