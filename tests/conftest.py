@@ -3,11 +3,13 @@
 The session fixtures train one small FP32 BiSeNetV2 and one QAT model that
 several tests share, so the whole suite stays within a few minutes on 2 CPUs.
 """
+import fcntl
 import importlib.util
 import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np  # noqa: F401  (numpy before paddle: segqat/compat/__init__.py)
@@ -62,9 +64,26 @@ def write_config(path, base=SYN_CONFIG, data_root=None, extra=""):
     return path
 
 
-# `make test` runs two pytest processes (see the Makefile) and points both at one
-# SEGQAT_TEST_SHARE folder, so the second reuses the session fixtures the first built.
+# The session fixtures live in one SEGQAT_TEST_SHARE folder when it is set: `make test`
+# runs two pytest processes (see the Makefile), each with xdist workers, and all of them
+# reuse what the first one built. A lock per fixture lets exactly one process build it.
 SHARE = os.environ.get("SEGQAT_TEST_SHARE")
+
+
+def pytest_configure(config):
+    """Under xdist without a share folder, give the workers one (they inherit the env)."""
+    global SHARE
+    if SHARE or hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    SHARE = tempfile.mkdtemp(prefix="segqat-test-share-")
+    os.environ["SEGQAT_TEST_SHARE"] = SHARE
+    config._segqat_own_share = SHARE
+
+
+def pytest_unconfigure(config):
+    own = getattr(config, "_segqat_own_share", None)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def _session_dir(tmp_path_factory, name, build):
@@ -74,12 +93,14 @@ def _session_dir(tmp_path_factory, name, build):
         build(path)
         return path
     path = Path(SHARE) / name
-    if (path / ".built").exists():
-        return path
-    shutil.rmtree(path, ignore_errors=True)  # a half-built one from an interrupted run
-    path.mkdir(parents=True)
-    build(path)
-    (path / ".built").touch()
+    with open(Path(SHARE) / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (path / ".built").exists():
+            return path
+        shutil.rmtree(path, ignore_errors=True)  # a half-built one from an interrupted run
+        path.mkdir(parents=True)
+        build(path)
+        (path / ".built").touch()
     return path
 
 
