@@ -164,3 +164,42 @@ def test_val_flags(syn_cfg, fp32_run, tmp_path):
     assert aug["test_config"]["scales"] == [0.75, 1.0] and aug["mIoU"] != whole["mIoU"]
     with pytest.raises(SystemExit):  # --is_slide without a window
         run_script("tools/val.py", ["--config", syn_cfg, "--model_path", weights, "--is_slide"])
+
+
+def test_resume_keeps_a_better_best_model_and_honours_the_learning_rate(syn_cfg, tmp_path, caplog):
+    """Resuming from an earlier checkpoint: best_model is replaced only by a better score of the
+    same run (lineage); a lowered --learning_rate is used, not the checkpoint's schedule."""
+    import logging
+    from conftest import tree
+    from segqat.builder import build_lr_scheduler
+    from segqat.config import load_config
+    out = tmp_path / "run"
+    base = ["--config", syn_cfg, "--iters", 4, "--batch_size", 2, "--save_interval", 2, "--log_iters", 1,
+            "--do_eval", "--save_dir", out]
+    run_script("tools/train.py", base)
+    state_path = out / "best_model" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["best_mIoU"] = 0.99  # as if a later iteration had scored that
+    state_path.write_text(json.dumps(state))
+    before = tree(out / "best_model")
+    caplog.set_level(logging.INFO)
+    run_script("tools/train.py", base + ["--resume_model", out / "iter_2", "--learning_rate", 0.0001])
+    assert tree(out / "best_model") == before
+    assert "best_model (mIoU 0.9900 at iter" in caplog.text
+    assert "continuing with the configured learning-rate schedule" in caplog.text
+    # the rate at iteration 4 is the lowered schedule's, as a fresh run with that rate has it
+    sched = build_lr_scheduler(load_config(str(syn_cfg), overrides={
+        "iters": 4, "lr_scheduler.learning_rate": 0.0001}))
+    for _ in range(4):
+        sched.step()
+    resumed = paddle.load(str(out / "iter_4" / "model.pdopt"))["LR_Scheduler"]
+    assert resumed["last_epoch"] == 4 and resumed["last_lr"] == sched.last_lr
+    # a best_model of another run cannot be compared: refused, left as it is
+    state["run_id"] = "another-run"
+    state_path.write_text(json.dumps(state))
+    before = tree(out / "best_model")
+    caplog.clear()
+    with pytest.raises(SystemExit):
+        run_script("tools/train.py", base + ["--resume_model", out / "iter_2"])
+    assert "best_model belongs to another run (another-run" in caplog.text
+    assert tree(out / "best_model") == before

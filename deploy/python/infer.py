@@ -47,6 +47,7 @@ def get_args_parser():
     p.add_argument("--cpu_threads", type=cli.threads, default=1)
     p.add_argument("--batch_size", type=cli.positive_int, default=1)
     p.add_argument("--verbose", action="store_true", help="show the runtime's own optimizer output")
+    cli.add_allow_external_model(p)
     g = p.add_argument_group("Paddle Inference")
     g.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     g.add_argument("--enable_mkldnn", type=cli.str2bool, default=True, help="oneDNN on CPU (true/false)")
@@ -165,7 +166,8 @@ def main(args):
                                inputs=[args.image_path, args.config, *files])
     with target:
         pred = deploy.create_predictor(args.config, runtime=args.runtime, precision=args.precision,
-                                       threads=args.cpu_threads, verbose=args.verbose, **options)
+                                       threads=args.cpu_threads, verbose=args.verbose,
+                                       allow_external_model=args.allow_external_model, **options)
 
         def read(f):
             img = cv2.imread(f, cv2.IMREAD_COLOR)
