@@ -187,10 +187,14 @@ def test_resume_keeps_a_better_best_model_and_honours_the_learning_rate(syn_cfg,
     assert tree(out / "best_model") == before
     assert "best_model (mIoU 0.9900 at iter" in caplog.text
     assert "continuing with the configured learning-rate schedule" in caplog.text
-    # the rate at iteration 4 is the lowered schedule's, as a fresh run with that rate has it
+    # the first resumed step (iteration 3) and the rest use the lowered schedule, as a fresh
+    # run with that rate has it
     sched = build_lr_scheduler(load_config(str(syn_cfg), overrides={
         "iters": 4, "lr_scheduler.learning_rate": 0.0001}))
-    for _ in range(4):
+    for _ in range(2):
+        sched.step()
+    assert re.search(rf"iter: 3/4, loss: [0-9.]+, lr: {sched.last_lr:.6f},", caplog.text)
+    for _ in range(2):
         sched.step()
     resumed = paddle.load(str(out / "iter_4" / "model.pdopt"))["LR_Scheduler"]
     assert resumed["last_epoch"] == 4 and resumed["last_lr"] == sched.last_lr
