@@ -125,11 +125,14 @@ def verify_inference_dir(d):
     values = {}
     for v in prog.list_vars():
         found = scope.find_var(v.name) if v.persistable else None
-        if found is not None and found.is_initialized() and hasattr(found, "get_tensor"):
-            try:
-                values[v.name] = np.array(found.get_tensor())
-            except (RuntimeError, ValueError, TypeError):  # not a dense tensor (feed/fetch lists)
-                continue
+        if found is None:
+            continue
+        try:
+            t = found.get_tensor()
+            if t._is_initialized():
+                values[v.name] = np.array(t)
+        except (RuntimeError, ValueError, TypeError, AttributeError):  # feed/fetch lists
+            continue
     bad = non_finite(values)
     if bad:
         raise WeightsError(f"the exported model holds non-finite parameters (NaN/Inf or "

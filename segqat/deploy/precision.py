@@ -18,7 +18,7 @@ The evidence, by format:
 - old-IR Paddle program (``.pdmodel``): ops whose type contains ``quantize``
   (``quantize_linear``, ``dequantize_linear``, PaddleSlim's ``fake_quantize_*`` /
   ``fake_dequantize_*``, oneDNN's ``quantize`` / ``dequantize`` / ``requantize``)
-  and persistable int8 variables;
+  and stored weights that are int8 or read by a dequantize op;
 - new-IR Paddle program (``.json``): the same op names (``pd_op.quantize_linear``
   is written ``1.quantize_linear``) and int8 parameters;
 - ONNX (``.onnx``): QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
@@ -37,8 +37,8 @@ ONNX_QUANT_NODES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear
 @dataclasses.dataclass
 class ProgramFacts:
     path: str
-    quant_ops: Counter
-    int8_weights: int
+    quant_ops: Counter  # {op or node type: count} of the quantization ops
+    int8_weights: int   # stored weights that are int8 or dequantized by the program
 
     @property
     def precision(self):
@@ -59,18 +59,26 @@ def _pdmodel_facts(path):
     from paddle.base import core
     with open(path, "rb") as f:
         desc = core.ProgramDesc(f.read())
-    ops, int8 = Counter(), 0
+    ops, weights = Counter(), set()
     for b in range(desc.num_blocks()):
         blk = desc.block(b)
         for i in range(blk.op_size()):
-            if _is_quant_op(blk.op(i).type()):
-                ops[blk.op(i).type()] += 1
+            op = blk.op(i)
+            if not _is_quant_op(op.type()):
+                continue
+            ops[op.type()] += 1
+            x = op.input("X") if "X" in op.input_names() else []
+            if "dequantize" in op.type() and x:  # a stored weight, dequantized
+                v = blk.find_var_recursive(x[0].encode())
+                if v is not None and v.persistable():
+                    weights.add(x[0])
         for v in blk.all_vars():
             try:
-                int8 += v.persistable() and v.dtype() == core.VarDesc.VarType.INT8
+                if v.persistable() and v.dtype() == core.VarDesc.VarType.INT8:
+                    weights.add(v.name())
             except Exception:  # feed/fetch lists and readers have no dtype
                 continue
-    return ops, int8
+    return ops, len(weights)
 
 
 def _pir_ops(regions):
