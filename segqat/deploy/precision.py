@@ -1,8 +1,8 @@
 """What an exported program holds: FP32 or INT8, read from the program itself.
 
     facts = program_precision("out/qat_infer/model.pdmodel")   # or model.json, model.onnx
-    facts.precision        # "int8": it has quantize/dequantize ops or int8 weights
-    facts.describe()       # "52 dequantize_linear, 26 quantize_linear ops, 27 int8 weights"
+    facts.precision        # "int8": it has quantize/dequantize ops or quantized weights
+    facts.describe()       # "142 dequantize_linear, 94 quantize_linear op(s), 48 quantized weight(s)"
 
 ``deploy.yaml`` says what precision an export is (``precision:``), but a file
 can say anything: an INT8 export whose deploy.yaml says ``fp32``, or whose
@@ -38,17 +38,20 @@ ONNX_QUANT_NODES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear
 class ProgramFacts:
     path: str
     quant_ops: Counter  # {op or node type: count} of the quantization ops
-    int8_weights: int   # stored weights that are int8 or dequantized by the program
+    quantized_weights: int   # stored weights that are int8 or dequantized by the program
 
     @property
     def precision(self):
-        return "int8" if self.quant_ops or self.int8_weights else "fp32"
+        return "int8" if self.quant_ops or self.quantized_weights else "fp32"
 
     def describe(self):
         if self.precision == "fp32":
-            return "no quantize/dequantize op and no int8 weight"
-        ops = ", ".join(f"{n} {t}" for t, n in sorted(self.quant_ops.items()))
-        return f"{ops or 'no quantize/dequantize op'} op(s), {self.int8_weights} int8 weight(s)"
+            return "no quantize/dequantize op and no quantized weight"
+        parts = [", ".join(f"{n} {t}" for t, n in sorted(self.quant_ops.items())) + " op(s)"
+                 ] if self.quant_ops else []
+        if self.quantized_weights:
+            parts.append(f"{self.quantized_weights} quantized weight(s)")
+        return ", ".join(parts)
 
 
 def _is_quant_op(op_type):
