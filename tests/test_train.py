@@ -207,3 +207,51 @@ def test_resume_keeps_a_better_best_model_and_honours_the_learning_rate(syn_cfg,
         run_script("tools/train.py", base + ["--resume_model", out / "iter_2"])
     assert "best_model belongs to another run (another-run" in caplog.text
     assert tree(out / "best_model") == before
+
+
+@pytest.mark.unit
+def test_best_model_to_beat_on_resume(tmp_path):
+    """The score a resumed run's best_model must beat: the better of its checkpoint's and the
+    recorded best_model's of the same lineage; another run's (or an unscored) best_model is
+    refused unless --overwrite."""
+    from segqat import checkpoint
+    best = tmp_path / "best_model"
+    assert checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck") == (0.5, 2)  # none yet
+    best.mkdir()
+    for owner, recorded, want in (("r1", 0.7, (0.7, 8)), ("r1", 0.3, (0.5, 2)), (None, 0.7, (0.7, 8))):
+        (best / "state.json").write_text(json.dumps({"best_mIoU": recorded, "best_iter": 8, "run_id": owner}))
+        assert checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck") == want
+    (best / "state.json").write_text(json.dumps({"best_mIoU": 0.7, "best_iter": 8, "run_id": "r0"}))
+    with pytest.raises(checkpoint.ResumeError, match=r"best_model belongs to another run \(r0, mIoU 0.7000 "
+                                                     "at iter 8\).*--overwrite"):
+        checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck")
+    assert checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck", overwrite=True) == (0.5, 2)
+    (best / "state.json").unlink()
+    with pytest.raises(checkpoint.ResumeError, match="best_model has no recorded score"):
+        checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck")
+
+
+@pytest.mark.unit
+def test_resumed_schedule_is_the_configured_one(caplog):
+    """configured_schedule: the checkpoint's step, the configured rates; the same schedule
+    resumes exactly (no message), a changed one is used and logged, also for schedules that
+    compute each rate from the previous one (cosine) and nested ones (warmup)."""
+    import logging
+    from segqat import checkpoint
+    lr = paddle.optimizer.lr
+
+    def make(base):
+        return lr.LinearWarmup(lr.CosineAnnealingDecay(base, T_max=10), warmup_steps=2,
+                               start_lr=0.0, end_lr=base)
+
+    def at(sched, step):
+        for _ in range(step):
+            sched.step()
+        return sched
+    recorded = at(make(0.01), 5).state_dict()
+    caplog.set_level(logging.WARNING)
+    assert checkpoint.configured_schedule(make(0.01), recorded, "ck") == recorded
+    assert caplog.text == ""
+    lowered = checkpoint.configured_schedule(make(0.001), recorded, "ck")
+    assert lowered == at(make(0.001), 5).state_dict() and lowered["last_lr"] < recorded["last_lr"] / 5
+    assert "ck: continuing with the configured learning-rate schedule" in caplog.text

@@ -15,6 +15,9 @@ an earlier prediction folder is replaced only with --overwrite (as a whole:
 FP32 and INT8 results are never mixed).
 --image_path: an image file, a folder of images, or a list file (one image
 path per line, optionally followed by a label path, relative to the list's folder).
+deploy.yaml is checked against its files: its precision must be what the program holds
+(an INT8 program is never run as "FP32"), and its model/params files must lie in its
+folder unless --allow_external_model.
 An INT8 model must compile INT8 kernels on the runtime (oneDNN on CPU for
 Paddle Inference); a run without them is refused. GPU and TensorRT options are
 implemented but untested here (no GPU on the development machine).
