@@ -510,3 +510,6 @@ def test_precision_of_new_ir_and_onnx_programs(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(deploy.DeployError, match="bad.onnx cannot be read as an ONNX model"):
         deploy.program_precision(tmp_path / "bad.onnx")
+    (tmp_path / "model.pdmodel").write_bytes(b"")
+    with pytest.raises(deploy.DeployError, match=r"model.pdmodel is empty \(0 bytes\)"):
+        deploy.program_precision(tmp_path / "model.pdmodel")

@@ -13,7 +13,7 @@ class_iou.png, confusion.png (row-normalised, values in the cells), samples.png.
 not faster than FP32, or when the deployed INT8 mIoU is more than 0.5 points
 from the fake-quant mIoU. Run it on an otherwise idle machine.
 --fp32 must be an FP32 export and each --int8 an INT8 one: what each folder holds is read
-from its program (quantize/dequantize ops, int8 weights), not taken from its name.
+from its program (quantize/dequantize ops, quantized weights), not taken from its name.
 The report (with benchmark.log) appears in --save_dir when complete; an earlier
 report there is replaced only with --overwrite.
 """

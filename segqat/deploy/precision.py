@@ -133,6 +133,8 @@ def program_precision(model_file):
     path = str(model_file)
     reader = (_onnx_facts if path.endswith(".onnx") else _json_facts if path.endswith(".json")
               else _pdmodel_facts)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise DeployError(f"{path} is empty (0 bytes): an interrupted or failed write? Re-export it")
     try:
         ops, int8 = reader(path)
     except Exception as e:  # protobuf / JSON / onnx decode errors of a damaged file
