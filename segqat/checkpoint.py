@@ -17,6 +17,7 @@ The training loop that calls these is ``engine.train``.
 import hashlib
 import json
 import logging
+import math
 import os
 
 import numpy as np
@@ -137,8 +138,15 @@ def remove_other_runs(save_dir, run_id):
 
 # ---------------------------------------------------------------- resuming
 
-def load_resume(resume_dir, model, optimizer):
-    """Restore model, optimizer (with its LR schedule) and the training state."""
+def load_resume(resume_dir, model, optimizer, lr_sched=None):
+    """Restore model, optimizer and the training state.
+
+    The learning-rate schedule is the configured one (the config and
+    --learning_rate as given now: ``lr_sched``, freshly built) advanced to the
+    checkpoint's step, not the schedule the checkpoint recorded: a user who
+    lowers --learning_rate after a divergence gets the lower rate. A rate that
+    differs from the recorded one is logged.
+    """
     pdparams = os.path.join(resume_dir, "model.pdparams")
     pdopt = os.path.join(resume_dir, "model.pdopt")
     for p in (pdparams, pdopt):
@@ -146,7 +154,10 @@ def load_resume(resume_dir, model, optimizer):
             raise ResumeError(f"--resume_model {resume_dir}: {os.path.basename(p)} not found "
                               f"(expected a checkpoint directory like save_dir/iter_N)")
     weights.load_weights(model, pdparams, what="--resume_model")
-    optimizer.set_state_dict(weights.to_tensors(weights.load_state(pdopt, what="--resume_model")))
+    opt_state = weights.load_state(pdopt, what="--resume_model")
+    if lr_sched is not None and isinstance(opt_state.get("LR_Scheduler"), dict):
+        opt_state["LR_Scheduler"] = configured_schedule(lr_sched, opt_state["LR_Scheduler"], resume_dir)
+    optimizer.set_state_dict(weights.to_tensors(opt_state))
     state_path = os.path.join(resume_dir, "state.json")
     if os.path.isfile(state_path):
         try:
@@ -166,6 +177,62 @@ def load_resume(resume_dir, model, optimizer):
     return state
 
 
+def best_to_beat(save_dir, run_id, best_miou, best_iter, resume_dir, overwrite=False):
+    """Resuming: the (mIoU, iter) a new ``best_model`` must beat.
+
+    The checkpoint records the best score its run had reached when it was saved;
+    ``save_dir/best_model`` may be better (resumed from an earlier checkpoint).
+    Its ``state.json`` records its score and its run (``run_id``, carried on by
+    every resume: the lineage): of the same lineage, the better of the two must
+    be beaten; of another run (or without a recorded score) its score cannot be
+    compared and the run is refused unless ``overwrite`` (which replaces it).
+    """
+    best = os.path.join(save_dir, "best_model")
+    if not os.path.isdir(best):
+        return best_miou, best_iter
+    why = None
+    try:
+        with open(os.path.join(best, "state.json")) as f:
+            st = json.load(f)
+        kept, kept_iter, owner = float(st["best_mIoU"]), int(st["best_iter"]), st.get("run_id")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        why = "has no recorded score (state.json with best_mIoU)"
+    else:
+        if owner not in (None, run_id):  # None: written before run ids, in this folder
+            why = f"belongs to another run ({owner}, mIoU {kept:.4f} at iter {kept_iter})"
+    if why and overwrite:  # remove_other_runs replaces it at this run's first checkpoint
+        return best_miou, best_iter
+    if why:
+        raise ResumeError(f"--save_dir {save_dir}: best_model {why}, so a better model of the run "
+                          f"resumed from {resume_dir} cannot be told apart from a worse one; move "
+                          "best_model out of --save_dir, or pass --overwrite to replace it")
+    if kept > best_miou:
+        logger.info("[EVAL] best_model (mIoU %.4f at iter %d) stays unless this run scores higher "
+                    "(the checkpoint resumed from had reached %.4f)", kept, kept_iter, best_miou)
+        return kept, kept_iter
+    return best_miou, best_iter
+
+
+def configured_schedule(lr_sched, recorded, resume_dir):
+    """``lr_sched`` (built from the current config, at step 0) advanced to the step of the
+    ``recorded`` scheduler state of a checkpoint; returns its state dict. Stepped, not set:
+    schedules such as CosineAnnealingDecay compute each rate from the previous one."""
+    try:
+        step = int(recorded["last_epoch"])
+        old_lr = float(recorded["last_lr"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ResumeError(f"--resume_model {resume_dir}: model.pdopt has no readable learning-rate "
+                          f"schedule state ({type(e).__name__}: {e}); resume from another checkpoint") from None
+    while lr_sched.last_epoch < step:
+        lr_sched.step()
+    new_lr = float(lr_sched.last_lr)
+    if not math.isclose(new_lr, old_lr, rel_tol=1e-9, abs_tol=0.0):
+        logger.warning("--resume_model %s: continuing with the configured learning-rate schedule "
+                       "(lr_scheduler and --learning_rate as given now): lr %g at step %d, where "
+                       "the checkpoint's schedule had %g", resume_dir, new_lr, step, old_lr)
+    return lr_sched.state_dict()
+
+
 __all__ = ["ResumeError", "save_checkpoint", "verify_checkpoint", "load_resume", "run_of",
            "prune_checkpoints", "adopt_checkpoints", "last_saved", "remove_other_runs",
-           "non_finite_parameters", "weights_digest"]
+           "non_finite_parameters", "weights_digest", "best_to_beat", "configured_schedule"]

@@ -191,6 +191,12 @@ def add_overwrite(parser, what="output", flag="--save_dir"):
                              f"the new one is complete); without it an existing {flag} is refused")
 
 
+def add_allow_external_model(parser):
+    parser.add_argument("--allow_external_model", action="store_true",
+                        help="accept a deploy.yaml whose model/params files lie outside its export "
+                             "folder (an absolute path or '..'; default: refuse)")
+
+
 @contextlib.contextmanager
 def training_dir(args):
     """Check --save_dir before anything is written there, and hold its locks for the run.

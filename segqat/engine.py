@@ -102,11 +102,14 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
     start_metrics = None
     run_id = uuid.uuid4().hex[:12]
     if opts.resume_model:
-        state = checkpoint.load_resume(opts.resume_model, model, optimizer)
+        state = checkpoint.load_resume(opts.resume_model, model, optimizer, lr_sched)
         start_iter = state["iter"]
         start_metrics = state.get("start_metrics")
         run_id = state.get("run_id") or run_id
         best_miou, best_iter = state.get("best_mIoU", -1.0), state.get("best_iter", -1)
+        if opts.do_eval:  # only an evaluating run writes best_model
+            best_miou, best_iter = checkpoint.best_to_beat(opts.save_dir, run_id, best_miou, best_iter,
+                                                           opts.resume_model, opts.overwrite)
         if start_iter >= opts.iters:
             raise checkpoint.ResumeError(f"--resume_model {opts.resume_model} is at iteration {start_iter}, "
                               f"not before --iters {opts.iters}: nothing to train")

@@ -29,6 +29,7 @@ import yaml
 
 from . import compat
 from . import outputs
+from .weights import MAX_ABS_WEIGHT
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +105,39 @@ def check_input_shape(cfg, input_shape):
 
 
 def verify_inference_dir(d):
-    """Read back a written inference directory: the program and every parameter.
+    """Read back a written inference directory: the program and every parameter, and
+    check the parameters as a checkpoint's are (finite, |w| <= weights.MAX_ABS_WEIGHT).
 
     paddle's C++ savers do not report a failed write (a file-size limit left a
     truncated ``model.pdiparams`` behind an exit code 0), so this loads both.
+    The value check is the last guard of export and PTQ (their input weights are
+    checked when loaded) against shipping a diverged model, whatever produced it.
     """
+    from .weights import WeightsError, non_finite
     outputs.check_files_written(d, ["model.pdmodel", "model.pdiparams", "deploy.yaml"])
     try:
-        compat.load_old_ir_inference_model(d)
+        prog, _, _, scope, _ = compat.load_old_ir_program(os.path.join(d, "model.pdmodel"),
+                                                          os.path.join(d, "model.pdiparams"))
     except Exception as e:
         raise outputs.OutputError(f"the inference model written to {d} does not read back "
                                   f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}): "
                                   "disk full or a file-size limit?") from e
+    values = {}
+    for v in prog.list_vars():
+        found = scope.find_var(v.name) if v.persistable else None
+        if found is None:
+            continue
+        try:
+            t = found.get_tensor()
+            if t._is_initialized():
+                values[v.name] = np.array(t)
+        except (RuntimeError, ValueError, TypeError, AttributeError):  # feed/fetch lists
+            continue
+    bad = non_finite(values)
+    if bad:
+        raise WeightsError(f"the exported model holds non-finite parameters (NaN/Inf or "
+                           f"|w| > {MAX_ABS_WEIGHT:g} in {len(bad)} tensor(s), e.g. {', '.join(bad[:3])}): "
+                           "a diverged model is not exported; nothing was written")
 
 
 def deploy_transforms(cfg):

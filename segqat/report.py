@@ -27,8 +27,8 @@ from .metrics import compute_metrics
 logger = logging.getLogger(__name__)
 
 
-def model_size(dep_dir):
-    d = deploy.load_deploy_config(dep_dir)
+def model_size(dep_dir, allow_external_model=False):
+    d = deploy.load_deploy_config(dep_dir, allow_external_model)
     return {"params_mb": os.path.getsize(d["params_file"]) / 2 ** 20,
             "model_mb": os.path.getsize(d["model_file"]) / 2 ** 20}
 
@@ -66,7 +66,8 @@ _METRIC_KEYS = ("mIoU", "Acc", "Kappa", "Dice", "class_IoU", "class_Dice")
 
 
 def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, warmup=5,
-                  repeats=20, num_images=None, num_samples=4, runtimes=("paddle",)):
+                  repeats=20, num_images=None, num_samples=4, runtimes=("paddle",),
+                  allow_external_model=False):
     """``models``: ordered {name: inference dir}; the first is the FP32 reference.
 
     Every model runs on every runtime in ``runtimes`` (rows "name (runtime)"
@@ -76,7 +77,8 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     that model on each runtime. The predictors of a runtime are timed
     interleaved on the same input with the same thread count; runtimes one
     after another (``bench.interleaved_latency``: a runtime's spinning threads
-    slow whatever runs after them).
+    slow whatever runs after them). ``allow_external_model``: deploy.yaml's model files
+    may lie outside their export folder.
 
     Returns the results dict and writes results.json, results.md and plots.
     """
@@ -96,7 +98,8 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
     preds = {}
     try:
         for row, (rt, name) in rows.items():
-            preds[row] = deploy.create_predictor(models[name], runtime=rt, threads=cpu_threads)
+            preds[row] = deploy.create_predictor(models[name], runtime=rt, threads=cpu_threads,
+                                                 allow_external_model=allow_external_model)
         fq = None
         if qat_model_path:
             fq_model, _ = quant.build_model(cfg, qat_model_path, quantized=True, stage="eval")
@@ -147,7 +150,7 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
              "agreement_with_fp32": agree["fp32"]["agreement"] if "fp32" in agree else 1.0,
              "latency": lat[name],
              "ratio_to_fp32": lat[name]["median_ms"] / lat[ref_of[name]]["median_ms"],
-             **model_size(models[model]), "num_params": n_params, "macs": flops}
+             **model_size(models[model], allow_external_model), "num_params": n_params, "macs": flops}
         if "fake_quant" in agree:
             a = agree["fake_quant"]
             r["agreement_with_fake_quant"] = a["agreement"]

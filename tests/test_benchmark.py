@@ -177,3 +177,20 @@ def test_machine_record_names_the_int8_instructions():
     assert bench.isa_label(m) in ("VNNI", "AVX2, no VNNI", "no VNNI")
     assert bench.isa_label({"isa": ["avx2"], "vnni": False}) == "AVX2, no VNNI"
     assert bench.isa_label({"cpu": "x"}) == ""  # recorded before the flags were
+
+
+def test_benchmark_checks_what_each_export_is(syn_cfg, exports, tmp_path, caplog):
+    """--fp32 <INT8 export> / --int8 <FP32 export> would fill the report's FP32 row with INT8
+    results: refused in one line naming the flag, the folder and what it holds."""
+    import logging
+    caplog.set_level(logging.ERROR)
+    for fp32, int8, flag, holds in ((exports / "int8", exports / "fp32", "--fp32", "INT8 (quantized)"),
+                                    (exports / "fp32", exports / "fp32", "--int8", "FP32 (not quantized)")):
+        caplog.clear()
+        with pytest.raises(SystemExit) as e:
+            run_script("deploy/python/benchmark.py", ["--config", syn_cfg, "--fp32", fp32, "--int8", int8,
+                                                      "--save_dir", tmp_path / "b"])
+        assert e.value.code == 1
+        bad = fp32 if flag == "--fp32" else int8
+        assert f"{flag} {bad} holds an {holds} model" in caplog.text
+        assert "Traceback" not in caplog.text and not (tmp_path / "b").exists()

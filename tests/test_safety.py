@@ -191,12 +191,51 @@ def test_non_finite_weights_refused(syn_cfg, fp32_run, tmp_path, caplog, value):
     bad = tmp_path / "nan.pdparams"
     paddle.save(state, str(bad))
     for script, extra in (("tools/val.py", []), ("tools/export.py", ["--save_dir", tmp_path / "e"]),
-                          ("slim/quant/qat_train.py", ["--save_dir", tmp_path / "q", "--iters", 1])):
+                          ("slim/quant/qat_train.py", ["--save_dir", tmp_path / "q", "--iters", 1]),
+                          ("slim/quant/ptq.py", ["--save_dir", tmp_path / "p"])):
         msg = fails(script, ["--config", syn_cfg, "--model_path", bad, *extra], caplog)
         assert "non-finite" in msg and str(bad) in msg and name in msg
+    import shutil
+    ck = tmp_path / "run" / "iter_150"  # a checkpoint of a diverged run: not resumed from
+    shutil.copytree(fp32_run / "iter_150", ck)
+    shutil.copy(bad, ck / "model.pdparams")
+    msg = fails("tools/train.py", ["--config", syn_cfg, "--iters", 160, "--resume_model", ck,
+                                   "--save_dir", ck.parent], caplog)
+    assert "non-finite" in msg and name in msg
+    assert not [p for p in os.listdir(tmp_path) if p in ("e", "p")]
     msg = fails("tools/train.py", ["--config", syn_cfg, "--resume_model", tmp_path / "missing",
                                    "--save_dir", tmp_path / "r"], caplog)
     assert "not found" in msg
+
+
+@pytest.mark.unit
+def test_diverged_weights_are_never_saved(tmp_path):
+    """Every checkpoint is read back and checked before it replaces anything: a finite but
+    diverged weight (|w| > MAX_ABS_WEIGHT) is refused like NaN."""
+    import paddle
+    from segqat import checkpoint
+    model = paddle.nn.Linear(2, 2)
+    checkpoint.save_checkpoint(str(tmp_path / "best_model"), model, state={"iter": 1})
+    before = tree(tmp_path)
+    model.weight.set_value(np.full([2, 2], 1.2e33, "float32"))
+    assert checkpoint.non_finite_parameters(model) == ["weight"]
+    with pytest.raises(weights.WeightsError, match="non-finite weights"):
+        checkpoint.save_checkpoint(str(tmp_path / "best_model"), model, state={"iter": 2})
+    assert tree(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["best_model"]
+
+
+def test_diverged_model_is_not_exported(syn_cfg, tmp_path):
+    """The written export's parameters are checked too (the last guard of export and PTQ)."""
+    import paddle
+    from segqat import export, quant
+    from segqat.config import load_config
+    cfg = load_config(str(syn_cfg))
+    model, _ = quant.build_model(cfg)
+    p = next(p for p in model.parameters() if p.dtype == paddle.float32 and len(p.shape) == 4)
+    p.set_value(np.full(p.shape, 1.2e33, "float32"))
+    with pytest.raises(weights.WeightsError, match="exported model holds non-finite parameters"):
+        export.export_model(cfg, model, str(tmp_path / "infer"), input_shape=[1, 3, 64, 64])
+    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------- weights files that run code
@@ -341,3 +380,136 @@ def test_two_runs_on_one_save_dir(syn_cfg, tmp_path, caplog):
     run_script("tools/train.py", ["--config", syn_cfg, "--iters", int(os.path.basename(last)[5:]) + 1,
                                   "--batch_size", 2, "--save_dir", out, "--resume_model", last])
     assert not (out / outputs.LOCK).exists()
+
+
+# ---------------------------------------------------------------- files that say what they are
+
+def _set_deploy(export_dir, **values):
+    import yaml
+    path = export_dir / "deploy.yaml"
+    dic = yaml.safe_load(path.read_text())
+    dic["Deploy"].update(values)
+    path.write_text(yaml.safe_dump(dic, sort_keys=False))
+    return path
+
+
+def test_export_precision_is_read_from_its_program(exports):
+    from segqat import deploy
+    fp32 = deploy.program_precision(exports / "fp32" / "model.pdmodel")
+    int8 = deploy.program_precision(exports / "int8" / "model.pdmodel")
+    assert fp32.precision == "fp32" and not fp32.quant_ops and fp32.quantized_weights == 0
+    assert int8.precision == "int8" and int8.quant_ops["dequantize_linear"] > 0
+    assert int8.quantized_weights > 0 and "quantized weight(s)" in int8.describe()
+
+
+def test_deploy_yaml_precision_must_match_the_program(exports, synth, tmp_path, caplog):
+    """An INT8 export whose deploy.yaml says fp32 never runs as "FP32" (and the reverse)."""
+    import shutil
+    from segqat import deploy
+    lying = tmp_path / "int8"
+    shutil.copytree(exports / "int8", lying)
+    dep_yaml = _set_deploy(lying, precision="fp32")
+    with pytest.raises(deploy.DeployError) as e:
+        deploy.load_deploy_config(str(lying))
+    msg = str(e.value)
+    assert "\n" not in msg and str(dep_yaml) in msg and "Deploy.precision is fp32" in msg
+    assert "INT8 (quantized) program" in msg and "dequantize_linear" in msg
+    msg = fails("deploy/python/infer.py", ["--config", dep_yaml, "--image_path",
+                                           synth / "images" / "val_0000.png", "--save_dir", tmp_path / "p"],
+                caplog)
+    assert "Deploy.precision is fp32" in msg and "Traceback" not in msg
+    assert not (tmp_path / "p").exists()
+    plain = tmp_path / "fp32"
+    shutil.copytree(exports / "fp32", plain)
+    _set_deploy(plain, precision="int8")
+    with pytest.raises(deploy.DeployError, match="Deploy.precision is int8 but model.pdmodel holds an "
+                                                 r"FP32 \(not quantized\) program"):
+        deploy.load_deploy_config(str(plain))
+
+
+def test_deploy_yaml_model_files_stay_in_their_folder(exports, synth, tmp_path, caplog):
+    """model/params pointing at another export's files (absolute or ../) are refused unless
+    --allow_external_model; the precision check still reads the file they point at."""
+    import shutil
+    from segqat import deploy
+    fp32 = tmp_path / "fp32"
+    shutil.copytree(exports / "fp32", fp32)
+    shutil.copytree(exports / "int8", tmp_path / "int8")
+    for key, value in (("model", "../int8/model.pdmodel"),
+                       ("params", str(tmp_path / "int8" / "model.pdiparams"))):
+        shutil.copy(exports / "fp32" / "deploy.yaml", fp32 / "deploy.yaml")
+        dep_yaml = _set_deploy(fp32, **{key: value})
+        with pytest.raises(deploy.DeployError) as e:
+            deploy.load_deploy_config(str(fp32))
+        msg = str(e.value)
+        assert f"Deploy.{key} is {value!r}, outside the export folder" in msg
+        assert "--allow_external_model" in msg and str(dep_yaml) in msg
+    msg = fails("deploy/python/infer.py", ["--config", fp32, "--image_path", synth / "images" / "val_0000.png",
+                                           "--save_dir", tmp_path / "p"], caplog)
+    assert "outside the export folder" in msg
+    # allowed by the flag: the file outside is used ...
+    dep = deploy.load_deploy_config(str(fp32), allow_external_model=True)
+    assert dep["params_file"] == str(tmp_path / "int8" / "model.pdiparams")
+    # ... but an external INT8 program under a deploy.yaml saying fp32 is still what it is
+    shutil.copy(exports / "fp32" / "deploy.yaml", fp32 / "deploy.yaml")
+    _set_deploy(fp32, model="../int8/model.pdmodel", params="../int8/model.pdiparams")
+    with pytest.raises(deploy.DeployError, match="Deploy.precision is fp32 but ../int8/model.pdmodel "
+                                                 "holds an INT8"):
+        deploy.load_deploy_config(str(fp32), allow_external_model=True)
+    for bad in (None, 5, ""):
+        shutil.copy(exports / "fp32" / "deploy.yaml", fp32 / "deploy.yaml")
+        _set_deploy(fp32, model=bad)
+        with pytest.raises(deploy.DeployError, match="Deploy.model is .*; allowed: a file name"):
+            deploy.load_deploy_config(str(fp32))
+
+
+def _pir_program(path, quantized):
+    """A new-IR (model.json) program: a convolution, with int8 weights and a quantize ->
+    dequantize pair on its input when ``quantized``."""
+    import paddle
+    from paddle.nn.quant.format import LinearDequanter, LinearQuanter, LinearQuanterDequanter
+
+    class Conv(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.w = self.create_parameter([4, 3, 3, 3], dtype="int8" if quantized else "float32",
+                                           default_initializer=paddle.nn.initializer.Constant(1))
+            self.qd = LinearQuanterDequanter(LinearQuanter(0.5, zero_point=0.0, bit_length=8),
+                                             LinearDequanter(0.5, zero_point=0.0, bit_length=8))
+
+        def forward(self, x):
+            if quantized:
+                x = self.qd(x)
+            return paddle.nn.functional.conv2d(x, paddle.cast(self.w, "float32"))
+
+    paddle.jit.save(Conv(), str(path), input_spec=[paddle.static.InputSpec([1, 3, 8, 8], "float32", "x")])
+    return f"{path}.json"
+
+
+def test_precision_of_new_ir_and_onnx_programs(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    from segqat import deploy
+    q = deploy.program_precision(_pir_program(tmp_path / "q", quantized=True))
+    assert q.precision == "int8" and q.quant_ops == {"quantize_linear": 1, "dequantize_linear": 1}
+    assert q.quantized_weights == 1
+    assert deploy.program_precision(_pir_program(tmp_path / "f", quantized=False)).precision == "fp32"
+
+    def onnx_file(name, nodes, inits):
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+        onnx.save(helper.make_model(graph), str(tmp_path / name))
+        return tmp_path / name
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    qdq = onnx_file("q.onnx", [helper.make_node("QuantizeLinear", ["x", "s"], ["xq"]),
+                               helper.make_node("DequantizeLinear", ["xq", "s"], ["y"])], [scale])
+    plain = onnx_file("f.onnx", [helper.make_node("Relu", ["x"], ["y"])], [])
+    facts = deploy.program_precision(qdq)
+    assert facts.precision == "int8" and facts.quant_ops == {"QuantizeLinear": 1, "DequantizeLinear": 1}
+    assert deploy.program_precision(plain).precision == "fp32"
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(deploy.DeployError, match="bad.onnx cannot be read as an ONNX model"):
+        deploy.program_precision(tmp_path / "bad.onnx")
+    (tmp_path / "model.pdmodel").write_bytes(b"")
+    with pytest.raises(deploy.DeployError, match=r"model.pdmodel is empty \(0 bytes\)"):
+        deploy.program_precision(tmp_path / "model.pdmodel")

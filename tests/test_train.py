@@ -164,3 +164,94 @@ def test_val_flags(syn_cfg, fp32_run, tmp_path):
     assert aug["test_config"]["scales"] == [0.75, 1.0] and aug["mIoU"] != whole["mIoU"]
     with pytest.raises(SystemExit):  # --is_slide without a window
         run_script("tools/val.py", ["--config", syn_cfg, "--model_path", weights, "--is_slide"])
+
+
+def test_resume_keeps_a_better_best_model_and_honours_the_learning_rate(syn_cfg, tmp_path, caplog):
+    """Resuming from an earlier checkpoint: best_model is replaced only by a better score of the
+    same run (lineage); a lowered --learning_rate is used, not the checkpoint's schedule."""
+    import logging
+    from conftest import tree
+    from segqat.builder import build_lr_scheduler
+    from segqat.config import load_config
+    out = tmp_path / "run"
+    base = ["--config", syn_cfg, "--iters", 4, "--batch_size", 2, "--save_interval", 2, "--log_iters", 1,
+            "--do_eval", "--save_dir", out]
+    run_script("tools/train.py", base)
+    state_path = out / "best_model" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["best_mIoU"] = 0.99  # as if a later iteration had scored that
+    state_path.write_text(json.dumps(state))
+    before = tree(out / "best_model")
+    caplog.set_level(logging.INFO)
+    run_script("tools/train.py", base + ["--resume_model", out / "iter_2", "--learning_rate", 0.0001])
+    assert tree(out / "best_model") == before
+    assert "best_model (mIoU 0.9900 at iter" in caplog.text
+    assert "continuing with the configured learning-rate schedule" in caplog.text
+    # the first resumed step (iteration 3) and the rest use the lowered schedule, as a fresh
+    # run with that rate has it
+    sched = build_lr_scheduler(load_config(str(syn_cfg), overrides={
+        "iters": 4, "lr_scheduler.learning_rate": 0.0001}))
+    for _ in range(2):
+        sched.step()
+    assert re.search(rf"iter: 3/4, loss: [0-9.]+, lr: {sched.last_lr:.6f},", caplog.text)
+    for _ in range(2):
+        sched.step()
+    resumed = paddle.load(str(out / "iter_4" / "model.pdopt"))["LR_Scheduler"]
+    assert resumed["last_epoch"] == 4 and resumed["last_lr"] == sched.last_lr
+    # a best_model of another run cannot be compared: refused, left as it is
+    state["run_id"] = "another-run"
+    state_path.write_text(json.dumps(state))
+    before = tree(out / "best_model")
+    caplog.clear()
+    with pytest.raises(SystemExit):
+        run_script("tools/train.py", base + ["--resume_model", out / "iter_2"])
+    assert "best_model belongs to another run (another-run" in caplog.text
+    assert tree(out / "best_model") == before
+
+
+@pytest.mark.unit
+def test_best_model_to_beat_on_resume(tmp_path):
+    """The score a resumed run's best_model must beat: the better of its checkpoint's and the
+    recorded best_model's of the same lineage; another run's (or an unscored) best_model is
+    refused unless --overwrite."""
+    from segqat import checkpoint
+    best = tmp_path / "best_model"
+    assert checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck") == (0.5, 2)  # none yet
+    best.mkdir()
+    for owner, recorded, want in (("r1", 0.7, (0.7, 8)), ("r1", 0.3, (0.5, 2)), (None, 0.7, (0.7, 8))):
+        (best / "state.json").write_text(json.dumps({"best_mIoU": recorded, "best_iter": 8, "run_id": owner}))
+        assert checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck") == want
+    (best / "state.json").write_text(json.dumps({"best_mIoU": 0.7, "best_iter": 8, "run_id": "r0"}))
+    with pytest.raises(checkpoint.ResumeError, match=r"best_model belongs to another run \(r0, mIoU 0.7000 "
+                                                     "at iter 8\).*--overwrite"):
+        checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck")
+    assert checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck", overwrite=True) == (0.5, 2)
+    (best / "state.json").unlink()
+    with pytest.raises(checkpoint.ResumeError, match="best_model has no recorded score"):
+        checkpoint.best_to_beat(str(tmp_path), "r1", 0.5, 2, "ck")
+
+
+@pytest.mark.unit
+def test_resumed_schedule_is_the_configured_one(caplog):
+    """configured_schedule: the checkpoint's step, the configured rates; the same schedule
+    resumes exactly (no message), a changed one is used and logged, also for schedules that
+    compute each rate from the previous one (cosine) and nested ones (warmup)."""
+    import logging
+    from segqat import checkpoint
+    lr = paddle.optimizer.lr
+
+    def make(base):
+        return lr.LinearWarmup(lr.CosineAnnealingDecay(base, T_max=10), warmup_steps=2,
+                               start_lr=0.0, end_lr=base)
+
+    def at(sched, step):
+        for _ in range(step):
+            sched.step()
+        return sched
+    recorded = at(make(0.01), 5).state_dict()
+    caplog.set_level(logging.WARNING)
+    assert checkpoint.configured_schedule(make(0.01), recorded, "ck") == recorded
+    assert caplog.text == ""
+    lowered = checkpoint.configured_schedule(make(0.001), recorded, "ck")
+    assert lowered == at(make(0.001), 5).state_dict() and lowered["last_lr"] < recorded["last_lr"] / 5
+    assert "ck: continuing with the configured learning-rate schedule" in caplog.text

@@ -12,6 +12,8 @@ then IoU and Dice per class, named from the dataset's labels.txt) and latency.pn
 class_iou.png, confusion.png (row-normalised, values in the cells), samples.png. Warns when INT8 is
 not faster than FP32, or when the deployed INT8 mIoU is more than 0.5 points
 from the fake-quant mIoU. Run it on an otherwise idle machine.
+--fp32 must be an FP32 export and each --int8 an INT8 one: what each folder holds is read
+from its program (quantize/dequantize ops, quantized weights), not taken from its name.
 The report (with benchmark.log) appears in --save_dir when complete; an earlier
 report there is replaced only with --overwrite.
 """
@@ -40,6 +42,7 @@ def get_args_parser():
     p.add_argument("--repeats", type=cli.positive_int, default=20)
     p.add_argument("--num_images", type=cli.positive_int, default=None, help="first N val images only")
     p.add_argument("--opts", nargs="+", default=[])
+    cli.add_allow_external_model(p)
     return p
 
 
@@ -53,10 +56,14 @@ def main(args):
                                       [f"INT8 {os.path.basename(os.path.normpath(d))}" for d in args.int8])
     if len(names) != len(dirs):
         raise ValueError(f"--names has {len(names)} entries for {len(dirs)} models")
-    for flag, d in [("--fp32", args.fp32)] + [("--int8", d) for d in args.int8]:
+    from segqat import deploy
+    for flag, d, kind in [("--fp32", args.fp32, "fp32")] + [("--int8", d, "int8") for d in args.int8]:
         if not os.path.isfile(os.path.join(d, "deploy.yaml")):
             raise FileNotFoundError(f"{flag} {d}: no inference directory there (no deploy.yaml); "
                                     "give a folder written by tools/export.py, qat_export.py or ptq.py")
+        # what each folder holds, read from its program: an INT8 export given as --fp32 (or
+        # the reverse) would fill the report's FP32 row with INT8 results
+        deploy.check_export_is(deploy.load_deploy_config(d, args.allow_external_model), kind, flag)
     from segqat import outputs
     cli.setup(None)
     with outputs.claim(args.save_dir, "benchmark", overwrite=args.overwrite,
@@ -65,7 +72,7 @@ def main(args):
         cfg = load_config(args.config, opts=args.opts)
         res = report.run_benchmark(cfg, dict(zip(names, dirs)), args.save_dir, args.qat_model_path,
                                    args.cpu_threads, args.warmup, args.repeats, args.num_images,
-                                   runtimes=args.runtimes)
+                                   runtimes=args.runtimes, allow_external_model=args.allow_external_model)
     print(report.markdown_table(res))
     return res
 

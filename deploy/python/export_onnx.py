@@ -49,6 +49,7 @@ def get_args_parser():
                         f"(default {onnx_export.MIN_AGREEMENT})")
     p.add_argument("--cpu_threads", type=cli.threads, default=1)
     p.add_argument("--verbose", action="store_true", help="show ONNX Runtime's own warnings")
+    cli.add_allow_external_model(p)
     return p
 
 
@@ -56,7 +57,7 @@ def main(args):
     from segqat import deploy, outputs
     from segqat.deploy import onnx_export
     cli.setup(args)
-    dep = deploy.load_deploy_config(args.config)
+    dep = deploy.load_deploy_config(args.config, args.allow_external_model)
     images = list_images(args.image_path) if args.image_path else None
     # the export's files and the check images are inputs: never written over, --overwrite or not
     inputs = [dep["path"], dep["model_file"], dep["params_file"], *(images or [])]
@@ -64,6 +65,7 @@ def main(args):
                        flag="--save_path"):
         pred = deploy.create_predictor(args.config, runtime="onnxruntime", threads=args.cpu_threads,
                                        verbose=args.verbose, check_images=images,
+                                       allow_external_model=args.allow_external_model,
                                        min_agreement=args.min_agreement)
         try:
             outputs.atomic_file_write(args.save_path, lambda tmp: onnx_export.save(pred.model, tmp),

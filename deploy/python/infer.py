@@ -15,6 +15,9 @@ an earlier prediction folder is replaced only with --overwrite (as a whole:
 FP32 and INT8 results are never mixed).
 --image_path: an image file, a folder of images, or a list file (one image
 path per line, optionally followed by a label path, relative to the list's folder).
+deploy.yaml is checked against its files: its precision must be what the program holds
+(an INT8 program is never run as "FP32"), and its model/params files must lie in its
+folder unless --allow_external_model.
 An INT8 model must compile INT8 kernels on the runtime (oneDNN on CPU for
 Paddle Inference); a run without them is refused. GPU and TensorRT options are
 implemented but untested here (no GPU on the development machine).
@@ -47,6 +50,7 @@ def get_args_parser():
     p.add_argument("--cpu_threads", type=cli.threads, default=1)
     p.add_argument("--batch_size", type=cli.positive_int, default=1)
     p.add_argument("--verbose", action="store_true", help="show the runtime's own optimizer output")
+    cli.add_allow_external_model(p)
     g = p.add_argument_group("Paddle Inference")
     g.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     g.add_argument("--enable_mkldnn", type=cli.str2bool, default=True, help="oneDNN on CPU (true/false)")
@@ -165,7 +169,8 @@ def main(args):
                                inputs=[args.image_path, args.config, *files])
     with target:
         pred = deploy.create_predictor(args.config, runtime=args.runtime, precision=args.precision,
-                                       threads=args.cpu_threads, verbose=args.verbose, **options)
+                                       threads=args.cpu_threads, verbose=args.verbose,
+                                       allow_external_model=args.allow_external_model, **options)
 
         def read(f):
             img = cv2.imread(f, cv2.IMREAD_COLOR)

@@ -16,6 +16,7 @@ from .contract import (PRECISIONS, DeployError, Predictor, build_transforms,  # 
                        load_deploy_config, overlay, overlay_colors, palette, resolve_precision,
                        save_label_png)
 from .paddle_inference import conv_input_scales, program_op_types  # noqa: F401
+from .precision import check_export_is, program_precision  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +35,17 @@ def runtime_class(runtime):
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-def create_predictor(deploy_path, runtime="paddle", precision=None, threads=1, verbose=False, **options):
+def create_predictor(deploy_path, runtime="paddle", precision=None, threads=1, verbose=False,
+                     allow_external_model=False, **options):
     """A ``Predictor`` for the exported directory (or its deploy.yaml) on ``runtime``.
 
     ``precision`` defaults to deploy.yaml's; ``threads`` is the CPU thread count
-    the runtime gets. ``options`` are runtime-specific (Paddle: device,
+    the runtime gets. ``allow_external_model``: deploy.yaml's model/params may lie outside
+    the export folder (``--allow_external_model``). ``options`` are runtime-specific (Paddle: device,
     enable_mkldnn, use_trt, ...); an option the runtime does not take is an error.
     """
     cls = runtime_class(runtime)
-    dep = load_deploy_config(deploy_path)
+    dep = load_deploy_config(deploy_path, allow_external_model)
     precision = resolve_precision(dep, precision)
     allowed = getattr(importlib.import_module(cls.__module__), "OPTIONS", ())
     unknown = sorted(set(options) - set(allowed))

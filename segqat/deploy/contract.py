@@ -21,8 +21,14 @@ class DeployError(ValueError):
     pass
 
 
-def load_deploy_config(path):
-    """Read deploy.yaml (or a directory holding it) and check the files it names."""
+def load_deploy_config(path, allow_external_model=False):
+    """Read deploy.yaml (or a directory holding it) and check the files it names.
+
+    ``model`` and ``params`` must be relative paths inside the export folder
+    unless ``allow_external_model`` (``--allow_external_model``), and
+    ``precision`` must be what the model's program holds (``precision``
+    module: an INT8 program never runs as "FP32" because a file says so).
+    """
     if os.path.isdir(path):
         path = os.path.join(path, "deploy.yaml")
     if not os.path.isfile(path):
@@ -36,10 +42,17 @@ def load_deploy_config(path):
     if not isinstance(dic, dict) or "Deploy" not in dic:
         raise DeployError(f"--config {path} has no 'Deploy' section (PaddleSeg deploy.yaml schema)")
     dep = dict(dic["Deploy"])
+    base = os.path.dirname(os.path.abspath(path))
     for key in ("model", "params"):
         if key not in dep:
             raise DeployError(f"--config {path}: Deploy.{key} is missing")
-    base = os.path.dirname(os.path.abspath(path))
+        if not isinstance(dep[key], str) or not dep[key].strip():
+            raise DeployError(f"{path}: Deploy.{key} is {dep[key]!r}; allowed: a file name in the "
+                              "export folder, e.g. model.pdmodel / model.pdiparams")
+        if not allow_external_model and outside(dep[key]):
+            raise DeployError(f"{path}: Deploy.{key} is {dep[key]!r}, outside the export folder "
+                              f"{base}; allowed: a relative path inside it (no absolute path, no "
+                              "'..'), or pass --allow_external_model to use that file anyway")
     dep["dir"] = base
     dep["model_file"] = os.path.join(base, dep["model"])
     dep["params_file"] = os.path.join(base, dep["params"])
@@ -56,7 +69,15 @@ def load_deploy_config(path):
         raise DeployError(f"{path}: Deploy.int8_residual_fusion is {dep['int8_residual_fusion']!r}; "
                           "allowed: true, false")
     dep["path"] = path
+    from .precision import check_claimed_precision
+    check_claimed_precision(dep)
     return dep
+
+
+def outside(rel):
+    """True if ``rel`` (a deploy.yaml file entry) is absolute or leaves its folder ('..')."""
+    norm = os.path.normpath(rel)
+    return os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep)
 
 
 def resolve_precision(dep, precision):
