@@ -168,7 +168,7 @@ def plot_class_iou(results, path):
 
 # ------------------------------------------------------------------ confusion
 
-def _grid(results):
+def confusion_grid(results):
     """[(row name or None)] in a rows x cols grid: runtimes x models when there are several
     runtimes, else a near-square grid (4 models: 2 x 2)."""
     runtimes, models, cell = layout(results)
@@ -220,7 +220,7 @@ def plot_confusion(results, path):
     names = class_names(results)
     nc = len(names)
     cell_in = 0.42 if nc > 6 else 0.8
-    grid = _grid(results)
+    grid = confusion_grid(results)
     fig, axes = _matrix_figure(grid, names, cell_in)
     cmap = _plt().get_cmap("Blues").with_extremes(bad="#dddddd")  # grey: no labelled pixels
     font = float(np.clip(90 / nc, 7, 12))
