@@ -55,7 +55,8 @@ def _save(fig, path):
     _plt().close(fig)
 
 
-def _model_legend(fig, models, colours, y=1.0):
+def _model_legend(fig, models, colours):
+    """One legend entry per model, below the panels, in as many columns as fit."""
     from matplotlib.patches import Patch
     handles = [Patch(color=c, label=m) for m, c in zip(models, colours)]
     width = fig.get_size_inches()[0]
@@ -400,8 +401,8 @@ def plot_samples(results, samples, runtime, path):
             ax.imshow(_thumb(np.ascontiguousarray(im), photo=c == 0), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(title if (r == 0 or c in (0,) or title.startswith("differs")) else "",
-                         fontsize=8)
+            per_row = c == 0 or title.startswith("differs")  # the image's name, its share
+            ax.set_title(title if r == 0 or per_row else "", fontsize=8)
     pal = class_rgb(nc) / 255.0
     handles = [Patch(color=pal[c], label=n) for c, n in enumerate(names)]
     handles += [Patch(color=np.array(_IGNORE_RGB) / 255, label="ignored"),
