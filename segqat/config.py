@@ -213,7 +213,10 @@ def _set_path(d, keys, val, opt):
 
 
 class Config:
-    """A resolved, validated config. ``cfg.dic`` is the plain dict."""
+    """A resolved, validated config. ``cfg.dic`` is the plain dict; ``cfg.opts`` the
+    ``--opts`` items it was loaded with, as given."""
+
+    opts = ()
 
     def __init__(self, dic, path, origins=None):
         self.dic = dic
@@ -474,4 +477,6 @@ def load_config(path, opts=None, overrides=None):
         if val is not None:
             _set_path(dic, key.split("."), val, key)
             origins.setdefault(key.split(".")[0], path)
-    return Config(_strip_inherited(dic), os.path.abspath(path), origins)
+    cfg = Config(_strip_inherited(dic), os.path.abspath(path), origins)
+    cfg.opts = tuple(opts or ())
+    return cfg

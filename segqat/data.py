@@ -9,6 +9,7 @@ Random augmentation is seeded per sample from (seed, epoch, index), and the
 sampler's order from (seed, epoch), so a run resumed at iteration N sees the
 same batches as an uninterrupted one, whatever ``num_workers`` is.
 """
+import json
 import logging
 import os
 import random
@@ -198,6 +199,23 @@ def read_class_names(dataset):
         return [ln.strip() for ln in f if ln.strip()]
 
 
+def roi_outside(dataset):
+    """Label pixels of ``dataset``'s split that ``convert_masks.py --roi_dir`` set to the ignore
+    index (outside the region of interest), from convert_masks.json in the dataset_root; 0
+    for a data set converted without an ROI (or not by convert_masks.py)."""
+    root = getattr(getattr(dataset, "inner", dataset), "dataset_root", None)
+    path = os.path.join(root, "convert_masks.json") if root else None
+    if not path or not os.path.isfile(path):
+        return 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            census = json.load(f).get("census") or {}
+    except (OSError, ValueError):
+        return 0
+    split = "train" if getattr(dataset, "mode", "train") == "train" else "val"
+    return int((census.get(split) or {}).get("outside_roi", 0))
+
+
 def class_names_of(dataset, names=None):
     """One name per class: ``names``, else labels.txt's, else "0", "1", ...
 
@@ -245,10 +263,15 @@ def check_labels(dataset, allow_absent_classes=False, class_names=None, max_igno
             f"{census['example'][ignore]}): every non-zero pixel would be ignored and the model "
             f"would learn nothing. Masks look like 0/{ignore}: map {ignore} to 1 and save them as "
             f"PNG (in numpy: np.where(mask == {ignore}, 1, mask))")
-    if total and n_ignore / total > max_ignore_share:
+    outside = min(roi_outside(dataset), n_ignore)  # ignored on purpose: outside the ROI
+    if outside:
+        logger.info("%s: %.1f%% of the label pixels are outside the region of interest "
+                    "(convert_masks.py --roi_dir) and ignored", name, 100 * outside / max(total, 1))
+    if total and (n_ignore - outside) / total > max_ignore_share:
         raise DataError(
-            f"{name}: the ignore_index {ignore} covers {100 * n_ignore / total:.1f}% of the label "
-            f"pixels (more than {100 * max_ignore_share:.0f}%; e.g. {census['example'][ignore]}); "
+            f"{name}: the ignore_index {ignore} covers {100 * (n_ignore - outside) / total:.1f}% of "
+            f"the label pixels{' inside the region of interest' if outside else ''} "
+            f"(more than {100 * max_ignore_share:.0f}%; e.g. {census['example'][ignore]}); "
             f"if {ignore} marks a class, map it to that class's index in the label files")
     names = class_names_of(dataset, class_names)
     lines = [f"Class frequency over {census['files']} label files ({total} pixels, "

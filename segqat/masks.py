@@ -31,6 +31,10 @@ naming the file and the values. Masks holding only 0 and the ignore_index
 num_classes is ``--num_classes``, else the number of names, else the largest
 class in the colour table or the map, plus 1.
 
+With ``roi_dir``, each image's region-of-interest mask (paired by stem after
+``roi_suffix``) sets the label pixels outside the region to the ignore_index
+(``segqat/roi.py``); the census counts them as ``outside_roi``.
+
 Writes ``save_dir/images/KEY.png`` (or the original .png/.jpg/.bmp file,
 copied), ``labels/KEY.png`` (single-channel class indices), ``train.txt`` /
 ``val.txt`` (``images/KEY.png labels/KEY.png``, relative to save_dir, which is
@@ -48,7 +52,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from . import outputs
+from . import outputs, roi
 from .data import DataError, read_image
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,8 @@ class MaskOptions:
     seed: int = 0
     image_suffix: str = ""
     mask_suffix: str = ""
+    roi_dir: str = None  # region-of-interest masks: outside -> ignore_index (segqat/roi.py)
+    roi_suffix: str = ""
 
 
 # ------------------------------------------------------------------ helpers
@@ -386,7 +392,7 @@ def _to_classes(raw, path, opts, k, table):
     return mapped.astype(np.uint8)[inverse].reshape(raw.shape), values
 
 
-def _check_result(census, example, seen_raw, opts, k, names):
+def _check_result(census, example, seen_raw, opts, k, names, outside=None):
     """Errors and warnings on the whole data set (training's label check, ahead of time)."""
     unused = sorted(set(opts.value_map) - seen_raw)
     if unused:
@@ -413,16 +419,23 @@ def _check_result(census, example, seen_raw, opts, k, names):
             logger.warning("class(es) %s never occur in the %s split%s", ", ".join(absent), split,
                            ": training refuses this unless --allow_absent_classes"
                            if split == "train" else "")
-        share = counts[ignore] / counts.sum()
+        out = (outside or {}).get(split, 0)
+        if out:
+            logger.info("%.1f%% of the %s pixels are outside the region of interest (--roi_dir) "
+                        "and ignored", 100 * out / counts.sum(), split)
+        share = (counts[ignore] - out) / counts.sum()  # outside the ROI: ignored on purpose
         if share > 0.5:
             logger.warning("the ignore_index %d covers %.1f%% of the %s pixels; training refuses "
                            "more than 50%%: if %d marks a class, --map it to that class", ignore,
                            100 * share, split, ignore)
 
 
-def _census_rows(census, k, ignore):
+def _census_rows(census, k, ignore, outside=None):
+    """Pixels per class and ignored per split; with an ROI also ``outside_roi``, the ignored
+    pixels that lie outside the region of interest."""
     return {split: {**{str(c): int(census[split][c]) for c in range(k)},
-                    "ignore": int(census[split][ignore])}
+                    "ignore": int(census[split][ignore]),
+                    **({"outside_roi": int(outside[split])} if outside is not None else {})}
             for split in ("train", "val")}
 
 
@@ -439,13 +452,18 @@ def convert_masks(images_dir, masks_dir, save_dir, opts, overwrite=False):
     if opts.colors is not None:
         table, color_names = read_color_table(opts.colors)
     k, names = resolve_classes(opts, table, color_names)
-    outputs.check_save_dir(save_dir, "dataset", overwrite=overwrite,
-                           inputs=[images_dir, masks_dir, opts.colors])
+    inputs = [images_dir, masks_dir, opts.colors, opts.roi_dir]
+    outputs.check_save_dir(save_dir, "dataset", overwrite=overwrite, inputs=inputs)
     pairs, lone_images, lone_masks = pair_files(images_dir, masks_dir, opts.image_suffix,
                                                 opts.mask_suffix)
+    rois = {}
+    if opts.roi_dir is not None:
+        rois = _list_side(opts.roi_dir, opts.roi_suffix, "--roi_dir", "--roi_suffix")
+        roi.missing_roi([p[0] for p in pairs], rois, opts.roi_dir, opts.roi_suffix)
     train_keys, val_keys = split_keys([p[0] for p in pairs], opts.val_ratio, opts.seed)
     split_of = {**{key: "train" for key in train_keys}, **{key: "val" for key in val_keys}}
     census = {s: np.zeros(256, np.int64) for s in ("train", "val")}
+    outside = {"train": 0, "val": 0}  # label pixels outside the region of interest
     lists = {"train": [], "val": []}
     summary = {
         "images": os.path.abspath(images_dir), "masks": os.path.abspath(masks_dir),
@@ -453,6 +471,8 @@ def convert_masks(images_dir, masks_dir, save_dir, opts, overwrite=False):
         "value_map": {str(a): b for a, b in sorted(opts.value_map.items())},
         "colors": os.path.abspath(opts.colors) if opts.colors else None,
         "num_classes": k, "ignore_index": opts.ignore_index, "names": names,
+        "roi_dir": os.path.abspath(opts.roi_dir) if opts.roi_dir else None,
+        "roi_suffix": opts.roi_suffix,
         "val_ratio": opts.val_ratio, "seed": opts.seed,
         "num_pairs": len(pairs), "num_train": len(train_keys), "num_val": len(val_keys),
         "unpaired_images": lone_images, "unpaired_masks": lone_masks,
@@ -475,15 +495,19 @@ def convert_masks(images_dir, masks_dir, save_dir, opts, overwrite=False):
             if (h, w) != label.shape:
                 raise DataError(f"image {img_path} is {w}x{h} but mask {mask_path} is "
                                 f"{label.shape[1]}x{label.shape[0]}; they must match")
-            Image.fromarray(label, "L").save(os.path.join(tmp, "labels", name + ".png"))
             split = split_of[key]
+            if key in rois:
+                label, n_out = roi.apply_roi(label, roi.read_roi(rois[key], label.shape),
+                                             opts.ignore_index)
+                outside[split] += n_out
+            Image.fromarray(label, "L").save(os.path.join(tmp, "labels", name + ".png"))
             census[split] += np.bincount(label.ravel(), minlength=256)
             for v in np.unique(label).tolist():
                 example.setdefault(v, mask_path)
             lists[split].append(f"images/{img_name} labels/{name}.png")
             if n % 100 == 0:
                 logger.info("converted %d/%d pairs", n, len(pairs))
-        _check_result(census, example, seen_raw, opts, k, names)
+        _check_result(census, example, seen_raw, opts, k, names, outside)
         for split, lines in lists.items():
             if lines:
                 with open(os.path.join(tmp, f"{split}.txt"), "w", encoding="utf-8") as f:
@@ -491,7 +515,7 @@ def convert_masks(images_dir, masks_dir, save_dir, opts, overwrite=False):
         if names:
             with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as f:
                 f.write("".join(name + "\n" for name in names))
-        summary["census"] = _census_rows(census, k, opts.ignore_index)
+        summary["census"] = _census_rows(census, k, opts.ignore_index, outside if rois else None)
         with open(os.path.join(tmp, OUT_NAME), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1)
 
@@ -500,7 +524,7 @@ def convert_masks(images_dir, masks_dir, save_dir, opts, overwrite=False):
         outputs.check_files_written(tmp, listed + [f"{s}.txt" for s in lists if lists[s]])
 
     outputs.atomic_dir_write(save_dir, write, kind="dataset", verify=verify, overwrite=overwrite,
-                             inputs=[images_dir, masks_dir, opts.colors], flag="--save_dir")
+                             inputs=inputs, flag="--save_dir")
     summary.update(dataset_root=save_dir,
                    train_path=os.path.join(save_dir, "train.txt") if train_keys else None,
                    val_path=os.path.join(save_dir, "val.txt") if val_keys else None,
@@ -517,11 +541,13 @@ def census_text(summary):
     lines = ["Class census (pixels per class):", f"  {'class':>6} {'name':<14}{head}"]
     rows = [(str(c), names[c] if names else "") for c in range(k)]
     rows.append(("ignore", f"({summary['ignore_index']})"))
+    if "outside_roi" in summary["census"]["train"]:
+        rows.append(("outside_roi", "(of ignore)"))
     for key, name in rows:
         cells = ""
         for s in splits:
             counts = summary["census"][s]
-            share = 100 * counts[key] / max(sum(counts.values()), 1)
+            share = 100 * counts[key] / max(sum(v for c, v in counts.items() if c != "outside_roi"), 1)
             cells += f"{counts[key]:>19} {share:6.2f} %"
         lines.append(f"  {key:>6} {name[:14]:<14}{cells}")
     return "\n".join(lines)

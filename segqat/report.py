@@ -10,8 +10,12 @@ validation images and labels at their original size; the optional fake-quant
 model is evaluated in dygraph on the same images. Beside accuracy: pixel
 agreement of each INT8 row with the FP32 model of its runtime and with the
 fake-quant model (split at near ties), interleaved latency (``bench``), size,
-parameters and MACs. Writes results.json, results.md (the table, warnings and a
-per-class table) and latency.png, class_iou.png, confusion.png, samples.png.
+parameters and MACs. Writes results.json, results.md (what was evaluated: the list
+file, its config section and every ``--opts`` override; the table, warnings, the
+largest INT8 - FP32 confusion changes and a per-class table) and the pictures of
+``report_plots``: latency.png, class_iou.png, confusion.png, confusion_diff.png,
+samples.png (the images where INT8 and FP32 differ most, then a spread of the
+others, with a difference column; one file per runtime).
 """
 import json
 import logging
@@ -19,7 +23,7 @@ import os
 
 import numpy as np
 
-from . import bench, deploy
+from . import bench, deploy, report_plots
 from .data import class_names_of, to_bgr8
 from .evaluate import NEAR_TIE, evaluate
 from .metrics import compute_metrics
@@ -66,7 +70,7 @@ _METRIC_KEYS = ("mIoU", "Acc", "Kappa", "Dice", "class_IoU", "class_Dice")
 
 
 def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, warmup=5,
-                  repeats=20, num_images=None, num_samples=4, runtimes=("paddle",),
+                  repeats=20, num_images=None, num_samples=6, runtimes=("paddle",),
                   allow_external_model=False):
     """``models``: ordered {name: inference dir}; the first is the FP32 reference.
 
@@ -118,12 +122,18 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
                 refs["fake_quant"] = fq["predictions"]
             evals[row] = evaluate(p, val_ds, indices=indices, keep=row == ref_of[row], references=refs,
                                   label=f"Evaluate {row} (deployed, {p.runtime} {p.precision.upper()})")
-        samples = []  # the first images with every row's labels, for samples.png
-        for i in indices[:num_samples]:
-            img, lab = val_ds.read(i)
+        # samples.png: the images where an INT8 row differs most from its FP32 row, then a
+        # spread of the others, predicted again by every row
+        per_image = [max((evals[row]["agreement"]["fp32"]["per_image_disagreement"][k]
+                          for row in names if "fp32" in evals[row].get("agreement", {})), default=0.0)
+                     for k in range(n)]
+        samples = []
+        for k, why in choose_samples(per_image, num_samples):
+            img, lab = val_ds.read(indices[k])
             img = to_bgr8(img)
-            samples.append((img, lab, {row: p.predict([img])[0] for row, p in preds.items()}))
-
+            samples.append({"index": indices[k], "image": img, "label": lab, "chosen_as": why,
+                            "name": os.path.basename(val_ds.file_list[indices[k]][0]),
+                            "predictions": {row: p.predict([img])[0] for row, p in preds.items()}})
         # latency: interleaved on the first image's preprocessed input
         x = preds[ref].preprocess(to_bgr8(val_ds.read(0)[0]))[0][None]
         lat = bench.summarize(bench.interleaved_latency(preds, x, warmup, repeats,
@@ -137,7 +147,8 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
 
     results = {"config": cfg.path, "num_images": n, "input_shape": list(x.shape),
                "cpu_threads": cpu_threads, "repeats": repeats, "runtimes": list(runtimes),
-               "class_names": class_names_of(val_ds), "models": {}}
+               "data": data_source(cfg, val_ds), "class_names": class_names_of(val_ds),
+               "ignore_index": val_ds.ignore_index, "models": {}}
     for name in names:
         rt, model = rows[name]
         m = evals[name]
@@ -162,6 +173,11 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
         results["fake_quant"] = {"model_path": os.path.abspath(qat_model_path),
                                  **{k: fq[k] for k in _METRIC_KEYS},
                                  "confusion_matrix": fq["confusion_matrix"]}
+    results["samples"] = [
+        {"index": sm["index"], "image": val_ds.file_list[sm["index"]][0], "chosen_as": sm["chosen_as"],
+         "disagreement_with_fp32": {row: float(np.mean(sm["predictions"][row] != sm["predictions"][ref_of[row]]))
+                                    for row in names if row != ref_of[row]}}
+        for sm in samples]
     results["warnings"] = benchmark_warnings(results, ref_of)
     for w in results["warnings"]:
         logger.warning("!!! %s", w)
@@ -171,10 +187,113 @@ def run_benchmark(cfg, models, save_dir, qat_model_path=None, cpu_threads=2, war
             json.dump(results, f, indent=2)
         with open(os.path.join(d, "results.md"), "w") as f:
             f.write(markdown_table(results))
-        plots(results, samples, d, ref)
+        report_plots.plot_all(results, samples, d)
     outputs.atomic_dir_write(save_dir, write, kind="benchmark")
     logger.info("Benchmark written to %s (results.json, results.md, *.png)", save_dir)
     return results
+
+
+def data_source(cfg, dataset, split="val"):
+    """What was evaluated: the config, the data set section and list file as the config (or
+    ``--opts``) gives them, the number of listed images and every ``--opts`` override."""
+    key = f"{split}_dataset"
+    section = cfg.section(key)
+    list_key = {"train": "train_path", "val": "val_path"}.get(section.get("mode", split), f"{split}_path")
+    return {"config": os.path.relpath(cfg.path) if not os.path.relpath(cfg.path).startswith("..")
+            else cfg.path,
+            "split": key, "mode": section.get("mode", split), "type": section.get("type"),
+            "dataset_root": section.get("dataset_root"), "list": section.get(list_key),
+            "list_key": f"{key}.{list_key}", "list_from": cfg.where(key),
+            "listed_images": len(dataset), "opts": list(getattr(cfg, "opts", ()) or ())}
+
+
+def evaluated_on(results):
+    """'12 images of data/synthetic/val.txt' (results without a data record: 'validation images')."""
+    d = results.get("data") or {}
+    if d.get("list"):
+        return f"{results['num_images']} images of {d['list']}"
+    return f"{results['num_images']} validation images"
+
+
+def source_lines(results):
+    """Markdown lines: which list was evaluated, from which config section, with which overrides."""
+    d = results.get("data")
+    if not d:
+        return []
+    n, total = results["num_images"], d["listed_images"]
+    which = f"all {total}" if n == total else f"the first {n} of {total}"
+    what = f"`{d['list']}` ({d['list_key']})" if d.get("list") else \
+        f"the {d['split']} ({d.get('type')}, dataset_root `{d.get('dataset_root')}`)"
+    out = [f"Evaluated: {which} images listed in {what}, the {d['split']} (mode {d['mode']}) of "
+           f"`{d['config']}`."]
+    if d.get("opts"):
+        out.append("Overrides: " + " ".join(f"`--opts {o}`" for o in d["opts"]) + ".")
+    else:
+        out.append("Overrides: none (no --opts).")
+    return out
+
+
+def choose_samples(disagreement, num):
+    """``[(position, why)]``: the ``ceil(num / 2)`` images with the largest share of pixels
+    where INT8 and FP32 differ (only images where they differ at all), then images spread
+    evenly over the rest, ``num`` in all (``disagreement``: one share per image)."""
+    d = [float(v) for v in disagreement]
+    num = min(int(num), len(d))
+    order = sorted(range(len(d)), key=lambda i: (-d[i], i))
+    top = [i for i in order[:(num + 1) // 2] if d[i] > 0]
+    rest = [i for i in range(len(d)) if i not in set(top)]
+    m = num - len(top)
+    spread = [rest[(2 * j + 1) * len(rest) // (2 * m)] for j in range(m)] if m else []
+    return [(i, "most different") for i in top] + [(i, "spread") for i in sorted(spread)]
+
+
+def normalised_confusion(cm):
+    """A confusion matrix with each label row divided by its sum (NaN for a class without
+    labelled pixels)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, cm / rows, np.nan)
+
+
+def reference_rows(results):
+    """{row: the FP32 row of its runtime} (the first model on the same runtime)."""
+    rows = results["models"]
+    first = next(iter(rows.values()))
+    base = first.get("model", next(iter(rows)))
+    out = {}
+    for name, r in rows.items():
+        rt = r.get("runtime", "paddle")
+        out[name] = next((n for n, q in rows.items()
+                          if q.get("runtime", "paddle") == rt and q.get("model", n) == base),
+                         next(iter(rows)))
+    return out
+
+
+def confusion_difference(results):
+    """{INT8 row: (its FP32 row, INT8 - FP32 of the row-normalised confusion matrices)}."""
+    out = {}
+    for name, ref in reference_rows(results).items():
+        if name == ref:
+            continue
+        r, f = results["models"][name], results["models"][ref]
+        out[name] = (ref, normalised_confusion(r["confusion_matrix"]) -
+                     normalised_confusion(f["confusion_matrix"]))
+    return out
+
+
+def confusion_changes(results, top=3):
+    """Markdown lines: per INT8 row, the largest changes of its row-normalised confusion
+    matrix against FP32's (label -> predicted, percentage points)."""
+    names = class_names(results)
+    lines = []
+    for name, (ref, d) in confusion_difference(results).items():
+        d = np.nan_to_num(d)
+        flat = sorted(np.ndindex(d.shape), key=lambda ij: -abs(d[ij]))[:top]
+        cells = [f"{names[i]} -> {names[j]} {100 * d[i, j]:+.2f}" for i, j in flat if round(100 * d[i, j], 2)]
+        lines.append(f"{name} - {ref}, largest confusion changes (label -> predicted, points of the "
+                     f"label's pixels; confusion_diff.png): {', '.join(cells) or 'none'}.")
+    return lines
 
 
 def benchmark_warnings(results, ref_of):
@@ -229,7 +348,8 @@ def markdown_table(results):
     r0 = next(iter(results["models"].values()))
     macs = f", {r0['macs'] / 1e9:.2f} GMACs per image" if r0.get("macs") else ""
     lines.append(f"Model: {r0['num_params'] / 1e6:.2f} M parameters{macs}.")
-    lines.append(f"{results['num_images']} validation images, input {results['input_shape']}, "
+    lines += source_lines(results)
+    lines.append(f"{evaluated_on(results)}, input {results['input_shape']}, "
                  f"{results['cpu_threads']} threads, median of {results['repeats']} interleaved runs"
                  f"{' (runtimes timed one after another)' if len(results.get('runtimes', [])) > 1 else ''}. "
                  "Ratio: time over the FP32 model's on the same runtime.")
@@ -237,6 +357,14 @@ def markdown_table(results):
         if "agreement_with_fake_quant" in r and r["precision"] == "int8":
             lines.append(f"{name}: pixel agreement with its fake-quant model "
                          f"{r['agreement_with_fake_quant'] * 100:.2f}%{margin_note(r)}.")
+    lines += confusion_changes(results)
+    if results.get("samples"):
+        most = [sm for sm in results["samples"] if sm["chosen_as"] == "most different"]
+        lines.append(f"samples.png: {len(most)} image(s) where INT8 and FP32 differ most"
+                     + (" (" + ", ".join(f"{os.path.basename(sm['image'])} "
+                                         f"{100 * max(sm['disagreement_with_fp32'].values()):.2f}%"
+                                         for sm in most) + " of pixels)" if most else "")
+                     + f", then {len(results['samples']) - len(most)} spread over the others.")
     for w in results["warnings"]:
         lines.append(f"**Warning:** {w}")
     lines += ["", *class_table(results)]
@@ -275,7 +403,7 @@ def class_table(results):
     rows = np.asarray(ref["confusion_matrix"], dtype=np.float64).sum(1) if "confusion_matrix" in ref else None
     head = "| Class | Pixels |" + "".join(f" {n} IoU | {n} Dice |" for n, _ in models)
     lines = [f"Per class (%): IoU and Dice of each model; Pixels is the class's share of the "
-             f"labelled pixels of the {results['num_images']} validation images.", "",
+             f"labelled pixels of the {evaluated_on(results)}.", "",
              head, "|---|--:|" + "--:|--:|" * len(models)]
     dice = {n: _class_dice(r) for n, r in models}
     for c, cname in enumerate(names):
@@ -288,157 +416,3 @@ def class_table(results):
     return lines
 
 
-
-_CHAR_IN = 0.075  # inches per character of a 9-point tick label (a generous average)
-
-
-def _colours(n):
-    """One colour per model, the same in every plot: FP32 (first) grey, then tab10's."""
-    tab = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
-    return ["#7f7f7f"] + [tab[i % len(tab)] for i in range(n - 1)]
-
-
-def plots(results, samples, save_dir, ref):
-    """latency.png, class_iou.png, confusion.png and (with ``samples``) samples.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(results["models"])
-    plot_latency(results, os.path.join(save_dir, "latency.png"))
-    plot_class_iou(results, os.path.join(save_dir, "class_iou.png"))
-    plot_confusion(results, os.path.join(save_dir, "confusion.png"))
-    # sample masks side by side
-    if samples:
-        pal = np.array(deploy.palette(), dtype=np.uint8).reshape(-1, 3)
-        cols = 2 + len(names)
-        fig, axes = plt.subplots(len(samples), cols, figsize=(2.2 * cols, 2.2 * len(samples)), squeeze=False)
-        for r, (img, lab, outs) in enumerate(samples):
-            panels = [("image", img[..., ::-1]), ("label", pal[np.where(lab == 255, 0, lab).astype(np.int64) % 256])]
-            panels += [(n, pal[outs[n] % 256]) for n in names]
-            for c, (title, im) in enumerate(panels):
-                axes[r, c].imshow(im)
-                axes[r, c].set_axis_off()
-                if r == 0:
-                    axes[r, c].set_title(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(os.path.join(save_dir, "samples.png"), dpi=90)
-        plt.close(fig)
-
-
-def plot_latency(results, path):
-    """Median ms/image (bar to p90) of every model, grouped by runtime, with the time
-    and the ratio to the FP32 model of the same runtime printed on each bar."""
-    import matplotlib.pyplot as plt
-    rows = list(results["models"].items())
-    runtimes = list(dict.fromkeys(r.get("runtime", "paddle") for _, r in rows))
-    models = list(dict.fromkeys(r.get("model", n) for n, r in rows))
-    colours = dict(zip(models, _colours(len(models))))
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.9 * len(rows)), 3.4))
-    top = max(r["latency"]["p90_ms"] for _, r in rows)
-    for n, r in rows:
-        g, k = runtimes.index(r.get("runtime", "paddle")), models.index(r.get("model", n))
-        x = g + (k - (len(models) - 1) / 2) * width
-        med, p90 = r["latency"]["median_ms"], r["latency"]["p90_ms"]
-        ax.bar(x, med, width * 0.95, color=colours[r.get("model", n)],
-               label=r.get("model", n) if g == 0 else None)
-        ax.errorbar([x], [med], yerr=[[0], [p90 - med]], fmt="none", ecolor="k", capsize=3)
-        ax.text(x, p90 + top * 0.02, f"{med:.1f}\n{r['ratio_to_fp32']:.2f}x", ha="center",
-                va="bottom", fontsize=7)
-    ax.set_xticks(range(len(runtimes)))
-    ax.set_xticklabels(runtimes)
-    ax.set_ylim(0, top * 1.3)
-    ax.set_ylabel("ms / image (median, bar to p90)")
-    ax.set_title(f"Latency, input {results['input_shape']}, {results['cpu_threads']} threads "
-                 "(ratio to FP32 on the same runtime)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", ncol=len(models))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_class_iou(results, path):
-    """Grouped bars: IoU (%) of every class and the mean, one bar per deployed model, values printed."""
-    import matplotlib.pyplot as plt
-    models = list(results["models"].items())
-    labels = class_names(results) + ["mean (mIoU)"]
-    nm, ng = len(models), len(labels)
-    width = 0.8 / nm
-    group_in = max(0.6, 0.25 * nm + 0.25)  # inches per class: room for nm printed values
-    fig, ax = plt.subplots(figsize=(max(6.0, group_in * ng + 1.2), 4.6), layout="constrained")
-    vertical = nm > 1 or ng > 8  # side by side, horizontal values would overlap
-    for k, ((name, r), colour) in enumerate(zip(models, _colours(nm))):
-        vals = [100 * v for v in r["class_IoU"]] + [100 * r["mIoU"]]
-        x = np.arange(ng) + (k - (nm - 1) / 2) * width
-        ax.bar(x, vals, width, color=colour, label=f"{name} (mIoU {100 * r['mIoU']:.2f})")
-        for xi, v in zip(x, vals):
-            ax.text(xi, v + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=8,
-                    rotation=90 if vertical else 0)
-    ax.axvline(ng - 1.5, color="k", lw=0.8, ls=":")  # the mean is not a class
-    ax.set_xticks(np.arange(ng))
-    long = max(len(s) for s in labels) * _CHAR_IN > 0.95 * group_in  # would run into each other
-    ax.set_xticklabels(labels, rotation=30 if long else 0, ha="right" if long else "center",
-                       rotation_mode="anchor", fontsize=9)
-    ax.set_xlim(-0.6, ng - 0.4)
-    ax.set_ylim(0, 118)  # room for the printed values above 100
-    ax.set_yticks(range(0, 101, 20))
-    ax.set_ylabel("IoU (%)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=nm, frameon=False)
-    fig.suptitle(f"Per-class IoU on {results['num_images']} validation images")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(results, path):
-    """Row-normalised confusion matrix of each deployed model, the value in each cell."""
-    import matplotlib.pyplot as plt
-    models = list(results["models"].items())
-    names = class_names(results)
-    nc, nm = len(names), len(models)
-    ncols = min(nm, 3)
-    nrows = -(-nm // ncols)
-    cell = 0.42 if nc > 6 else 0.8  # inches
-    side = max(2.4, cell * nc)
-    label_in = _CHAR_IN * max(len(s) for s in names) + 0.5  # room for the tick labels
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
-                             figsize=(ncols * (side + 0.3) + label_in + 1.5,
-                                      nrows * (side + label_in + 0.6) + 0.3))
-    cmap = plt.get_cmap("Blues").with_extremes(bad="#dddddd")  # grey: a class without labelled pixels
-    font = float(np.clip(90 / nc, 7, 12))
-    rot = 45 if max(len(s) for s in names) * _CHAR_IN > 0.95 * cell else 0
-    im, absent = None, False
-    for i, ax in enumerate(axes.flat):
-        if i >= nm:
-            ax.set_axis_off()
-            continue
-        name, r = models[i]
-        cm = np.asarray(r["confusion_matrix"], dtype=float)
-        rows = cm.sum(1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            norm = np.where(rows > 0, cm / rows, np.nan)
-        absent |= bool(np.isnan(norm).any())
-        im = ax.imshow(np.ma.masked_invalid(norm), vmin=0, vmax=1, cmap=cmap)
-        for (y, x), v in np.ndenumerate(norm):
-            if np.isnan(v) or v < 0.005:  # blank instead of a wall of 0.00
-                continue
-            lum = np.dot(cmap(v)[:3], [0.299, 0.587, 0.114])
-            ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=font,
-                    color="white" if lum < 0.5 else "black")
-        ax.set_xticks(range(nc))
-        ax.set_yticks(range(nc))
-        ax.set_xticklabels(names, rotation=rot, ha="right" if rot else "center",
-                           rotation_mode="anchor", fontsize=9)
-        ax.set_xlabel("predicted")
-        if i % ncols == 0:  # the rows are the same classes in every panel
-            ax.set_yticklabels(names, fontsize=9)
-            ax.set_ylabel("label")
-        else:
-            ax.set_yticklabels([])
-        ax.set_title(f"{name} (mIoU {100 * r['mIoU']:.2f})", fontsize=10)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="share of the label's pixels (row sums to 1)")
-    fig.suptitle(f"Confusion matrices, rows normalised ({results['num_images']} validation images"
-                 + ("; grey: a class without labelled pixels)" if absent else ")"))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -9,7 +9,10 @@ Across runtimes (every model on each; ratios within a runtime): --runtimes paddl
 
 Writes save_dir/results.json, results.md (Model | Dtype | mIoU | ... | Time | Ratio | Size,
 then IoU and Dice per class, named from the dataset's labels.txt) and latency.png,
-class_iou.png, confusion.png (row-normalised, values in the cells), samples.png. Warns when INT8 is
+class_iou.png, confusion.png (row-normalised, values in the cells), confusion_diff.png (INT8 - FP32),
+samples.png (the images where INT8 and FP32 differ most, then a spread of the others, with a
+difference column; samples_<runtime>.png for further runtimes). results.md names the list
+evaluated and every --opts override. Warns when INT8 is
 not faster than FP32, or when the deployed INT8 mIoU is more than 0.5 points
 from the fake-quant mIoU. Run it on an otherwise idle machine.
 --fp32 must be an FP32 export and each --int8 an INT8 one: what each folder holds is read
@@ -41,6 +44,9 @@ def get_args_parser():
     p.add_argument("--warmup", type=cli.positive_int, default=5)
     p.add_argument("--repeats", type=cli.positive_int, default=20)
     p.add_argument("--num_images", type=cli.positive_int, default=None, help="first N val images only")
+    p.add_argument("--num_samples", type=cli.positive_int, default=6,
+                   help="images in samples.png: half where INT8 and FP32 differ most, the rest "
+                        "spread over the others (default 6)")
     p.add_argument("--opts", nargs="+", default=[])
     cli.add_allow_external_model(p)
     return p
@@ -72,7 +78,8 @@ def main(args):
         cfg = load_config(args.config, opts=args.opts)
         res = report.run_benchmark(cfg, dict(zip(names, dirs)), args.save_dir, args.qat_model_path,
                                    args.cpu_threads, args.warmup, args.repeats, args.num_images,
-                                   runtimes=args.runtimes, allow_external_model=args.allow_external_model)
+                                   num_samples=args.num_samples, runtimes=args.runtimes,
+                                   allow_external_model=args.allow_external_model)
     print(report.markdown_table(res))
     return res
 

@@ -2,12 +2,14 @@
 
     python tools/data/convert_masks.py --images DRIVE/training/images \
         --masks DRIVE/training/1st_manual --image_suffix _training --mask_suffix _manual1 \
+        --roi_dir DRIVE/training/mask --roi_suffix _training_mask \
         --map 255:1 --names background vessel --save_dir data/drive
 
 Pairs 21_training.tif with 21_manual1.gif (stems equal once the suffixes are
-removed), maps mask value 255 to class 1, splits the pairs 80/20 (--val_ratio,
---seed) and writes save_dir/images/21.png, labels/21.png, train.txt, val.txt
-and labels.txt. Prints the pixels per class of each split and the config keys
+removed), maps mask value 255 to class 1, sets the pixels outside each image's
+field of view (21_training_mask.gif in --roi_dir) to the ignore index, splits the
+pairs 80/20 (--val_ratio, --seed) and writes save_dir/images/21.png,
+labels/21.png, train.txt, val.txt and labels.txt. Prints the pixels per class of each split and the config keys
 that point a PaddleSeg config at the new data set. See segqat/masks.py for the
 reading rules (palette masks give their indices, colour masks need --colors).
 """
@@ -61,6 +63,12 @@ def get_args_parser():
                         "-> 21); only image files ending with it are used")
     g.add_argument("--mask_suffix", default="",
                    help="removed from mask stems before pairing, e.g. _manual1")
+    g.add_argument("--roi_dir", default=None,
+                   help="folder of region-of-interest masks, one per image paired by stem (e.g. "
+                        "DRIVE's field-of-view masks): label pixels where the ROI mask is 0 become "
+                        "the ignore_index, so they count in neither training nor mIoU")
+    g.add_argument("--roi_suffix", default="",
+                   help="removed from ROI mask stems before pairing, e.g. _training_mask")
     g.add_argument("--save_dir", required=True, help="the new data set (the config's dataset_root)")
     cli.add_overwrite(g, "converted data set")
     g = parser.add_argument_group("classes")
@@ -98,7 +106,8 @@ def main(args):
     opts = masks.MaskOptions(
         value_map=value_map, colors=args.colors, num_classes=args.num_classes,
         ignore_index=args.ignore_index, names=args.names, val_ratio=args.val_ratio,
-        seed=args.seed, image_suffix=args.image_suffix, mask_suffix=args.mask_suffix)
+        seed=args.seed, image_suffix=args.image_suffix, mask_suffix=args.mask_suffix,
+        roi_dir=args.roi_dir, roi_suffix=args.roi_suffix)
     summary = masks.convert_masks(args.images, args.masks, args.save_dir, opts,
                                   overwrite=args.overwrite)
     # printed, not logged: a block to copy into a config
