@@ -27,13 +27,15 @@ venv: $(STAMP)
 
 # Test tiers (markers in pytest.ini):
 #   make test-unit   config, data, hygiene and error checks: no training, export or predictor
-#   make test        everything but `slow`, in two pytest processes: tests marked `runtimes`
+#   make test        everything but `slow`, in two pytest runs: tests marked `runtimes`
 #                    (OpenVINO / ONNX Runtime loaded in the process) run in the second one;
 #                    with their native threads in the process a later test crashed with a
-#                    segfault. Both share one folder of session fixtures (tests/conftest.py).
+#                    segfault. Each run spreads its tests over TEST_WORKERS processes
+#                    (pytest-xdist); all share one folder of session fixtures (tests/conftest.py).
 #   make test-slow   the tutorial's ResNet50 models end to end, the zoo export cases
 # Each run writes its per-test durations to output/test-durations/*.xml (JUnit XML).
 DURATIONS := output/test-durations
+TEST_WORKERS ?= 2
 test-unit: venv
 	mkdir -p $(DURATIONS)
 	$(BIN)/python -m pytest -q -m "unit and not slow" tests --junitxml=$(DURATIONS)/unit.xml
@@ -41,9 +43,9 @@ test-unit: venv
 test: venv
 	mkdir -p $(DURATIONS)
 	share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=10 -m "not slow and not runtimes" \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=10 -m "not slow and not runtimes" \
 	    tests --junitxml=$(DURATIONS)/main.xml && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q --durations=5 -m "runtimes and not slow" \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=5 -m "runtimes and not slow" \
 	    tests --junitxml=$(DURATIONS)/runtimes.xml
 
 test-slow: venv
