@@ -28,7 +28,7 @@ import cv2
 import numpy as np  # noqa: F401  (before paddle, see compat)
 
 from . import builder, deploy, export
-from .data import DataError, to_bgr8
+from .data import DataError, read_image, read_list_lines, to_bgr8
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +136,14 @@ def read_calibration_list(cfg, list_path):
         raise DataError(f"{where}: file not found: {list_path}")
     root = (cfg.get("train_dataset") or {}).get("dataset_root") or os.path.dirname(list_path)
     paths = []
-    with open(list_path) as f:
-        for no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
-            if not os.path.isfile(p):
-                raise DataError(f"{where}: {list_path} line {no}: image not found: {p}")
-            paths.append(p)
+    for no, line in enumerate(read_list_lines(list_path, where), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
+        if not os.path.isfile(p):
+            raise DataError(f"{where}: {list_path} line {no}: image not found: {p}")
+        paths.append(p)
     if not paths:
         raise DataError(f"{where}: {list_path} lists no image")
     return paths
@@ -202,10 +201,7 @@ class Calibration:
                 yield rng.randint(0, 256, size=(self.hw[0], self.hw[1], 3)).astype("uint8")
         elif self.list_paths is not None:
             for i in self.indices:
-                img = cv2.imread(self.list_paths[i], cv2.IMREAD_COLOR)
-                if img is None:
-                    raise DataError(f"calibration image cannot be read: {self.list_paths[i]}")
-                yield img
+                yield read_image(self.list_paths[i], "quant_config.calibration_list")
         else:
             for i in self.indices:
                 img, _ = self.ds.read(i)

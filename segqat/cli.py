@@ -78,6 +78,17 @@ def nonneg_float(v):
     return f
 
 
+def positive_float(v):
+    """A finite number > 0 (a learning rate, a scale)."""
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v!r}")
+    if not math.isfinite(f) or f <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {v!r}")
+    return f
+
+
 def fraction(v):
     """A fraction in (0, 1]."""
     try:
@@ -122,7 +133,7 @@ def add_train_args(parser):
     g.add_argument("--iters", type=positive_int, default=None, help="iterations (default: config)")
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="batch size per process (default: config)")
-    g.add_argument("--learning_rate", type=nonneg_float, default=None,
+    g.add_argument("--learning_rate", type=positive_float, default=None,
                    help="base learning rate (default: config's lr_scheduler.learning_rate)")
     g.add_argument("--save_interval", type=positive_int, default=1000,
                    help="save (and evaluate with --do_eval) every N iterations")
@@ -163,7 +174,8 @@ def add_eval_args(parser):
                    help="window stride for --is_slide, e.g. 128,128")
     g.add_argument("--aug_eval", action="store_true", default=None,
                    help="multi-scale / flip evaluation")
-    g.add_argument("--scales", type=float, nargs="+", default=None, help="scales for --aug_eval")
+    g.add_argument("--scales", type=positive_float, nargs="+", default=None,
+                   help="image scales (each > 0) for --aug_eval, e.g. 0.75 1.0 1.25")
     g.add_argument("--flip_horizontal", action="store_true", default=None, help="flip for --aug_eval")
     g.add_argument("--flip_vertical", action="store_true", default=None, help="flip for --aug_eval")
     g.add_argument("--save_metrics", default=None, metavar="FILE.json",

@@ -31,8 +31,8 @@ def get_args_parser():
     p.add_argument("--fp32_iters", type=cli.positive_int, default=None, help="default: config's iters")
     p.add_argument("--qat_iters", type=cli.positive_int, default=None, help="default: fp32_iters / 4")
     p.add_argument("--fp32_model_path", default=None, help="skip FP32 training: use these weights")
-    p.add_argument("--learning_rate", type=cli.nonneg_float, default=None, help="FP32 LR (default: config)")
-    p.add_argument("--qat_learning_rate", type=cli.nonneg_float, default=None,
+    p.add_argument("--learning_rate", type=cli.positive_float, default=None, help="FP32 LR (default: config)")
+    p.add_argument("--qat_learning_rate", type=cli.positive_float, default=None,
                    help="QAT LR (default: a tenth of the FP32 LR)")
     p.add_argument("--batch_size", type=cli.positive_int, default=None)
     p.add_argument("--save_interval", type=cli.positive_int, default=None,

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from segqat import cli  # noqa: E402
 
-IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def get_args_parser():
@@ -79,14 +79,18 @@ def get_args_parser():
 
 
 def list_images(path):
+    from segqat.data import read_list_lines
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMG_EXTS))
     elif os.path.isfile(path) and path.lower().endswith(IMG_EXTS):
         files = [path]
     elif os.path.isfile(path):
         root = os.path.dirname(os.path.abspath(path))
-        with open(path) as f:
-            files = [os.path.join(root, ln.split()[0]) for ln in f if ln.strip()]
+        lines = read_list_lines(path, "--image_path")
+        files = [os.path.join(root, ln.split()[0]) for ln in lines if ln.strip()]
+        cli.logger.info("--image_path %s is not an image (%s): read as a list file, one image "
+                        "path per line relative to its folder (%d images)", path,
+                        ", ".join(IMG_EXTS), len(files))
     else:
         raise FileNotFoundError(f"--image_path not found: {path}")
     if not files:
@@ -143,9 +147,9 @@ def output_names(files):
 
 
 def main(args):
-    import cv2
     import numpy as np
     from segqat import deploy, outputs
+    from segqat.data import read_image
     cli.setup(args)
     shapes = [args.min_shape, args.opt_shape, args.max_shape]
     if args.use_trt and any(shapes) and not all(shapes):
@@ -168,10 +172,7 @@ def main(args):
                                        threads=args.cpu_threads, verbose=args.verbose, **options)
 
         def read(f):
-            img = cv2.imread(f, cv2.IMREAD_COLOR)
-            if img is None:
-                raise deploy.DeployError(f"cannot read image file {f}")
-            return img
+            return read_image(f, "--image_path")
 
         try:
             if args.benchmark:

@@ -12,7 +12,8 @@ from collections import Counter
 
 import cv2
 import numpy as np
-import yaml
+
+from ..config import read_yaml
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -28,11 +29,7 @@ def load_deploy_config(path):
     if not os.path.isfile(path):
         raise DeployError(f"--config: deploy.yaml not found: {path} (give the deploy.yaml of an "
                           "exported directory, written by tools/export.py or slim/quant/qat_export.py)")
-    with open(path) as f:
-        try:
-            dic = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise DeployError(f"--config {path} is not valid YAML: {e}") from e
+    dic = read_yaml(path, "--config")
     if not isinstance(dic, dict) or "Deploy" not in dic:
         raise DeployError(f"--config {path} has no 'Deploy' section (PaddleSeg deploy.yaml schema)")
     dep = dict(dic["Deploy"])
@@ -55,8 +52,53 @@ def load_deploy_config(path):
     if not isinstance(dep.setdefault("int8_residual_fusion", True), bool):
         raise DeployError(f"{path}: Deploy.int8_residual_fusion is {dep['int8_residual_fusion']!r}; "
                           "allowed: true, false")
+    _check_values(dep, path)
     dep["path"] = path
     return dep
+
+
+OUTPUT_OPS = ("argmax", "softmax", "none")  # what segqat.export writes (PaddleSeg's choices)
+
+
+def _numbers(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+
+
+def _check_values(dep, path):
+    """deploy.yaml's output_op, num_classes and Normalize statistics, each named with the
+    value and what is allowed (a wrong one would fail deep inside a runtime or numpy)."""
+    for key in ("model_file", "params_file"):
+        if os.path.getsize(dep[key]) == 0:
+            raise DeployError(f"{path}: {key.split('_')[0]} file {dep[key]} is empty (0 bytes): an "
+                              "interrupted or failed export? Export the model again")
+    if dep["output_op"] not in OUTPUT_OPS:
+        raise DeployError(f"{path}: Deploy.output_op is {dep['output_op']!r}; allowed: "
+                          f"{', '.join(OUTPUT_OPS)}")
+    n = dep.get("num_classes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise DeployError(f"{path}: Deploy.num_classes is {n!r}; allowed: an integer >= 1")
+    shape = dep.get("input_shape")
+    chans = shape[1] if (isinstance(shape, list) and len(shape) == 4 and isinstance(shape[1], int)
+                         and shape[1] > 0) else 3
+    allowed = "a list of 1 number" if chans == 1 else f"a list of 1 or {chans} numbers"
+    ts = dep["transforms"]
+    if not isinstance(ts, list) or not all(isinstance(t, dict) and "type" in t for t in ts):
+        raise DeployError(f"{path}: Deploy.transforms is {ts!r}; allowed: a list of mappings, each "
+                          "with a 'type' (PaddleSeg's transforms)")
+    for i, t in enumerate(ts):
+        if t["type"] != "Normalize":
+            continue
+        for key in ("mean", "std"):
+            v = t.get(key, [0.5])
+            where = f"{path}: Deploy.transforms[{i}] (Normalize) {key}"
+            if not _numbers(v):
+                raise DeployError(f"{where} is {v!r}; allowed: {allowed}")
+            if len(v) not in {1, chans}:
+                raise DeployError(f"{where} has {len(v)} values for an input of {chans} channels; "
+                                  f"allowed: {allowed}")
+            if key == "std" and any(x == 0 for x in v):
+                raise DeployError(f"{where} is {v!r}; a standard deviation of 0 divides by zero")
 
 
 def resolve_precision(dep, precision):
