@@ -55,10 +55,13 @@ class CalibrationOptions:
 def _deploy_transforms(cfg):
     """The preprocessing deploy.yaml will name (val transforms): what inference sees."""
     return deploy.build_transforms({"transforms": export.deploy_transforms(cfg),
+                                    "input_shape": [-1, export.in_channels(cfg), -1, -1],
                                     "path": f"{cfg.path} (deploy transforms)"})
 
 
 def _preprocess(transforms, img):
+    """A BGR image through the deploy transforms, in the model's channels (as a predictor)."""
+    img = deploy.to_channels(img, transforms.img_channels)
     data = {"img": img.astype("float32"), "trans_info": [], "gt_fields": []}
     return transforms(data)["img"]
 

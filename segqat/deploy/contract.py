@@ -78,9 +78,7 @@ def _check_values(dep, path):
     n = dep.get("num_classes")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise DeployError(f"{path}: Deploy.num_classes is {n!r}; allowed: an integer >= 1")
-    shape = dep.get("input_shape")
-    chans = shape[1] if (isinstance(shape, list) and len(shape) == 4 and isinstance(shape[1], int)
-                         and shape[1] > 0) else 3
+    chans = model_channels(dep)
     allowed = "a list of 1 number" if chans == 1 else f"a list of 1 or {chans} numbers"
     ts = dep["transforms"]
     if not isinstance(ts, list) or not all(isinstance(t, dict) and "type" in t for t in ts):
@@ -121,13 +119,30 @@ def resolve_precision(dep, precision):
     return precision
 
 
+def model_channels(dep):
+    """The image channels the model takes: deploy.yaml's input_shape C, else 3."""
+    shape = dep.get("input_shape")
+    ok = isinstance(shape, list) and len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0
+    return shape[1] if ok else 3
+
+
+def to_channels(img, channels):
+    """A BGR image as the model takes it: grayscale for a 1-channel model (what PaddleSeg
+    reads with ``img_channels: 1``), BGR for a 3-channel one."""
+    if channels == 1 and img.ndim == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if channels == 3 and img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return img
+
+
 def build_transforms(dep):
     """Preprocessing from deploy.yaml's transforms (paddleseg's TRANSFORMS registry)."""
     from ..builder import build_component
     from paddleseg.transforms import Compose
     ts = [build_component(t, "transform", f"{dep['path']}: Deploy.transforms[{i}]")
           for i, t in enumerate(dep["transforms"])]
-    return Compose(ts)
+    return Compose(ts, img_channels=model_channels(dep))
 
 
 class Predictor:
@@ -172,6 +187,7 @@ class Predictor:
 
     def preprocess(self, img):
         """BGR uint8 image -> (CHW float32, trans_info)."""
+        img = to_channels(img, model_channels(self.dep))
         data = {"img": img.astype("float32"), "trans_info": [], "gt_fields": []}
         data = self.transforms(data)
         return data["img"], data["trans_info"]
