@@ -50,6 +50,9 @@ class CalibrationOptions:
     seed: int = 0
     random_calibration: bool = False
     input_shape: Optional[list] = None  # N C H W; a fixed H, W resizes every batch to it
+    # batch_size/batch_nums are the user's --batch_size/--batch_nums: fewer images than they
+    # ask for is a warning (else, e.g. QAT's calibration before fine-tuning, an info line)
+    from_flags: bool = True
 
 
 def _deploy_transforms(cfg):
@@ -190,9 +193,12 @@ class Calibration:
             self.describe = (f"{self.num_images} images of the {name} (subset of "
                              f"{self.subset_size}/{n} images, split {opts.split}, "
                              f"seed {opts.seed}), deploy preprocessing")
-            if self.num_images < opts.batch_nums * opts.batch_size:
-                logger.warning("Calibration: only %d images available, fewer than batch_nums x "
-                               "batch_size = %d", self.num_images, opts.batch_nums * opts.batch_size)
+            wanted = opts.batch_nums * opts.batch_size
+            if self.num_images < wanted and opts.from_flags:
+                logger.warning("Calibration: only %d images available, fewer than --batch_nums x "
+                               "--batch_size = %d", self.num_images, wanted)
+            elif self.num_images < wanted:
+                logger.info("Calibration: all %d images (it takes up to %d)", self.num_images, wanted)
         self.num_batches = math.ceil(self.num_images / opts.batch_size)
         logger.info("Calibration data: %s; %d batch(es) of up to %d", self.describe,
                     self.num_batches, opts.batch_size)

@@ -32,14 +32,14 @@ def get_args_parser():
     p.add_argument("--names", nargs="+", default=None, help="row names for --fp32 and each --int8")
     p.add_argument("--qat_model_path", default=None,
                    help="QAT weights of the first --int8 model: also evaluate its fake-quant model")
-    p.add_argument("--save_dir", default="./output/benchmark")
+    p.add_argument("--save_dir", default="./output/benchmark",
+                   help="folder for results.md, results.json, the plots and benchmark.log")
     cli.add_overwrite(p, "benchmark")
     cli.add_runtimes(p)
-    p.add_argument("--cpu_threads", type=cli.threads, default=2)
-    p.add_argument("--warmup", type=cli.positive_int, default=5)
-    p.add_argument("--repeats", type=cli.positive_int, default=20)
+    cli.add_cpu_threads(p, default=2)
+    cli.add_timing(p, warmup=5, repeats=20)
     p.add_argument("--num_images", type=cli.positive_int, default=None, help="first N val images only")
-    p.add_argument("--opts", nargs="+", default=[])
+    cli.add_opts(p)
     return p
 
 
@@ -58,7 +58,7 @@ def main(args):
             raise FileNotFoundError(f"{flag} {d}: no inference directory there (no deploy.yaml); "
                                     "give a folder written by tools/export.py, qat_export.py or ptq.py")
     from segqat import outputs
-    cli.setup(None)
+    cli.setup(args)
     with outputs.claim(args.save_dir, "benchmark", overwrite=args.overwrite,
                        inputs=[args.config, *dirs, args.qat_model_path]) as target:
         cli.add_log_file(target.file("benchmark.log"))  # swapped in with the results

@@ -40,22 +40,25 @@ def get_args_parser():
     p.add_argument("--image_path", required=True, help="image file, folder, or list file")
     p.add_argument("--save_dir", default="./output/result", help="where label PNGs and overlays go")
     cli.add_overwrite(p, "prediction folder")
-    p.add_argument("--runtime", choices=list(deploy.RUNTIMES), default="paddle",
-                   help="inference runtime (default paddle: Paddle Inference)")
+    cli.add_runtime(p)
     p.add_argument("--precision", choices=list(deploy.PRECISIONS), default=None,
                    help="default: the export's, from deploy.yaml")
-    p.add_argument("--cpu_threads", type=cli.threads, default=1)
-    p.add_argument("--batch_size", type=cli.positive_int, default=1)
+    cli.add_cpu_threads(p, default=1)
+    p.add_argument("--batch_size", type=cli.positive_int, default=1,
+                   help="images per run (images of one size are batched; default 1)")
     p.add_argument("--verbose", action="store_true", help="show the runtime's own optimizer output")
     g = p.add_argument_group("Paddle Inference")
-    g.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    g.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="device (default: cpu)")
     g.add_argument("--enable_mkldnn", type=cli.str2bool, default=True, help="oneDNN on CPU (true/false)")
     g = p.add_argument_group("TensorRT (Paddle Inference on GPU; untested here)")
-    g.add_argument("--use_trt", type=cli.str2bool, default=False)
+    g.add_argument("--use_trt", type=cli.str2bool, default=False,
+                   help="TensorRT on --device gpu (true/false; default false)")
     g.add_argument("--min_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
                    help="TensorRT dynamic shape: smallest input")
-    g.add_argument("--opt_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
-    g.add_argument("--max_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
+    g.add_argument("--opt_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
+                   help="TensorRT dynamic shape: the input it optimizes for")
+    g.add_argument("--max_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
+                   help="TensorRT dynamic shape: largest input")
     g = p.add_argument_group("OpenVINO")
     g.add_argument("--inference_precision", choices=["f32", "bf16"], default="f32",
                    help="OpenVINO's precision hint (default f32; bf16 changes FP32 results)")
@@ -73,8 +76,7 @@ def get_args_parser():
     b = p.add_argument_group("benchmark")
     b.add_argument("--benchmark", type=cli.str2bool, default=False,
                    help="time the model instead of writing results (true/false)")
-    b.add_argument("--warmup", type=cli.positive_int, default=10)
-    b.add_argument("--repeats", type=cli.positive_int, default=50)
+    cli.add_timing(b, warmup=10, repeats=50)
     return p
 
 
