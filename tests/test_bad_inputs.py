@@ -592,3 +592,46 @@ def test_one_channel_backbone_exports_and_quantizes(synth, tmp_path, caplog):
     run_script("deploy/python/infer.py", ["--config", tmp_path / "int8" / "deploy.yaml", "--image_path",
                                           synth / "images" / "val_0000.png", "--save_dir", tmp_path / "p"])
     assert (tmp_path / "p" / "val_0000.png").is_file()
+
+
+# ---------------------------------------------------------------- flags and --help
+
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for d in ("tools", "tools/data", "slim/quant", "deploy/python")
+                 for p in (ROOT / d).glob("*.py") if p.name != "__init__.py")
+# scripts that build or run a model take --cpu_threads; the data tools run none
+NO_MODEL = {"tools/data/convert_camvid.py", "tools/data/convert_isbi.py", "tools/data/convert_masks.py",
+            "tools/data/make_synthetic.py"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_is_complete(script, capsys):
+    parser = load_script(script).get_args_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and "docstring" not in text.lower()
+    no_help = [a.option_strings[0] for a in parser._actions
+               if a.option_strings and a.dest != "help" and not (a.help or "").strip()]
+    assert not no_help, f"{script}: no help text for {no_help}"
+    flags = {o for a in parser._actions for o in a.option_strings}
+    assert ("--cpu_threads" in flags) == (script not in NO_MODEL), script
+
+
+@pytest.mark.unit
+def test_runtime_flag_spellings():
+    """--runtime and --runtimes are one flag in every script: one runtime where a script runs
+    one, several where it compares them."""
+    from segqat import cli, deploy, ptq
+    assert cli.RUNTIME_NAMES == list(deploy.RUNTIMES) and cli.PTQ_ALGOS == list(ptq.ALGOS)
+    base = ["--config", "c.yml"]
+    infer = load_script("deploy/python/infer.py").get_args_parser()
+    for flag in ("--runtime", "--runtimes"):
+        args = infer.parse_args(base + ["--image_path", "x.png", flag, "openvino"])
+        assert args.runtime == "openvino"
+    bench = load_script("deploy/python/benchmark.py").get_args_parser()
+    for flag in ("--runtime", "--runtimes"):
+        args = bench.parse_args(base + ["--fp32", "a", "--int8", "b", flag, "paddle", "onnxruntime"])
+        assert args.runtimes == ["paddle", "onnxruntime"]
+    layer = load_script("slim/quant/layer_latency.py").get_args_parser()
+    assert layer.parse_args(base + ["--save_dir", "o", "--runtimes", "openvino"]).runtime == "openvino"
