@@ -30,8 +30,9 @@ def load_deploy_config(path):
         raise DeployError(f"--config: deploy.yaml not found: {path} (give the deploy.yaml of an "
                           "exported directory, written by tools/export.py or slim/quant/qat_export.py)")
     dic = read_yaml(path, "--config")
-    if not isinstance(dic, dict) or "Deploy" not in dic:
-        raise DeployError(f"--config {path} has no 'Deploy' section (PaddleSeg deploy.yaml schema)")
+    if not isinstance(dic, dict) or not isinstance(dic.get("Deploy"), dict):
+        raise DeployError(f"--config {path} has no 'Deploy' section (a mapping: PaddleSeg deploy.yaml "
+                          "schema)")
     dep = dict(dic["Deploy"])
     for key in ("model", "params"):
         if key not in dep:
@@ -66,12 +67,23 @@ def _numbers(v):
 
 
 def _check_values(dep, path):
-    """deploy.yaml's output_op, num_classes and Normalize statistics, each named with the
-    value and what is allowed (a wrong one would fail deep inside a runtime or numpy)."""
+    """The model files are not empty; deploy.yaml's output_op, num_classes, transforms and
+    Normalize statistics are allowed values. Each error names the file, the key, the value and
+    what is allowed (a wrong one would fail deep inside a runtime or numpy)."""
     for key in ("model_file", "params_file"):
         if os.path.getsize(dep[key]) == 0:
             raise DeployError(f"{path}: {key.split('_')[0]} file {dep[key]} is empty (0 bytes): an "
                               "interrupted or failed export? Export the model again")
+    if dep["model_file"].endswith(".pdmodel"):  # every runtime parses it first: check it once here
+        from paddle.base import core
+        with open(dep["model_file"], "rb") as f:
+            data = f.read()
+        try:
+            core.ProgramDesc(data)
+        except Exception as e:
+            raise DeployError(f"{path}: model file {dep['model_file']} is not a Paddle program (a "
+                              f"truncated or damaged file: {type(e).__name__}); export the model "
+                              "again") from e
     if dep["output_op"] not in OUTPUT_OPS:
         raise DeployError(f"{path}: Deploy.output_op is {dep['output_op']!r}; allowed: "
                           f"{', '.join(OUTPUT_OPS)}")
