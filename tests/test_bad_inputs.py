@@ -376,7 +376,8 @@ def test_truncated_model_file(name, expect, exports, synth, tmp_path, caplog):
     caplog.set_level(logging.ERROR)
     with pytest.raises(SystemExit) as e:
         run_script("deploy/python/infer.py", ["--config", d / "deploy.yaml", "--image_path",
-                                              synth / "images" / "val_0000.png", "--save_dir", tmp_path / "p"])
+                                              synth / "images" / "val_0000.png",
+                                              "--save_dir", tmp_path / "p"])
     assert e.value.code == 1 and expect.format(d=d) in caplog.text, caplog.text
     assert "Traceback" not in caplog.text and not (tmp_path / "p").exists()
 
@@ -406,7 +407,8 @@ def test_protocol2_weights_load(tmp_path):
     loaded = weights.load_state(str(path))
     assert set(loaded) == set(state)
     assert all(np.array_equal(loaded[k], state[k].numpy()) for k in state)
-    for blob, expect in ((_pickle_call("_codecs", "encode", "abc", "rot13"), "_codecs.encode with str, 'rot13'"),
+    for blob, expect in ((_pickle_call("_codecs", "encode", "abc", "rot13"),
+                          "_codecs.encode with str, 'rot13'"),
                          (_pickle_call("builtins", "exec", "open('x', 'w')"), "builtins.exec"),
                          (_pickle_call("os", "system", "true"), "os.system")):
         bad = tmp_path / "bad.pdparams"
@@ -432,7 +434,8 @@ def test_float16_weights_load_as_float32(tmp_path, caplog):
     assert f"{path}: converted 2 float16 tensor(s) to the model's precision" in caplog.text
     # integers where the model has floats are not weights of this model
     paddle.save({k: np.zeros(v.shape, "int64") for k, v in state.items()}, str(path))
-    with pytest.raises(weights.WeightsError, match=r"tensor (weight|bias) is int64 but the model's is float32"):
+    with pytest.raises(weights.WeightsError,
+                       match=r"tensor (weight|bias) is int64 but the model's is float32"):
         weights.load_weights(model, str(path))
 
 
