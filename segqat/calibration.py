@@ -28,7 +28,7 @@ import cv2
 import numpy as np  # noqa: F401  (before paddle, see compat)
 
 from . import builder, deploy, export
-from .data import DataError, to_bgr8
+from .data import DataError, read_image, read_list_lines, to_bgr8
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +50,21 @@ class CalibrationOptions:
     seed: int = 0
     random_calibration: bool = False
     input_shape: Optional[list] = None  # N C H W; a fixed H, W resizes every batch to it
+    # batch_size/batch_nums are the user's --batch_size/--batch_nums: fewer images than they
+    # ask for is a warning (else, e.g. QAT's calibration before fine-tuning, an info line)
+    from_flags: bool = True
 
 
 def _deploy_transforms(cfg):
     """The preprocessing deploy.yaml will name (val transforms): what inference sees."""
     return deploy.build_transforms({"transforms": export.deploy_transforms(cfg),
+                                    "input_shape": [-1, export.in_channels(cfg), -1, -1],
                                     "path": f"{cfg.path} (deploy transforms)"})
 
 
 def _preprocess(transforms, img):
+    """A BGR image through the deploy transforms, in the model's channels (as a predictor)."""
+    img = deploy.to_channels(img, transforms.img_channels)
     data = {"img": img.astype("float32"), "trans_info": [], "gt_fields": []}
     return transforms(data)["img"]
 
@@ -136,15 +142,14 @@ def read_calibration_list(cfg, list_path):
         raise DataError(f"{where}: file not found: {list_path}")
     root = (cfg.get("train_dataset") or {}).get("dataset_root") or os.path.dirname(list_path)
     paths = []
-    with open(list_path) as f:
-        for no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
-            if not os.path.isfile(p):
-                raise DataError(f"{where}: {list_path} line {no}: image not found: {p}")
-            paths.append(p)
+    for no, line in enumerate(read_list_lines(list_path, where), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
+        if not os.path.isfile(p):
+            raise DataError(f"{where}: {list_path} line {no}: image not found: {p}")
+        paths.append(p)
     if not paths:
         raise DataError(f"{where}: {list_path} lists no image")
     return paths
@@ -188,9 +193,12 @@ class Calibration:
             self.describe = (f"{self.num_images} images of the {name} (subset of "
                              f"{self.subset_size}/{n} images, split {opts.split}, "
                              f"seed {opts.seed}), deploy preprocessing")
-            if self.num_images < opts.batch_nums * opts.batch_size:
-                logger.warning("Calibration: only %d images available, fewer than batch_nums x "
-                               "batch_size = %d", self.num_images, opts.batch_nums * opts.batch_size)
+            wanted = opts.batch_nums * opts.batch_size
+            if self.num_images < wanted and opts.from_flags:
+                logger.warning("Calibration: only %d images available, fewer than --batch_nums x "
+                               "--batch_size = %d", self.num_images, wanted)
+            elif self.num_images < wanted:
+                logger.info("Calibration: all %d images (it takes up to %d)", self.num_images, wanted)
         self.num_batches = math.ceil(self.num_images / opts.batch_size)
         logger.info("Calibration data: %s; %d batch(es) of up to %d", self.describe,
                     self.num_batches, opts.batch_size)
@@ -202,10 +210,7 @@ class Calibration:
                 yield rng.randint(0, 256, size=(self.hw[0], self.hw[1], 3)).astype("uint8")
         elif self.list_paths is not None:
             for i in self.indices:
-                img = cv2.imread(self.list_paths[i], cv2.IMREAD_COLOR)
-                if img is None:
-                    raise DataError(f"calibration image cannot be read: {self.list_paths[i]}")
-                yield img
+                yield read_image(self.list_paths[i], "quant_config.calibration_list")
         else:
             for i in self.indices:
                 img, _ = self.ds.read(i)

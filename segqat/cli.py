@@ -78,6 +78,17 @@ def nonneg_float(v):
     return f
 
 
+def positive_float(v):
+    """A finite number > 0 (a learning rate, a scale)."""
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v!r}")
+    if not math.isfinite(f) or f <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {v!r}")
+    return f
+
+
 def fraction(v):
     """A fraction in (0, 1]."""
     try:
@@ -113,8 +124,24 @@ def add_config_args(parser, model_path_required=False, model_path_help="weights 
                         help=model_path_help)
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
                         help="device to run on (default: cpu)")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config entries, e.g. batch_size=4 model.align_corners=true")
+    add_opts(parser)
+
+
+OPTS_HELP = ("override config entries, read as PaddleSeg reads them, e.g. batch_size=4 "
+             "model.backbone.pretrained=None test_config.scales=0.75,1.0,1.25")
+
+
+def add_opts(parser):
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
+
+
+def add_timing(parser, warmup, repeats=None):
+    """``--warmup`` and ``--repeats`` of a latency measurement."""
+    parser.add_argument("--warmup", type=positive_int, default=warmup,
+                        help=f"untimed runs before timing (default {warmup})")
+    if repeats is not None:
+        parser.add_argument("--repeats", type=positive_int, default=repeats,
+                            help=f"timed runs; the median is reported (default {repeats})")
 
 
 def add_train_args(parser):
@@ -122,7 +149,7 @@ def add_train_args(parser):
     g.add_argument("--iters", type=positive_int, default=None, help="iterations (default: config)")
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="batch size per process (default: config)")
-    g.add_argument("--learning_rate", type=nonneg_float, default=None,
+    g.add_argument("--learning_rate", type=positive_float, default=None,
                    help="base learning rate (default: config's lr_scheduler.learning_rate)")
     g.add_argument("--save_interval", type=positive_int, default=1000,
                    help="save (and evaluate with --do_eval) every N iterations")
@@ -143,15 +170,31 @@ def add_train_args(parser):
     add_cpu_threads(g)
 
 
-def add_cpu_threads(parser):
-    parser.add_argument("--cpu_threads", type=threads, default=None,
-                        help="math-library threads on CPU (default: paddle's, 1)")
+def add_cpu_threads(parser, default=None):
+    what = "paddle's, 1" if default is None else default
+    parser.add_argument("--cpu_threads", type=threads, default=default,
+                        help=f"CPU threads of the math library and the runtime, 1-{MAX_THREADS} "
+                             f"(default: {what})")
+
+
+# deploy.RUNTIMES' names, here so that scripts' --help does not import paddle (a test checks they agree)
+RUNTIME_NAMES = ["paddle", "openvino", "onnxruntime"]
 
 
 def add_runtimes(parser):
-    from .deploy import RUNTIMES
-    parser.add_argument("--runtimes", nargs="+", default=["paddle"], choices=list(RUNTIMES),
-                        metavar="RUNTIME", help=f"runtimes to run on ({', '.join(RUNTIMES)}; default paddle)")
+    """``--runtimes A B ...`` (scripts that compare runtimes); ``--runtime`` is the same flag."""
+    parser.add_argument("--runtimes", "--runtime", dest="runtimes", nargs="+", default=["paddle"],
+                        choices=RUNTIME_NAMES, metavar="RUNTIME",
+                        help=f"runtimes to run on, one or more of {', '.join(RUNTIME_NAMES)} "
+                             "(default paddle: Paddle Inference); --runtime is the same flag")
+
+
+def add_runtime(parser):
+    """``--runtime A`` (scripts that run one runtime); ``--runtimes`` with one name is the same."""
+    parser.add_argument("--runtime", "--runtimes", dest="runtime", default="paddle",
+                        choices=RUNTIME_NAMES, metavar="RUNTIME",
+                        help=f"the runtime to run on, one of {', '.join(RUNTIME_NAMES)} (default "
+                             "paddle: Paddle Inference); --runtimes with one name is the same flag")
 
 
 def add_eval_args(parser):
@@ -163,7 +206,8 @@ def add_eval_args(parser):
                    help="window stride for --is_slide, e.g. 128,128")
     g.add_argument("--aug_eval", action="store_true", default=None,
                    help="multi-scale / flip evaluation")
-    g.add_argument("--scales", type=float, nargs="+", default=None, help="scales for --aug_eval")
+    g.add_argument("--scales", type=positive_float, nargs="+", default=None,
+                   help="image scales (each > 0) for --aug_eval, e.g. 0.75 1.0 1.25")
     g.add_argument("--flip_horizontal", action="store_true", default=None, help="flip for --aug_eval")
     g.add_argument("--flip_vertical", action="store_true", default=None, help="flip for --aug_eval")
     g.add_argument("--save_metrics", default=None, metavar="FILE.json",

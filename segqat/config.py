@@ -96,14 +96,86 @@ def _type_name(t):
     return t.__name__
 
 
+# A config or deploy.yaml is a few KB. Larger files, and aliases that expand to more values
+# than this (a "billion laughs" file: 9 aliases of 9 aliases ... build gigabytes), are
+# refused before anything is built.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+
+class _YamlTooBig(yaml.YAMLError):
+    pass
+
+
+def _expanded_values(node, memo, active):
+    """How many values ``node`` holds with every alias expanded (stops above MAX_YAML_VALUES)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise _YamlTooBig("an alias refers to itself (a recursive structure)")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [x for pair in node.value for x in pair]
+    else:
+        children = []
+    n = 1
+    for c in children:
+        n += _expanded_values(c, memo, active)
+        if n > MAX_YAML_VALUES:
+            raise _YamlTooBig(f"its aliases expand to more than {MAX_YAML_VALUES} values (a YAML "
+                              "alias bomb?)")
+    active.discard(key)
+    memo[key] = n
+    return n
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts the values a document expands to before building it."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None:
+            _expanded_values(node, {}, set())
+        return node
+
+
+def read_yaml(path, what="Config file"):
+    """The YAML document in ``path``, read safely: at most MAX_YAML_BYTES of UTF-8 text (a BOM
+    is allowed), aliases expanding to at most MAX_YAML_VALUES values. Anything else is a
+    ConfigError that starts with ``what`` and names the file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e.strerror or e}") from e
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1024} KB; a config is "
+                          "a small YAML text file")
+    if b"\0" in raw:
+        raise ConfigError(f"{what} {path} is a binary file, not a YAML text file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path}, line {line}: not UTF-8 text (byte "
+                          f"0x{raw[e.start]:02x}); a config is a UTF-8 YAML text file") from e
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)
+    except _YamlTooBig as e:
+        raise ConfigError(f"{what} {path} refused: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{what} {path} is nested too deeply to be a config") from e
+
+
 def _read_yaml(path):
     if not os.path.isfile(path):
         raise ConfigError(f"Config file not found: {path}")
-    with open(path, "r", encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -337,6 +409,19 @@ class Config:
                     hint = " (written in quotes?)" if isinstance(v, str) else ""
                     raise ConfigError(f"Config key '{section}.{k}' in {self.where(section)} must be "
                                       f"{what}, got {type(v).__name__} ({v!r}){hint}")
+        lr = self.dic.get("lr_scheduler") or {}
+        for k, low in (("learning_rate", "> 0"), ("end_lr", ">= 0"), ("warmup_start_lr", ">= 0")):
+            v = lr.get(k)
+            if v is not None and (v <= 0 if low == "> 0" else v < 0):
+                raise ConfigError(f"Config key 'lr_scheduler.{k}' in {self.where('lr_scheduler')} "
+                                  f"must be {low}, got {v!r}")
+        scales = (self.dic.get("test_config") or {}).get("scales")
+        if scales is not None:
+            items = scales if isinstance(scales, list) else [scales]
+            if not items or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                or not math.isfinite(v) or v <= 0 for v in items):
+                raise ConfigError(f"Config key 'test_config.scales' in {self.where('test_config')} "
+                                  f"must be a number > 0 or a list of them, got {scales!r}")
         wd = (self.dic.get("optimizer") or {}).get("weight_decay")
         if wd is not None and not isinstance(wd, dict) and (
                 isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd)):

@@ -26,6 +26,24 @@ class DataError(ValueError):
     """Bad data: a missing or unreadable file, or labels that do not fit."""
 
 
+def read_list_lines(path, where):
+    """The lines of a list file (``images/a.png labels/a.png`` per line) as text.
+
+    UTF-8, with a leading byte-order mark (Windows Notepad writes one) dropped;
+    bytes that are not UTF-8 (a Latin-1 file) are a DataError naming the file,
+    the line and the byte, not a traceback deep inside a reader.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{where}: {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                        "save the list file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from e
+    return text.split("\n")
+
+
 def check_list_file(path, separator=" ", needs_label=True, where="dataset"):
     """Every line of a PaddleSeg list file: ``image label`` (or ``image`` where no label is needed).
 
@@ -37,8 +55,7 @@ def check_list_file(path, separator=" ", needs_label=True, where="dataset"):
                "contain it)")
     if not os.path.isfile(path):
         raise DataError(f"{where}: list file not found: {path}")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().split("\n")
+    lines = read_list_lines(path, where)
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     for no, line in enumerate(lines, 1):
@@ -64,10 +81,25 @@ def is_truncated_jpeg(path):
     return not tail.endswith(b"\xff\xd9")
 
 
+def _read_with_pillow(path, flag):
+    """What OpenCV cannot decode but Pillow can (GIF), as OpenCV would return it (BGR or gray)."""
+    try:
+        with Image.open(path) as im:
+            im.seek(0)  # an animated GIF: its first frame
+            if flag == cv2.IMREAD_GRAYSCALE:
+                return np.asarray(im.convert("L"))
+            return np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def read_image(path, where, flag=cv2.IMREAD_COLOR):
-    """An image as OpenCV (PaddleSeg's reader) decodes it; an unreadable file or a truncated
-    JPEG is a DataError naming ``where`` and the file."""
+    """An image as OpenCV (PaddleSeg's reader) decodes it, or through Pillow for the formats
+    OpenCV does not read (GIF, as labels are read); an unreadable file or a truncated JPEG is
+    a DataError naming ``where`` and the file."""
     img = cv2.imread(path, flag)
+    if img is None and flag in (cv2.IMREAD_COLOR, cv2.IMREAD_GRAYSCALE):
+        img = _read_with_pillow(path, flag)
     if img is None:
         raise DataError(f"{where}: cannot read image file {path} (not an image, or corrupt)")
     if is_truncated_jpeg(path):
@@ -118,6 +150,11 @@ class CheckedDataset(paddle.io.Dataset):
         if len(self.file_list) == 0:
             raise DataError(f"{name}: the list file names no samples (dataset_root "
                             f"{getattr(inner, 'dataset_root', '?')})")
+        first = self.file_list[0]
+        if isinstance(first[0], str) and "\ufeff" in first[0]:
+            # paddleseg reads the list file without dropping a UTF-8 byte-order mark
+            first[0] = first[0].replace("\ufeff", "", 1)
+            logger.info("%s: the list file starts with a UTF-8 byte-order mark; ignored", name)
         for i, (img, lab) in enumerate(self.file_list):
             for kind, p in (("image", img), ("label", lab)):
                 if p is None:

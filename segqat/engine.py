@@ -16,6 +16,7 @@ Checkpoints (``iter_N/``, ``best_model/``; atomic, verified, pruned per run,
 resumed from) are ``checkpoint``'s.
 """
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -73,7 +74,37 @@ def _simple_loader(dataset, sampler):
         yield tuple(paddle.to_tensor(np.stack(field)) for field in zip(*samples))
 
 
-def _worker_init(worker_id):
+def exit_with_parent(parent_pid):
+    """End this process when ``parent_pid`` (the training process) dies, even by kill -9.
+
+    paddle's loader workers check their parent only between batches and stay
+    alive (with their memory) when it dies while they wait to hand over a batch.
+    On Linux the kernel sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere a
+    daemon thread checks the parent every second.
+    """
+    import ctypes
+    import signal
+    import sys
+    import threading
+    if sys.platform.startswith("linux"):
+        try:
+            pr_set_pdeathsig = 1  # <linux/prctl.h>
+            if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL)) == 0:
+                if os.getppid() != parent_pid:  # died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="segqat-parent-watch").start()
+
+
+def _worker_init(parent_pid, worker_id):
+    exit_with_parent(parent_pid)
     compat.set_cpu_threads(1)
 
 
@@ -151,7 +182,8 @@ def _train(cfg, model, train_ds, val_ds, losses, opts, test_cfg):
         sampler.set_epoch(epoch, skip)
         if opts.num_workers > 0:
             loader = paddle.io.DataLoader(train_ds, batch_sampler=sampler, num_workers=opts.num_workers,
-                                          return_list=True, worker_init_fn=_worker_init,
+                                          return_list=True,
+                                          worker_init_fn=functools.partial(_worker_init, os.getpid()),
                                           use_shared_memory=False)
         else:
             # paddle's single-process DataLoader reads in a thread and hangs when a

@@ -74,12 +74,17 @@ class SegHead(nn.Layer):
 
 
 def in_channels(cfg):
-    """Channels the model takes: model.in_channels / img_channels, else 3 (PaddleSeg's default)."""
+    """Channels the model takes: model.in_channels / img_channels, model.backbone.in_channels,
+    the data sets' img_channels (``cfg.img_channels``, which the config checked against the
+    model's), else 3 (PaddleSeg's default)."""
     m = cfg.get("model") or {}
-    for key in ("in_channels", "img_channels", "input_channels"):
-        if isinstance(m.get(key), int):
-            return m[key]
-    return 3
+    backbone = m.get("backbone") if isinstance(m.get("backbone"), dict) else {}
+    for owner, key in ((m, "in_channels"), (m, "img_channels"), (m, "input_channels"),
+                       (backbone, "in_channels")):
+        if isinstance(owner.get(key), int) and not isinstance(owner.get(key), bool):
+            return owner[key]
+    chans = getattr(cfg, "img_channels", None)
+    return chans if isinstance(chans, int) and not isinstance(chans, bool) else 3
 
 
 def check_input_shape(cfg, input_shape):

@@ -15,8 +15,8 @@ Route: paddleslim's static PTQ (``quant_post_static``, i.e. paddle's
 3. the result is saved with ``onnx_format=True``: int8-stored weights and
    quantize_linear / dequantize_linear ops, the same form as
    ``slim/quant/qat_export.py`` writes, so ``deploy.create_predictor(precision="int8")``
-   and ``deploy/python/infer.py --precision int8`` run it with oneDNN INT8
-   kernels;
+   and ``deploy/python/infer.py`` (the precision comes from deploy.yaml) run it with
+   oneDNN INT8 kernels;
 4. the exported model is loaded with ``deploy.create_predictor`` in INT8 (which refuses a
    program without INT8 kernels) and, when the config has a val_dataset,
    evaluated on the validation images (``evaluate.evaluate``: PaddleSeg's
@@ -227,8 +227,8 @@ def run_ptq(cfg, model_path, save_dir, opts):
                 info["fp32_params_mb"], info["onednn_int8_ops"], save_dir)
     if calib.random:
         logger.warning(RANDOM_WARNING)
-    logger.info("Run it with deploy/python/infer.py --config %s/deploy.yaml --precision int8",
-                save_dir)
+    logger.info("Run it with deploy/python/infer.py --config %s/deploy.yaml (it runs INT8: "
+                "deploy.yaml says so)", save_dir)
     return info
 
 

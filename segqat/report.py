@@ -43,7 +43,7 @@ def count_params_flops(cfg, hw):
     Counted with forward hooks: paddle.flops() fails under numpy 2.x on paddle 3.3.1.
     """
     import paddle
-    from . import builder
+    from . import builder, export
     with paddle.utils.unique_name.guard():
         model = builder.build_model(cfg)
     model.eval()
@@ -60,7 +60,7 @@ def count_params_flops(cfg, hw):
     hooks = [l.register_forward_post_hook(conv_hook if isinstance(l, paddle.nn.Conv2D) else linear_hook)
              for l in model.sublayers() if isinstance(l, (paddle.nn.Conv2D, paddle.nn.Linear))]
     with paddle.no_grad():
-        model(paddle.zeros([1, 3, int(hw[0]), int(hw[1])]))
+        model(paddle.zeros([1, export.in_channels(cfg), int(hw[0]), int(hw[1])]))
     for h in hooks:
         h.remove()
     return n_params, macs[0]

@@ -34,12 +34,26 @@ class WeightsError(ValueError):
     """Weights that are missing, unreadable, unsafe, non-finite or do not fit the model."""
 
 
+def _latin1_bytes(where):
+    """Pickle protocol 2 writes a bytes object (an array's data) as
+    ``_codecs.encode(text, "latin1")``; this builds exactly that and nothing else."""
+    def encode(obj, encoding="utf-8", errors="strict"):
+        if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+            raise WeightsError(f"{where} is not a plain weights file: _codecs.encode with "
+                               f"{type(obj).__name__}, {encoding!r}, which weights never need; "
+                               "not loaded")
+        return obj.encode("latin1")
+    return encode
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, f, path, what):
         super().__init__(f, encoding="latin1")
         self._where = f"{what}: {path}"
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):  # paddle.save(..., protocol=2)
+            return _latin1_bytes(self._where)
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         raise WeightsError(
@@ -159,9 +173,35 @@ def load_into(model, state, path, what="--model_path"):
             lines.append(f"Not in model ({len(unexpected)}): {', '.join(unexpected[:5])}"
                          + (" ..." if len(unexpected) > 5 else ""))
         raise WeightsError("\n".join(lines))
+    _match_dtypes(own, state, path, what)
     require_finite(state, path, what)
     model.set_state_dict(state)
     logger.info("Loaded %d tensors from %s", len(state), path)
+
+
+def _match_dtypes(own, state, path, what):
+    """Floating-point arrays of another precision (float16 weights, float64) are converted to
+    the model's, as a user expects; any other dtype mismatch is a WeightsError naming the tensor
+    (paddle's own check is an AssertionError)."""
+    cast = {}
+    for k, t in own.items():
+        a = state[k]
+        if not isinstance(a, np.ndarray):
+            continue
+        try:
+            want = np.dtype(str(t.dtype).split(".")[-1])  # paddle.float32 -> float32
+        except TypeError:
+            continue  # no numpy dtype (bfloat16): left to paddle
+        if a.dtype == want:
+            continue
+        if a.dtype.kind == "f" and want.kind == "f":
+            state[k] = a.astype(want)
+            cast[str(a.dtype)] = cast.get(str(a.dtype), 0) + 1
+        else:
+            raise WeightsError(f"{what}: {path}: tensor {k} is {a.dtype} but the model's is {want}; "
+                               "these are not weights of this model")
+    for dtype, n in cast.items():
+        logger.info("%s: converted %d %s tensor(s) to the model's precision", path, n, dtype)
 
 
 def load_weights(model, path, what="--model_path"):

@@ -81,7 +81,7 @@ def qat_start_eval(cfg, val_ds, test_cfg, seed):
     moving-average abs-max scales in fake quantization, not PTQ's ``--algo``.)
     """
     def start_eval(model):
-        calib = calibration.Calibration(cfg, calibration.CalibrationOptions(seed=seed))
+        calib = calibration.Calibration(cfg, calibration.CalibrationOptions(seed=seed, from_flags=False))
         with quant.state_restored(model):
             paddle.seed(seed)  # dropout during calibration
             calibration.calibrate(model, calib.arrays())

@@ -34,12 +34,13 @@ def test_inherited_false_replaces(tmp_path):
 
 
 def test_opts_and_flag_overrides(tmp_path):
-    c = w(tmp_path / "c.yml", "batch_size: 2\nlr_scheduler: {type: PolynomialDecay, learning_rate: 0.1}\n")
+    c = w(tmp_path / "c.yml", "batch_size: 2\nlr_scheduler: {type: PolynomialDecay, learning_rate: 0.1, "
+          "end_lr: 0.01}\n")
     cfg = load_config(str(c), opts=["batch_size=8", "lr_scheduler.power=0.9"],
-                      overrides={"lr_scheduler.learning_rate": 0.0, "iters": None})
+                      overrides={"lr_scheduler.end_lr": 0.0, "iters": None})
     assert cfg["batch_size"] == 8
     assert cfg["lr_scheduler"]["power"] == 0.9
-    assert cfg["lr_scheduler"]["learning_rate"] == 0.0   # 0 is a value, not "unset"
+    assert cfg["lr_scheduler"]["end_lr"] == 0.0   # 0 is a value, not "unset"
     assert "iters" not in cfg                             # None means the flag was not given
 
 

@@ -25,13 +25,19 @@ def get_args_parser(model_path_help="FP32 weights (.pdparams)"):
                         help="inference directory to write")
     cli.add_overwrite(parser, "export")
     parser.add_argument("--input_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
-                        help="input shape, -1 for dynamic (default: -1 3 -1 -1)")
+                        help="input shape, -1 for any size (default: the config's export.input_shape, "
+                             "else -1 C -1 -1 with C the model's image channels, 3 unless the config "
+                             "says otherwise)")
     parser.add_argument("--output_op", choices=["argmax", "softmax", "none"], default=None,
-                        help="output op (default: argmax)")
+                        help="output op: argmax gives int32 labels [N, H, W], softmax float32 "
+                             "probabilities [N, C, H, W], none float32 logits (default: argmax)")
     parser.add_argument("--with_softmax", action="store_true",
-                        help="PaddleSeg's older flag; see the module docstring")
+                        help="PaddleSeg's older flag: with --without_argmax the output is "
+                             "probabilities (--output_op softmax); alone it changes nothing (labels)")
     parser.add_argument("--without_argmax", action="store_true",
-                        help="PaddleSeg's older flag; see the module docstring")
+                        help="PaddleSeg's older flag: the output is logits (--output_op none), or "
+                             "probabilities with --with_softmax")
+    cli.add_cpu_threads(parser)
     return parser
 
 

@@ -26,26 +26,28 @@ logger = logging.getLogger("segqat.pipeline")
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="FP32 -> QAT -> INT8 export -> benchmark in one go")
-    p.add_argument("--config", required=True)
-    p.add_argument("--save_dir", default="./output/pipeline")
+    p.add_argument("--config", required=True, help="PaddleSeg-schema YAML config")
+    p.add_argument("--save_dir", default="./output/pipeline",
+                   help="folder for every step's output (fp32/, qat/, the exports, benchmark/)")
     p.add_argument("--fp32_iters", type=cli.positive_int, default=None, help="default: config's iters")
     p.add_argument("--qat_iters", type=cli.positive_int, default=None, help="default: fp32_iters / 4")
     p.add_argument("--fp32_model_path", default=None, help="skip FP32 training: use these weights")
-    p.add_argument("--learning_rate", type=cli.nonneg_float, default=None, help="FP32 LR (default: config)")
-    p.add_argument("--qat_learning_rate", type=cli.nonneg_float, default=None,
+    p.add_argument("--learning_rate", type=cli.positive_float, default=None, help="FP32 LR (default: config)")
+    p.add_argument("--qat_learning_rate", type=cli.positive_float, default=None,
                    help="QAT LR (default: a tenth of the FP32 LR)")
-    p.add_argument("--batch_size", type=cli.positive_int, default=None)
+    p.add_argument("--batch_size", type=cli.positive_int, default=None,
+                   help="training batch size, FP32 and QAT (default: config)")
     p.add_argument("--save_interval", type=cli.positive_int, default=None,
                    help="evaluate/save every N iterations (default: iters / 4)")
-    p.add_argument("--cpu_threads", type=cli.threads, default=2)
-    p.add_argument("--num_workers", type=cli.nonneg_int, default=0)
-    p.add_argument("--seed", type=cli.seed, default=0)
+    cli.add_cpu_threads(p, default=2)
+    p.add_argument("--num_workers", type=cli.nonneg_int, default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=cli.seed, default=0, help="random seed of every step")
     p.add_argument("--repeats", type=cli.positive_int, default=20, help="benchmark timing repeats")
     p.add_argument("--ptq_algo", default="hist", choices=["none", "abs_max", "avg", "hist", "KL", "mse"],
                    help="also make a PTQ model with this algo for the table (none: skip)")
     p.add_argument("--skip_benchmark", action="store_true",
                    help="stop after the exports (benchmark later, on an idle machine)")
-    p.add_argument("--opts", nargs="+", default=[])
+    cli.add_opts(p)
     return p
 
 
@@ -67,7 +69,7 @@ def main(args):
     cfg = load_config(args.config, opts=args.opts)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = os.path.join(args.save_dir, stamp)
-    cli.setup(None, out, "pipeline.log")
+    cli.setup(args, out, "pipeline.log")
     commands = []
     common = ["--config", args.config] + (["--opts", *args.opts] if args.opts else [])
 
@@ -96,9 +98,11 @@ def main(args):
         "--save_dir", f"{out}/qat", "--save_interval", args.save_interval or max(qat_iters // 2, 1),
         "--log_iters", max(qat_iters // 10, 1)], commands)
     qat_weights = f"{out}/qat/best_model/model.pdparams"
-    step("tools/export.py", common + ["--model_path", fp32_weights, "--save_dir", f"{out}/fp32_infer"], commands)
-    step("slim/quant/qat_export.py", common + ["--model_path", qat_weights, "--save_dir", f"{out}/qat_infer"],
-         commands)
+    threads = ["--cpu_threads", args.cpu_threads]
+    step("tools/export.py", common + threads + ["--model_path", fp32_weights, "--save_dir",
+                                                f"{out}/fp32_infer"], commands)
+    step("slim/quant/qat_export.py", common + threads + ["--model_path", qat_weights, "--save_dir",
+                                                         f"{out}/qat_infer"], commands)
     int8_dirs, names = [f"{out}/qat_infer"], ["FP32", "INT8 QAT"]
     if args.ptq_algo != "none":
         step("slim/quant/ptq.py", common + ["--model_path", fp32_weights, "--save_dir", f"{out}/ptq_infer",

@@ -45,8 +45,8 @@ def get_args_parser():
     p.add_argument("--warmup", type=cli.positive_int, default=3, help="latency: warm-up runs per model")
     p.add_argument("--repeats", type=cli.positive_int, default=10, help="latency: timed runs per model")
     g = p.add_argument_group("timeouts (seconds per step)")
-    g.add_argument("--train_timeout", type=cli.positive_int, default=3600)
-    g.add_argument("--export_timeout", type=cli.positive_int, default=300)
+    g.add_argument("--train_timeout", type=cli.positive_int, default=3600, help="FP32 and QAT training")
+    g.add_argument("--export_timeout", type=cli.positive_int, default=300, help="FP32 and INT8 export")
     g.add_argument("--eval_timeout", type=cli.positive_int, default=1200, help="evaluate and latency")
     p.add_argument("--step", choices=["evaluate", "latency"], default=None,
                    help="internal: run the in-process part of one step for the one entry in --models "

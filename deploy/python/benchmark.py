@@ -37,17 +37,17 @@ def get_args_parser():
     p.add_argument("--names", nargs="+", default=None, help="row names for --fp32 and each --int8")
     p.add_argument("--qat_model_path", default=None,
                    help="QAT weights of the first --int8 model: also evaluate its fake-quant model")
-    p.add_argument("--save_dir", default="./output/benchmark")
+    p.add_argument("--save_dir", default="./output/benchmark",
+                   help="folder for results.md, results.json, the plots and benchmark.log")
     cli.add_overwrite(p, "benchmark")
     cli.add_runtimes(p)
-    p.add_argument("--cpu_threads", type=cli.threads, default=2)
-    p.add_argument("--warmup", type=cli.positive_int, default=5)
-    p.add_argument("--repeats", type=cli.positive_int, default=20)
+    cli.add_cpu_threads(p, default=2)
+    cli.add_timing(p, warmup=5, repeats=20)
     p.add_argument("--num_images", type=cli.positive_int, default=None, help="first N val images only")
     p.add_argument("--num_samples", type=cli.positive_int, default=6,
                    help="images in samples.png: half where INT8 and FP32 differ most, the rest "
                         "spread over the others (default 6)")
-    p.add_argument("--opts", nargs="+", default=[])
+    cli.add_opts(p)
     cli.add_allow_external_model(p)
     return p
 
@@ -71,7 +71,7 @@ def main(args):
         # the reverse) would fill the report's FP32 row with INT8 results
         deploy.check_export_is(deploy.load_deploy_config(d, args.allow_external_model), kind, flag)
     from segqat import outputs
-    cli.setup(None)
+    cli.setup(args)
     with outputs.claim(args.save_dir, "benchmark", overwrite=args.overwrite,
                        inputs=[args.config, *dirs, args.qat_model_path]) as target:
         cli.add_log_file(target.file("benchmark.log"))  # swapped in with the results

@@ -47,7 +47,7 @@ def get_args_parser():
     p.add_argument("--min_agreement", type=agreement_fraction, default=onnx_export.MIN_AGREEMENT,
                    help="least fraction of check pixels whose label must match Paddle's "
                         f"(default {onnx_export.MIN_AGREEMENT})")
-    p.add_argument("--cpu_threads", type=cli.threads, default=1)
+    cli.add_cpu_threads(p, default=1)
     p.add_argument("--verbose", action="store_true", help="show ONNX Runtime's own warnings")
     cli.add_allow_external_model(p)
     return p

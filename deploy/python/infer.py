@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from segqat import cli  # noqa: E402
 
-IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def get_args_parser():
@@ -43,23 +43,26 @@ def get_args_parser():
     p.add_argument("--image_path", required=True, help="image file, folder, or list file")
     p.add_argument("--save_dir", default="./output/result", help="where label PNGs and overlays go")
     cli.add_overwrite(p, "prediction folder")
-    p.add_argument("--runtime", choices=list(deploy.RUNTIMES), default="paddle",
-                   help="inference runtime (default paddle: Paddle Inference)")
+    cli.add_runtime(p)
     p.add_argument("--precision", choices=list(deploy.PRECISIONS), default=None,
                    help="default: the export's, from deploy.yaml")
-    p.add_argument("--cpu_threads", type=cli.threads, default=1)
-    p.add_argument("--batch_size", type=cli.positive_int, default=1)
+    cli.add_cpu_threads(p, default=1)
+    p.add_argument("--batch_size", type=cli.positive_int, default=1,
+                   help="images per run (images of one size are batched; default 1)")
     p.add_argument("--verbose", action="store_true", help="show the runtime's own optimizer output")
     cli.add_allow_external_model(p)
     g = p.add_argument_group("Paddle Inference")
-    g.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    g.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="device (default: cpu)")
     g.add_argument("--enable_mkldnn", type=cli.str2bool, default=True, help="oneDNN on CPU (true/false)")
     g = p.add_argument_group("TensorRT (Paddle Inference on GPU; untested here)")
-    g.add_argument("--use_trt", type=cli.str2bool, default=False)
+    g.add_argument("--use_trt", type=cli.str2bool, default=False,
+                   help="TensorRT on --device gpu (true/false; default false)")
     g.add_argument("--min_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
                    help="TensorRT dynamic shape: smallest input")
-    g.add_argument("--opt_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
-    g.add_argument("--max_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"))
+    g.add_argument("--opt_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
+                   help="TensorRT dynamic shape: the input it optimizes for")
+    g.add_argument("--max_shape", type=int, nargs=4, default=None, metavar=("N", "C", "H", "W"),
+                   help="TensorRT dynamic shape: largest input")
     g = p.add_argument_group("OpenVINO")
     g.add_argument("--inference_precision", choices=["f32", "bf16"], default="f32",
                    help="OpenVINO's precision hint (default f32; bf16 changes FP32 results)")
@@ -77,20 +80,23 @@ def get_args_parser():
     b = p.add_argument_group("benchmark")
     b.add_argument("--benchmark", type=cli.str2bool, default=False,
                    help="time the model instead of writing results (true/false)")
-    b.add_argument("--warmup", type=cli.positive_int, default=10)
-    b.add_argument("--repeats", type=cli.positive_int, default=50)
+    cli.add_timing(b, warmup=10, repeats=50)
     return p
 
 
 def list_images(path):
+    from segqat.data import read_list_lines
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMG_EXTS))
     elif os.path.isfile(path) and path.lower().endswith(IMG_EXTS):
         files = [path]
     elif os.path.isfile(path):
         root = os.path.dirname(os.path.abspath(path))
-        with open(path) as f:
-            files = [os.path.join(root, ln.split()[0]) for ln in f if ln.strip()]
+        lines = read_list_lines(path, "--image_path")
+        files = [os.path.join(root, ln.split()[0]) for ln in lines if ln.strip()]
+        cli.logger.info("--image_path %s is not an image (%s): read as a list file, one image "
+                        "path per line relative to its folder (%d images)", path,
+                        ", ".join(IMG_EXTS), len(files))
     else:
         raise FileNotFoundError(f"--image_path not found: {path}")
     if not files:
@@ -147,9 +153,9 @@ def output_names(files):
 
 
 def main(args):
-    import cv2
     import numpy as np
     from segqat import deploy, outputs
+    from segqat.data import read_image
     cli.setup(args)
     shapes = [args.min_shape, args.opt_shape, args.max_shape]
     if args.use_trt and any(shapes) and not all(shapes):
@@ -173,10 +179,7 @@ def main(args):
                                        allow_external_model=args.allow_external_model, **options)
 
         def read(f):
-            img = cv2.imread(f, cv2.IMREAD_COLOR)
-            if img is None:
-                raise deploy.DeployError(f"cannot read image file {f}")
-            return img
+            return read_image(f, "--image_path")
 
         try:
             if args.benchmark:

@@ -13,8 +13,8 @@ import importlib
 import logging
 
 from .contract import (PRECISIONS, DeployError, Predictor, build_transforms,  # noqa: F401
-                       load_deploy_config, overlay, overlay_colors, palette, resolve_precision,
-                       save_label_png)
+                       load_deploy_config, model_channels, overlay, overlay_colors, palette,
+                       resolve_precision, save_label_png, to_channels)
 from .paddle_inference import conv_input_scales, program_op_types  # noqa: F401
 from .precision import check_export_is, program_precision  # noqa: F401
 

@@ -12,7 +12,8 @@ from collections import Counter
 
 import cv2
 import numpy as np
-import yaml
+
+from ..config import read_yaml
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -34,13 +35,10 @@ def load_deploy_config(path, allow_external_model=False):
     if not os.path.isfile(path):
         raise DeployError(f"--config: deploy.yaml not found: {path} (give the deploy.yaml of an "
                           "exported directory, written by tools/export.py or slim/quant/qat_export.py)")
-    with open(path) as f:
-        try:
-            dic = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise DeployError(f"--config {path} is not valid YAML: {e}") from e
-    if not isinstance(dic, dict) or "Deploy" not in dic:
-        raise DeployError(f"--config {path} has no 'Deploy' section (PaddleSeg deploy.yaml schema)")
+    dic = read_yaml(path, "--config")
+    if not isinstance(dic, dict) or not isinstance(dic.get("Deploy"), dict):
+        raise DeployError(f"--config {path} has no 'Deploy' section (a mapping: PaddleSeg deploy.yaml "
+                          "schema)")
     dep = dict(dic["Deploy"])
     base = os.path.dirname(os.path.abspath(path))
     for key in ("model", "params"):
@@ -68,6 +66,7 @@ def load_deploy_config(path, allow_external_model=False):
     if not isinstance(dep.setdefault("int8_residual_fusion", True), bool):
         raise DeployError(f"{path}: Deploy.int8_residual_fusion is {dep['int8_residual_fusion']!r}; "
                           "allowed: true, false")
+    _check_values(dep, path)
     dep["path"] = path
     from .precision import check_claimed_precision
     check_claimed_precision(dep)
@@ -78,6 +77,59 @@ def outside(rel):
     """True if ``rel`` (a deploy.yaml file entry) is absolute or leaves its folder ('..')."""
     norm = os.path.normpath(rel)
     return os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep)
+
+
+OUTPUT_OPS = ("argmax", "softmax", "none")  # what segqat.export writes (PaddleSeg's choices)
+
+
+def _numbers(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+
+
+def _check_values(dep, path):
+    """The model files are not empty; deploy.yaml's output_op, num_classes, transforms and
+    Normalize statistics are allowed values. Each error names the file, the key, the value and
+    what is allowed (a wrong one would fail deep inside a runtime or numpy)."""
+    for key in ("model_file", "params_file"):
+        if os.path.getsize(dep[key]) == 0:
+            raise DeployError(f"{path}: {key.split('_')[0]} file {dep[key]} is empty (0 bytes): an "
+                              "interrupted or failed export? Export the model again")
+    if dep["model_file"].endswith(".pdmodel"):  # every runtime parses it first: check it once here
+        from paddle.base import core
+        with open(dep["model_file"], "rb") as f:
+            data = f.read()
+        try:
+            core.ProgramDesc(data)
+        except Exception as e:
+            raise DeployError(f"{path}: model file {dep['model_file']} is not a Paddle program (a "
+                              f"truncated or damaged file: {type(e).__name__}); export the model "
+                              "again") from e
+    if dep["output_op"] not in OUTPUT_OPS:
+        raise DeployError(f"{path}: Deploy.output_op is {dep['output_op']!r}; allowed: "
+                          f"{', '.join(OUTPUT_OPS)}")
+    n = dep.get("num_classes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise DeployError(f"{path}: Deploy.num_classes is {n!r}; allowed: an integer >= 1")
+    chans = model_channels(dep)
+    allowed = "a list of 1 number" if chans == 1 else f"a list of 1 or {chans} numbers"
+    ts = dep["transforms"]
+    if not isinstance(ts, list) or not all(isinstance(t, dict) and "type" in t for t in ts):
+        raise DeployError(f"{path}: Deploy.transforms is {ts!r}; allowed: a list of mappings, each "
+                          "with a 'type' (PaddleSeg's transforms)")
+    for i, t in enumerate(ts):
+        if t["type"] != "Normalize":
+            continue
+        for key in ("mean", "std"):
+            v = t.get(key, [0.5])
+            where = f"{path}: Deploy.transforms[{i}] (Normalize) {key}"
+            if not _numbers(v):
+                raise DeployError(f"{where} is {v!r}; allowed: {allowed}")
+            if len(v) not in {1, chans}:
+                raise DeployError(f"{where} has {len(v)} values for an input of {chans} channels; "
+                                  f"allowed: {allowed}")
+            if key == "std" and any(x == 0 for x in v):
+                raise DeployError(f"{where} is {v!r}; a standard deviation of 0 divides by zero")
 
 
 def resolve_precision(dep, precision):
@@ -100,13 +152,30 @@ def resolve_precision(dep, precision):
     return precision
 
 
+def model_channels(dep):
+    """The image channels the model takes: deploy.yaml's input_shape C, else 3."""
+    shape = dep.get("input_shape")
+    ok = isinstance(shape, list) and len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0
+    return shape[1] if ok else 3
+
+
+def to_channels(img, channels):
+    """A BGR image as the model takes it: grayscale for a 1-channel model (what PaddleSeg
+    reads with ``img_channels: 1``), BGR for a 3-channel one."""
+    if channels == 1 and img.ndim == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if channels == 3 and img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return img
+
+
 def build_transforms(dep):
     """Preprocessing from deploy.yaml's transforms (paddleseg's TRANSFORMS registry)."""
     from ..builder import build_component
     from paddleseg.transforms import Compose
     ts = [build_component(t, "transform", f"{dep['path']}: Deploy.transforms[{i}]")
           for i, t in enumerate(dep["transforms"])]
-    return Compose(ts)
+    return Compose(ts, img_channels=model_channels(dep))
 
 
 class Predictor:
@@ -151,6 +220,7 @@ class Predictor:
 
     def preprocess(self, img):
         """BGR uint8 image -> (CHW float32, trans_info)."""
+        img = to_channels(img, model_channels(self.dep))
         data = {"img": img.astype("float32"), "trans_info": [], "gt_fields": []}
         data = self.transforms(data)
         return data["img"], data["trans_info"]

@@ -87,6 +87,25 @@ def _optim_cache_dir():
     return d
 
 
+def _create(pi, config, dep):
+    """``pi.create_predictor``; when it fails on a model file that does not load either (a
+    truncated ``model.pdiparams``, a damaged ``model.pdmodel``), a DeployError naming the files."""
+    from .. import compat
+    try:
+        return pi.create_predictor(config)
+    except Exception as e:
+        try:
+            compat.load_old_ir_program(dep["model_file"], dep["params_file"])
+        except Exception:
+            lines = [ln.strip() for ln in str(e).splitlines()
+                     if ln.strip() and ln.strip() != "In user code:"]
+            raise DeployError(f"{dep['path']}: the model in {dep['model_file']} and "
+                              f"{dep['params_file']} does not load ({type(e).__name__}: "
+                              f"{(lines or ['?'])[0][:200]}): a truncated or damaged file? Export "
+                              "the model again") from e
+        raise  # the files load: a failure of the runtime itself
+
+
 class PaddlePredictor(Predictor):
     runtime = "paddle"
 
@@ -157,7 +176,7 @@ class PaddlePredictor(Predictor):
 
         self.device = device
         with compat.native_output(verbose):  # oneDNN's INT8 passes print ~30 lines
-            self.predictor = pi.create_predictor(config())
+            self.predictor = _create(pi, config(), dep)
         if self._optim_dir and precision == "int8":
             bad, kept = compat.residual_fusions(os.path.join(self._optim_dir, "_optimized.pdmodel"))
             if bad or (kept and not dep["int8_residual_fusion"]):
@@ -169,7 +188,7 @@ class PaddlePredictor(Predictor):
                 for f in glob.glob(os.path.join(self._optim_dir, "_optimized.*")):
                     os.remove(f)  # written by the predictor just made: the proof must be the new one's
                 with compat.native_output(verbose):
-                    self.predictor = pi.create_predictor(config([compat.INT8_RESIDUAL_FUSE_PASS]))
+                    self.predictor = _create(pi, config([compat.INT8_RESIDUAL_FUSE_PASS]), dep)
                 logger.info("%s: %s: running without %s (INT8 kernels %d -> %d)", dep["model_file"], why,
                             compat.INT8_RESIDUAL_FUSE_PASS, before, sum(self.int8_ops().values()))
             elif kept:

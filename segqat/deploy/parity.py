@@ -44,14 +44,12 @@ def check_batch(dep, preprocess, images=None, count=2):
     may resize elsewhere; slim/quant/bench_latency.py exports at 512x512)."""
     import cv2
     from .. import datagen
+    from ..data import read_image
     if images:
         loaded = []
         for im in images:
             if isinstance(im, str):
-                arr = cv2.imread(im)
-                if arr is None:
-                    raise DeployError(f"check image {im} cannot be read")
-                im = arr
+                im = read_image(im, "check image")  # OpenCV, or Pillow for a GIF
             loaded.append(im)
     else:
         shape = list(dep.get("input_shape") or [-1, 3, -1, -1])

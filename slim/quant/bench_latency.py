@@ -33,14 +33,14 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="FP32 vs INT8 latency on CPU")
     p.add_argument("--config", action="append", required=True, help="model config (repeatable)")
     p.add_argument("--model_path", default=None, help="FP32 weights (only with one --config)")
-    p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
-    p.add_argument("--cpu_threads", type=cli.threads, default=2)
+    p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"),
+                   help="input shape the models are exported and timed at (default 1 3 512 512)")
+    cli.add_cpu_threads(p, default=2)
     cli.add_runtimes(p)
-    p.add_argument("--warmup", type=cli.positive_int, default=10)
-    p.add_argument("--repeats", type=cli.positive_int, default=30)
+    cli.add_timing(p, warmup=10, repeats=30)
     p.add_argument("--save_json", default=None, help="write the results here")
     cli.add_overwrite(p, "results file", flag="--save_json")
-    p.add_argument("--opts", nargs="+", default=[])
+    cli.add_opts(p)
     return p
 
 

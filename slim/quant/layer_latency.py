@@ -26,14 +26,14 @@ from segqat import cli  # noqa: E402
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="INT8 vs FP32 time of each quantizable layer on a runtime")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="model config (PaddleSeg YAML)")
     p.add_argument("--model_path", default=None, help="FP32 weights (default: random; time does not "
                    "depend on them)")
-    p.add_argument("--runtime", default="paddle", choices=["paddle", "openvino", "onnxruntime"])
-    p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
-    p.add_argument("--cpu_threads", type=cli.threads, default=2)
-    p.add_argument("--warmup", type=cli.positive_int, default=5)
-    p.add_argument("--repeats", type=cli.positive_int, default=20)
+    cli.add_runtime(p)
+    p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"),
+                   help="input shape the models are exported and timed at (default 1 3 512 512)")
+    cli.add_cpu_threads(p, default=2)
+    cli.add_timing(p, warmup=5, repeats=20)
     p.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                    choices=["conv1x1", "conv", "depthwise", "depthwise_multiplier", "grouped", "linear"],
                    help="measure only these kinds of layer (default: every kind the model has)")
@@ -42,9 +42,9 @@ def get_args_parser():
                         "fraction (default 0.02)")
     p.add_argument("--with_skips", default=None,
                    help="a skip_layers.yml (e.g. from slim/quant/analysis.py) whose layers are added")
-    p.add_argument("--save_dir", required=True)
+    p.add_argument("--save_dir", required=True, help="folder for the per-layer table and skip list")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --save_dir")
-    p.add_argument("--opts", nargs="+", default=[])
+    cli.add_opts(p)
     return p
 
 

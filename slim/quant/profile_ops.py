@@ -30,15 +30,16 @@ def get_args_parser():
     src.add_argument("--fp32", help="an FP32 export to profile (with --int8)")
     p.add_argument("--int8", help="the INT8 export to compare with --fp32")
     p.add_argument("--model_path", default=None, help="FP32 weights for --config (default: random)")
-    p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"))
-    p.add_argument("--cpu_threads", type=cli.threads, default=2)
+    p.add_argument("--input_shape", type=int, nargs=4, default=[1, 3, 512, 512], metavar=("N", "C", "H", "W"),
+                   help="input shape of the profiled runs (default 1 3 512 512)")
+    cli.add_cpu_threads(p, default=2)
     cli.add_runtimes(p)
-    p.add_argument("--warmup", type=cli.positive_int, default=5)
+    cli.add_timing(p, warmup=5)
     p.add_argument("--runs", type=cli.positive_int, default=20, help="profiled runs per model")
     p.add_argument("--top", type=cli.positive_int, default=12, help="slowest INT8 layers listed")
     p.add_argument("--save_dir", required=True, help="folder for profile.md and profile.json")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier profile in --save_dir")
-    p.add_argument("--opts", nargs="+", default=[])
+    cli.add_opts(p)
     return p
 
 

@@ -41,7 +41,6 @@ def get_args_parser():
     g.add_argument("--seed", type=cli.seed, default=0, help="seed of the calibration image selection")
     g.add_argument("--random_calibration", action="store_true",
                    help="calibrate on random images (accuracy meaningless: footprint/latency only)")
-    cli.add_cpu_threads(g)
     return parser
 
 
