@@ -116,7 +116,7 @@ def test_saved_config_roundtrip(tmp_path):
 def _shipped(path):
     """configs/zoo/ entries run with `make test-slow` (the zoo command builds them too).
     SFNet trains through compat.model_overrides (paddleseg's flow_warp divides float32 by int64;
-    tests/test_export_configs.py::test_sfnet_trains_and_exports)."""
+    tests/zoo/test_export_configs.py::test_sfnet_trains_and_exports)."""
     if not path.startswith("configs/zoo/"):
         return path
     return pytest.param(path, marks=[pytest.mark.slow])

@@ -32,7 +32,7 @@ WINDOWS_PATH = re.compile(r"\b[A-Za-z]:[\\/](?:Users|Documents and Settings)[\\/
 # What must be absolute. Exact paths (a match must equal one of them).
 ALLOWED = {
     "/proc/cpuinfo",       # segqat/bench.py reads the CPU model
-    "/proc/self/fd",       # tests/test_outputs.py finds the path of an open file
+    "/proc/self/fd",       # tests/outputs/test_outputs.py finds the path of an open file
     "/dev/null",
     "/usr/bin/env",        # shebangs
     "/bin/sh",

@@ -17,7 +17,7 @@ import paddle
 # paddle 3.3.1's ImperativeQuantAware(fuse_conv_bn=True), which paddleslim's QAT config
 # passes on, does not fold: quantization/imperative/fuse_utils.fuse_conv_bn folds a deep copy
 # (fuse_layers(..., inplace=False)) and drops it. segqat folds itself (quant.fold_batch_norms)
-# and always gives paddleslim fuse_conv_bn=False; tests/test_quant_options.py checks both.
+# and always gives paddleslim fuse_conv_bn=False; tests/test_quant.py checks both.
 def paddleslim_qat_config(cfg):
     """paddleslim QAT config with paddle's no-op folding switched off (see above)."""
     return dict(cfg, fuse_conv_bn=False)

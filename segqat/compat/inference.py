@@ -79,7 +79,7 @@ BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass", "repeate
 # in the convolution's output type. When one is u8 (after relu/relu6) and the
 # other s8, the residual's bytes are read in the wrong type: values above 127
 # become negative. Measured: a conv-BN-relu / conv-BN-relu-conv-BN + add block
-# (tests/test_old_ir_ops.py::test_int8_residual_add_of_u8_and_s8_runs_unfused)
+# (tests/compat/test_old_ir_export.py::test_int8_residual_add_of_u8_and_s8_runs_unfused)
 # was 64-70% off its fake-quant output with the fusion, 3-10% without; the
 # zoo's TopFormer agreed with fake quant on 77% of pixels (INT8 mIoU 34.7 vs
 # 49.1) and 95% (50.0) without it.

@@ -11,6 +11,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
+from conftest import ROOT
 from segqat import compat
 from segqat.compat import function_fixes, legacy_ops
 
@@ -199,7 +200,7 @@ except compat.ExportError as e:
     assert time.time() - t < 10
     print("BOUNDED")
 """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(ROOT)
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "BOUNDED" in r.stdout, r.stderr[-2000:]

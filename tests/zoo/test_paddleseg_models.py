@@ -1,6 +1,6 @@
 """The tutorial's seven models, from PaddleSeg-shaped configs: train -> QAT -> INT8 export -> INT8 run.
 
-Each PaddleSeg config (``tests/paddleseg_compat/``, written to reproduce
+Each PaddleSeg config (``tests/zoo/paddleseg_configs/``, written to reproduce
 release/2.8's ``<model>_resnet50_os8_cityscapes_1024x512_80k.yml`` chain) is
 used unchanged as ``_base_`` of a config that only swaps in the synthetic
 data (``_inherited_: False`` datasets, 4 classes, ``backbone.pretrained:
@@ -8,7 +8,7 @@ null`` so nothing is downloaded). ResNet50_vd OS8 at 64x64, 2 iterations each.
 
 All seven are ``slow`` (``make test-slow``): 5 min each on this 2-core machine
 under load (DANet: 308 s), so they stay out of ``make test``; the default
-suite keeps the cheap checks below and ``tests/test_old_ir_ops.py``.
+suite keeps the cheap checks below and ``tests/compat/test_old_ir_export.py``.
 With ``SEGQAT_PADDLESEG_REPO=/path/to/PaddleSeg`` (a release/2.8 checkout)
 the same pipeline also runs PaddleSeg's own config files.
 """
@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT, run_script
 
-COMPAT = ROOT / "tests" / "paddleseg_compat"
+COMPAT = ROOT / "tests" / "zoo" / "paddleseg_configs"
 MODELS = ["ann", "danet", "deeplabv3p", "dnlnet", "emanet", "gcnet", "pspnet"]
 FAST = set()  # each takes 1.5-5 min here (ResNet50 OS8): all run with `make test-slow`
 
