@@ -43,9 +43,9 @@ test-unit: venv
 test: venv
 	mkdir -p $(DURATIONS)
 	share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=10 -m "not slow and not runtimes" \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10 -m "not slow and not runtimes" \
 	    tests --junitxml=$(DURATIONS)/main.xml && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=5 -m "runtimes and not slow" \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=5 -m "runtimes and not slow" \
 	    tests --junitxml=$(DURATIONS)/runtimes.xml
 
 test-slow: venv
