@@ -9,6 +9,7 @@ from segqat import report
 from segqat.metrics import compute_metrics
 
 
+@pytest.mark.core
 def test_benchmark_outputs(syn_cfg, fp32_run, qat_run, exports, tmp_path):
     out = tmp_path / "bench"
     res = run_script("deploy/python/benchmark.py", [

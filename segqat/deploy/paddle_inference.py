@@ -87,6 +87,23 @@ def _optim_cache_dir():
     return d
 
 
+def _create(pi, config, dep):
+    """``pi.create_predictor(config)``; a program another Paddle wrote that this one cannot
+    load gets a one-line error naming both versions (deploy.yaml's ``paddle_version``)."""
+    import paddle
+    try:
+        return pi.create_predictor(config)
+    except Exception as e:
+        made = str(dep.get("paddle_version") or "")
+        if not made or made == paddle.__version__:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise DeployError(f"{dep['model_file']} was exported by paddle {made}; paddle "
+                          f"{paddle.__version__}'s Paddle Inference cannot load it ({type(e).__name__}: "
+                          f"{first}). Run it on paddle {made}, or export it again on paddle "
+                          f"{paddle.__version__}") from e
+
+
 class PaddlePredictor(Predictor):
     runtime = "paddle"
 
@@ -101,7 +118,9 @@ class PaddlePredictor(Predictor):
         if device == "cpu" and precision == "int8" and not enable_mkldnn:
             raise DeployError("--precision int8 on CPU needs oneDNN (--enable_mkldnn true): without "
                               "it the model runs fake quantization in FP32")
-        refusal = compat.onednn_refusal(dep["model_file"]) if device == "cpu" and enable_mkldnn else None
+        refusal = compat.unreadable_ir(dep["model_file"], dep.get("paddle_version"))
+        if not refusal and device == "cpu" and enable_mkldnn:
+            refusal = compat.onednn_refusal(dep["model_file"])
         if refusal:
             raise DeployError(refusal)
         if use_trt and device != "gpu":
@@ -144,9 +163,8 @@ class PaddlePredictor(Predictor):
                 cfg.disable_gpu()
                 cfg.set_cpu_math_library_num_threads(threads)
                 if enable_mkldnn:
-                    cfg.enable_onednn()
+                    compat.enable_onednn(cfg, int8=precision == "int8")
                     if precision == "int8":
-                        cfg.enable_onednn_int8(compat.ONEDNN_INT8_OPS)
                         cfg.enable_save_optim_model(True)
                         cfg.set_optim_cache_dir(self._optim_dir)
             for name in delete:
@@ -157,7 +175,7 @@ class PaddlePredictor(Predictor):
 
         self.device = device
         with compat.native_output(verbose):  # oneDNN's INT8 passes print ~30 lines
-            self.predictor = pi.create_predictor(config())
+            self.predictor = _create(pi, config(), dep)
         if self._optim_dir and precision == "int8":
             bad, kept = compat.residual_fusions(os.path.join(self._optim_dir, "_optimized.pdmodel"))
             if bad or (kept and not dep["int8_residual_fusion"]):
@@ -169,7 +187,7 @@ class PaddlePredictor(Predictor):
                 for f in glob.glob(os.path.join(self._optim_dir, "_optimized.*")):
                     os.remove(f)  # written by the predictor just made: the proof must be the new one's
                 with compat.native_output(verbose):
-                    self.predictor = pi.create_predictor(config([compat.INT8_RESIDUAL_FUSE_PASS]))
+                    self.predictor = _create(pi, config([compat.INT8_RESIDUAL_FUSE_PASS]), dep)
                 logger.info("%s: %s: running without %s (INT8 kernels %d -> %d)", dep["model_file"], why,
                             compat.INT8_RESIDUAL_FUSE_PASS, before, sum(self.int8_ops().values()))
             elif kept:
