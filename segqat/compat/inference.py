@@ -1,4 +1,4 @@
-"""Paddle Inference settings for paddle 3.3.1: which programs and passes it runs correctly.
+"""Paddle Inference settings for paddle 3.3.1 (and 2.6.2): which programs and passes it runs correctly.
 
 * New-IR models: oneDNN cannot run new-IR (``model.json``) programs with
   ``bilinear_interp`` (PaddlePaddle/Paddle#79749); ``onednn_refusal`` says so
@@ -25,6 +25,7 @@ import contextlib
 import os
 import sys
 
+import paddle
 from paddle import inference as _pi
 
 from .ir_switch import HAS_PIR
@@ -88,10 +89,9 @@ def unreadable_ir(model_file, made_by=None):
     """
     if is_old_ir(model_file) or HAS_PIR:
         return None
-    import paddle
     return (f"{model_file} is a new-IR program (written by paddle {made_by or '3.x'}); paddle "
             f"{paddle.__version__} reads only old-IR model.pdmodel programs: run it on paddle "
-            f"{made_by or '3.x'}, or export it with segqat (which writes model.pdmodel) on either")
+            f"{made_by or '3.x'}, or export its weights again with segqat, which writes model.pdmodel")
 
 
 def select_ir(config, model_file):
