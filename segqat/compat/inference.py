@@ -1,4 +1,4 @@
-"""Paddle Inference settings for paddle 3.3.1 (and 2.6.2): which programs and passes it runs correctly.
+"""Paddle Inference settings (paddle 3.3.1 and 2.6.2): which programs and passes it runs right.
 
 * New-IR models: oneDNN cannot run new-IR (``model.json``) programs with
   ``bilinear_interp`` (PaddlePaddle/Paddle#79749); ``onednn_refusal`` says so
