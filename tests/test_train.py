@@ -22,8 +22,7 @@ def same_weights(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
-@pytest.mark.core
-@pytest.mark.unit
+@pytest.mark.core  # not `unit`: a fresh interpreter importing paddle takes seconds
 def test_scripts_import_numpy_before_paddle():
     # paddle 2.6.2 imported before numpy breaks every later scipy import (segqat/compat/__init__.py):
     # zlib.error: Error -2 while decompressing data: inconsistent stream state
