@@ -2,6 +2,7 @@
 #   make demo   synthetic data -> FP32 train -> QAT -> INT8 export -> INT8 inference
 #   make test   the test suite (CPU, a few minutes); make test-unit: the quick tier;
 #               make test-slow: the slow rest
+#   make venv-paddle26 / make test-paddle26   the paddle 2.6.2 lane (.venv-paddle26) and its tests
 #   make zoo    every configs/zoo/ model: FP32 -> QAT -> INT8 export -> INT8 inference (resumes);
 #               ZOO_ARGS="--phase latency" times them (2 threads) afterwards on an idle machine
 PY      ?= python3
@@ -12,7 +13,7 @@ DEMO    ?= output/demo
 CONFIG  ?= configs/bisenetv2/bisenetv2_synthetic_64x64.yml
 ZOO_ARGS ?= --phase build --cpu_threads 1
 
-.PHONY: venv test test-unit test-slow demo clean-demo zoo
+.PHONY: venv test test-unit test-slow demo clean-demo zoo venv-paddle26 test-paddle26
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +25,23 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The paddle 2.6.2 lane (docs/stacks.md): its own venv, requirements.txt with the pins of
+# requirements-paddle26.txt in place of its paddlepaddle line.
+VENV26  := .venv-paddle26
+BIN26   := $(VENV26)/bin
+STAMP26 := $(VENV26)/.installed-$(shell cat requirements.txt requirements-paddle26.txt | cksum | cut -d' ' -f1)
+
+$(STAMP26): requirements.txt requirements-paddle26.txt
+	test -x $(BIN26)/python || $(PY) -m venv $(VENV26)
+	$(BIN26)/python -m pip install -q --upgrade pip
+	grep -v '^paddlepaddle==' requirements.txt > $(VENV26)/requirements.txt
+	$(BIN26)/python -m pip install -q -r $(VENV26)/requirements.txt -r requirements-paddle26.txt
+	grep '^#nodeps ' requirements.txt | cut -d' ' -f2- | xargs $(BIN26)/python -m pip install -q --no-deps
+	rm -f $(VENV26)/.installed-*
+	touch $(STAMP26)
+
+venv-paddle26: $(STAMP26)
 
 # Test tiers (markers in pytest.ini):
 #   make test-unit   config, data, hygiene and error checks: no training, export or predictor
@@ -43,10 +61,22 @@ test-unit: venv
 test: venv
 	mkdir -p $(DURATIONS)
 	share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10 -m "not slow and not runtimes" \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10 -m "not slow and not runtimes and not stacks" \
 	    tests --junitxml=$(DURATIONS)/main.xml && \
-	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=5 -m "runtimes and not slow" \
+	SEGQAT_TEST_SHARE=$$share $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=5 -m "runtimes and not slow and not stacks" \
 	    tests --junitxml=$(DURATIONS)/runtimes.xml
+
+# The 2.6.2 lane: the core path's tests (marked `core`) on paddle 2.6.2, then, on 3.3.1, the
+# tests of models moving between the stacks (marked `stacks`), which read the lane's session
+# fixtures (its FP32/QAT weights and exports) through SEGQAT_PADDLE26_SHARE and run the 2.6.2
+# venv as a subprocess for the other direction.
+test-paddle26: venv venv-paddle26
+	mkdir -p $(DURATIONS)
+	share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
+	SEGQAT_TEST_SHARE=$$share/paddle26 $(BIN26)/python -m pytest -q --durations=5 \
+	    -m "core and not slow and not runtimes" tests --junitxml=$(DURATIONS)/paddle26.xml && \
+	SEGQAT_PADDLE26_SHARE=$$share/paddle26 SEGQAT_TEST_SHARE=$$share/paddle33 $(BIN)/python -m pytest -q \
+	    --durations=5 -m "stacks and not slow" tests --junitxml=$(DURATIONS)/stacks.xml
 
 test-slow: venv
 	$(BIN)/python -m pytest -q --durations=10 -m slow tests

@@ -175,6 +175,8 @@ def export_model(cfg, model, save_dir, input_shape=None, output_op="argmax", qua
             "num_classes": int(cfg.get("model", {}).get("num_classes")
                                or cfg.get("train_dataset", {}).get("num_classes")
                                or cfg.get("val_dataset", {}).get("num_classes")),
+            # the Paddle that wrote the program: named when another Paddle cannot load it
+            "paddle_version": paddle.__version__,
         }
     }
     if (cfg.get("quant_config") or {}).get("int8_residual_fusion", True) is False:

@@ -129,7 +129,8 @@ def quantize_static(fp32_dir, out_dir, calib, opts, qc, skip_tensors):
             exe = paddle.static.Executor(paddle.CPUPlace())
             quant_post_static(
                 executor=exe, model_dir=fp32_dir, quantize_model_path=out_dir,
-                data_loader=calib, model_filename="model.pdmodel", params_filename="model.pdiparams",
+                data_loader=compat.ptq_data_loader(calib),
+                model_filename="model.pdmodel", params_filename="model.pdiparams",
                 save_model_filename="model.pdmodel", save_params_filename="model.pdiparams",
                 batch_size=opts.batch_size, batch_nums=calib.num_batches, scope=scope,
                 algo=opts.algo, hist_percent=opts.hist_percent, quantizable_op_type=ops,

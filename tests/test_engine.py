@@ -22,6 +22,20 @@ def same_weights(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
+@pytest.mark.core  # not `unit`: a fresh interpreter importing paddle takes seconds
+def test_scripts_import_numpy_before_paddle():
+    # paddle 2.6.2 imported before numpy breaks every later scipy import (segqat/compat/__init__.py):
+    # zlib.error: Error -2 while decompressing data: inconsistent stream state
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from segqat import cli; import paddle; "
+            "import scipy.special, sklearn.metrics")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_metrics_hand_case():
     cm = ConfusionMatrix(3, ignore_index=255)
     label = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
@@ -145,6 +159,7 @@ def test_non_finite_loss_stops_with_iteration(syn_cfg, tmp_path):
             save_dir=str(tmp_path), iters=5, batch_size=2, save_interval=100, log_iters=1))
 
 
+@pytest.mark.core
 def test_val_flags(syn_cfg, fp32_run, tmp_path):
     weights = fp32_run / "best_model" / "model.pdparams"
     whole = run_script("tools/val.py", ["--config", syn_cfg, "--model_path", weights,

@@ -47,6 +47,7 @@ def fp32_labels(synth, exports):
 
 # The default algorithm (hist) runs in `make test`; the others run with `make test-slow`
 # (KL calibration alone takes ~3 min here, each other one ~25 s).
+@pytest.mark.core
 @pytest.mark.parametrize("algo", [a if a == "hist" else pytest.param(a, marks=pytest.mark.slow)
                                   for a in ptq.ALGOS])
 def test_ptq_int8_export_agrees_with_fp32(algo, syn_cfg, synth, fp32_run, exports, fp32_labels,

@@ -31,6 +31,7 @@ def dygraph_labels(model, pred, imgs):
     return out
 
 
+@pytest.mark.core
 def test_qat_train_outputs(qat_run):
     state = json.loads((qat_run / "best_model" / "state.json").read_text())
     assert state["best_iter"] in (15, 30) and state["best_mIoU"] > 0.4
@@ -46,6 +47,7 @@ def test_qat_train_outputs(qat_run):
     assert start["iter"] == 0 and start["mIoU"] > 0.3 and len(start["class_IoU"]) == 4
 
 
+@pytest.mark.core
 def test_qat_val_matches_training_eval(syn_cfg, qat_run, tmp_path):
     m = run_script("slim/quant/qat_val.py", ["--config", syn_cfg, "--model_path",
                                              qat_run / "best_model" / "model.pdparams",
@@ -56,6 +58,7 @@ def test_qat_val_matches_training_eval(syn_cfg, qat_run, tmp_path):
     assert json.loads((tmp_path / "q.json").read_text())["mIoU"] == pytest.approx(m["mIoU"])
 
 
+@pytest.mark.core
 def test_fp32_predictor_equals_dygraph(syn_cfg, synth, fp32_run, exports):
     cfg = load_config(str(syn_cfg))
     model, _ = quant.build_model(cfg, str(fp32_run / "best_model" / "model.pdparams"))
@@ -70,6 +73,7 @@ def test_fp32_predictor_equals_dygraph(syn_cfg, synth, fp32_run, exports):
     assert got[0].shape == imgs[0].shape[:2]
 
 
+@pytest.mark.core
 def test_int8_predictor_runs_int8_and_agrees(syn_cfg, synth, qat_run, exports):
     cfg = load_config(str(syn_cfg))
     model, _ = quant.build_model(cfg, str(qat_run / "best_model" / "model.pdparams"),
@@ -101,6 +105,7 @@ def test_int8_predictor_runs_int8_and_agrees(syn_cfg, synth, qat_run, exports):
     pred.close()
 
 
+@pytest.mark.core
 def test_infer_script_int8(synth, exports, tmp_path):
     out = tmp_path / "pred"
     # no --precision: deploy.yaml says int8
@@ -157,6 +162,26 @@ def test_qat_train_model_path_errors(syn_cfg, qat_run, tmp_path, caplog):
                                                qat_run / "best_model" / "model.pdparams",
                                                "--save_dir", tmp_path / "o"])
     assert e.value.code == 1 and "holds QAT weights" in caplog.text
+
+
+def test_program_another_paddle_cannot_load_names_both_versions(exports, synth, tmp_path, caplog):
+    # deploy.yaml records the Paddle that wrote the program (docs/stacks.md)
+    dep = yaml.safe_load((exports / "fp32" / "deploy.yaml").read_text())
+    assert dep["Deploy"]["paddle_version"] == paddle.__version__
+    d = tmp_path / "other"
+    d.mkdir()
+    (d / "model.pdiparams").write_bytes((exports / "fp32" / "model.pdiparams").read_bytes())
+    (d / "model.pdmodel").write_bytes((exports / "fp32" / "model.pdmodel").read_bytes()[:2000])
+    dep["Deploy"]["paddle_version"] = "2.6.2" if paddle.__version__ != "2.6.2" else "3.3.1"
+    (d / "deploy.yaml").write_text(yaml.safe_dump(dep))
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(SystemExit) as e:
+        run_script("deploy/python/infer.py", ["--config", d / "deploy.yaml", "--image_path",
+                                              synth / "images" / "val_0000.png", "--save_dir", tmp_path / "p"])
+    assert e.value.code == 1
+    line = caplog.records[-1].getMessage()
+    assert "\n" not in line and f"exported by paddle {dep['Deploy']['paddle_version']}" in line
+    assert f"paddle {paddle.__version__}'s Paddle Inference cannot load it" in line
 
 
 def test_infer_without_deploy_yaml(tmp_path, synth, caplog):

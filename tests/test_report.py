@@ -11,6 +11,7 @@ from segqat import deploy, report, report_plots
 from segqat.metrics import compute_metrics
 
 
+@pytest.mark.core
 def test_benchmark_outputs(syn_cfg, synth, fp32_run, qat_run, exports, tmp_path, caplog):
     out = tmp_path / "bench"
     val_list = os.path.relpath(synth / "val.txt")  # a relative path, as a user types it

@@ -1,9 +1,11 @@
-"""Paddle Inference settings for paddle 3.3.1: which programs and passes it runs correctly.
+"""Paddle Inference settings (paddle 3.3.1 and 2.6.2): which programs and passes it runs right.
 
 * New-IR models: oneDNN cannot run new-IR (``model.json``) programs with
   ``bilinear_interp`` (PaddlePaddle/Paddle#79749); ``onednn_refusal`` says so
   for such a model, and ``select_ir`` makes a config read an old-IR
   ``model.pdmodel`` as old IR (Paddle Inference 3.3.1 reads new IR by default).
+  paddle 2.6 reads no new-IR program at all (``unreadable_ir``).
+* paddle 2.6 names oneDNN "mkldnn" (``enable_onednn``, the pass names).
 * ``ONEDNN_INT8_OPS``: the oneDNN INT8 op set that works; the default set
   fails on PP-LiteSeg ("could not create a primitive descriptor for a concat
   primitive").
@@ -22,6 +24,35 @@ tests' child predictors and ``benchmarks/zoo/onednn_grid``.
 import contextlib
 import os
 import sys
+
+import paddle
+from paddle import inference as _pi
+
+from .ir_switch import HAS_PIR
+
+# Paddle Inference 2.6 names oneDNN "mkldnn": Config.enable_mkldnn / enable_mkldnn_int8 and
+# passes such as conv_elementwise_add_mkldnn_fuse_pass (3.x: enable_onednn, *_onednn_*). On
+# paddle 2.6.2, Config.enable_onednn raises AttributeError and deleting a pass by its 3.x
+# name deletes nothing. Feature test, not a version string.
+_MKLDNN_NAMES = not hasattr(_pi.Config, "enable_onednn")
+
+
+def _pass_name(name):
+    """A Paddle Inference pass's name on this Paddle (3.x ``*_onednn_*`` -> 2.6 ``*_mkldnn_*``)."""
+    return name.replace("_onednn_", "_mkldnn_") if _MKLDNN_NAMES else name
+
+
+def enable_onednn(config, int8=False):
+    """Run a ``paddle.inference.Config`` with oneDNN, with its INT8 passes on
+    ``ONEDNN_INT8_OPS`` when ``int8`` (paddle 2.6: ``enable_mkldnn``/``enable_mkldnn_int8``)."""
+    if _MKLDNN_NAMES:
+        config.enable_mkldnn()
+        if int8:
+            config.enable_mkldnn_int8(ONEDNN_INT8_OPS)
+        return
+    config.enable_onednn()
+    if int8:
+        config.enable_onednn_int8(ONEDNN_INT8_OPS)
 
 # oneDNN INT8 op set that works for BiSeNetV2 and PP-LiteSeg on paddle 3.3.1;
 # the default set fails on PP-LiteSeg ("could not create a primitive
@@ -48,10 +79,26 @@ def onednn_refusal(model_file):
             "(PaddlePaddle/Paddle#79749). Re-export with this tool.")
 
 
+def unreadable_ir(model_file, made_by=None):
+    """Why this Paddle cannot read ``model_file`` at all, or None when it can.
+
+    paddle 2.6 reads only old-IR programs (``model.pdmodel``); a new-IR
+    ``model.json`` (paddle 3.x's default ``jit.save``) fails there deep inside
+    Paddle Inference. ``made_by``: the Paddle version that wrote it (deploy.yaml's
+    ``paddle_version``), named in the message.
+    """
+    if is_old_ir(model_file) or HAS_PIR:
+        return None
+    return (f"{model_file} is a new-IR program (written by paddle {made_by or '3.x'}); paddle "
+            f"{paddle.__version__} reads only old-IR model.pdmodel programs: run it on paddle "
+            f"{made_by or '3.x'}, or export its weights again with segqat, which writes model.pdmodel")
+
+
 def select_ir(config, model_file):
     """Make a ``paddle.inference.Config`` read ``model_file`` in its own IR: Paddle
-    Inference 3.3.1 takes every program for new IR unless told (``enable_new_ir(False)``)."""
-    if is_old_ir(model_file):
+    Inference 3.3.1 takes every program for new IR unless told (``enable_new_ir(False)``);
+    2.6 reads only the old IR (its Config has no ``enable_new_ir``)."""
+    if is_old_ir(model_file) and hasattr(config, "enable_new_ir"):
         config.enable_new_ir(False)
 
 
@@ -71,7 +118,8 @@ def select_ir(config, model_file):
 #   and dereferences the null it gets when none has one. GINet's head runs a Linear on
 #   its class embedding, a parameter (GIHead.inp): its FP32 export killed the process.
 #   The pass only fuses chains of fc + relu into fusion_repeated_fc_relu (MLPs).
-BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass", "repeated_fc_relu_fuse_pass")
+BROKEN_INFERENCE_PASSES = tuple(map(_pass_name, ("reshape_transpose_matmul_onednn_fuse_pass",
+                                                  "repeated_fc_relu_fuse_pass")))
 
 
 # paddle 3.3.1's oneDNN INT8 pipeline fuses a residual add into the convolution
@@ -83,7 +131,7 @@ BROKEN_INFERENCE_PASSES = ("reshape_transpose_matmul_onednn_fuse_pass", "repeate
 # was 64-70% off its fake-quant output with the fusion, 3-10% without; the
 # zoo's TopFormer agreed with fake quant on 77% of pixels (INT8 mIoU 34.7 vs
 # 49.1) and 95% (50.0) without it.
-INT8_RESIDUAL_FUSE_PASS = "conv_elementwise_add_onednn_fuse_pass"
+INT8_RESIDUAL_FUSE_PASS = _pass_name("conv_elementwise_add_onednn_fuse_pass")
 _UNSIGNED_ACTS = ("relu", "relu6")
 
 

@@ -35,17 +35,28 @@ def new_ir_only_names():
     ``paddle/base/dygraph/generated_tensor_methods_patch.py``) plus any public
     ``paddle``/``paddle.tensor``/``paddle.nn.functional`` name that *is* a
     ``paddle._C_ops`` builtin (``from paddle._C_ops import bmm`` in
-    ``paddle/tensor/linalg.py``). In 3.3.1 both give the same 53 names.
+    ``paddle/tensor/linalg.py``). In 3.3.1 both give the same 53 names; paddle
+    2.6 has neither (its APIs build legacy ops themselves): no names.
     """
     import paddle.tensor
     from paddle import _C_ops
-    from paddle.base.dygraph import generated_tensor_methods_patch as gen
-    names = {n for table in (gen.methods_map, gen.funcs_map, gen.nn_funcs_map) for n, _ in table}
+    names = {n for table in binding_tables() for n, _ in table}
     for module in (paddle, paddle.tensor, F):
         for n, v in vars(module).items():
             if not n.startswith("_") and callable(v) and getattr(_C_ops, n, None) is v:
                 names.add(n)
     return sorted(names)
+
+
+def binding_tables():
+    """paddle 3.x's ``(name, function)`` tables of APIs bound straight to C++ ops
+    (``paddle/base/dygraph/generated_tensor_methods_patch.py``); none on paddle 2.6,
+    which has no such module (its APIs build the legacy op in static mode)."""
+    try:
+        from paddle.base.dygraph import generated_tensor_methods_patch as gen
+    except ImportError:  # paddle 2.6
+        return ()
+    return gen.methods_map, gen.funcs_map, gen.nn_funcs_map
 
 
 @functools.lru_cache(maxsize=None)

@@ -31,7 +31,8 @@ import paddle
 import paddle.nn.functional as F
 
 from .function_fixes import replacements
-from .legacy_ops import TRACING, ExportError, legacy_op, new_ir_only_names
+from .ir_switch import old_ir
+from .legacy_ops import TRACING, ExportError, binding_tables, legacy_op, new_ir_only_names
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,6 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False
     fixed batch size).
     """
     from paddle.base import framework
-    from paddle.pir_utils import _switch_to_old_ir_, _switch_to_pir_
 
     names = new_ir_only_names()
     originals, legacy = {}, {}
@@ -218,8 +218,7 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False
             if v is not None:
                 originals[id(v)] = (legacy[n], v)
         # the wrappers ``_bmm`` & co. that paddle put on paddle.X / Tensor.X
-    from paddle.base.dygraph import generated_tensor_methods_patch as gen
-    for table in (gen.methods_map, gen.funcs_map, gen.nn_funcs_map):
+    for table in binding_tables():
         for n, f in table:
             if n in legacy:
                 originals[id(f)] = (legacy[n], f)
@@ -229,11 +228,9 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False
 
     saved = []
     hooks = []
-    pir_flag = paddle.get_flags("FLAGS_enable_pir_api")["FLAGS_enable_pir_api"]
-    if pir_flag:
-        paddle.set_flags({"FLAGS_enable_pir_api": False})
-        _switch_to_old_ir_()
     TRACING.stack, TRACING.last_op = [], None
+    restore = contextlib.ExitStack()
+    restore.enter_context(old_ir())  # the IR switch (per Paddle version: ir_switch)
     try:
         for mod, attr, fn in _module_refs(originals):
             saved.append((mod, attr, getattr(mod, attr)))
@@ -274,7 +271,5 @@ def old_ir_export(model=None, timeout=EXPORT_TIMEOUT_S, infer_reshape_dims=False
             h.remove()
         for holder, attr, orig in reversed(saved):
             setattr(holder, attr, orig)
-        if pir_flag:
-            paddle.set_flags({"FLAGS_enable_pir_api": True})
-            _switch_to_pir_()
+        restore.close()
 

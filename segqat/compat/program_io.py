@@ -1,4 +1,4 @@
-"""Old-IR static programs on paddle 3.3.1: the static mode they need, reading exports back.
+"""Old-IR static programs: the static mode they need, reading exports back.
 
 paddle 3.3.1 runs static programs in the new IR (PIR) by default:
 ``static.load_inference_model`` then looks for ``model.json`` and cannot read
@@ -14,6 +14,8 @@ import os
 
 import paddle
 
+from .ir_switch import old_ir_static_mode
+
 
 @contextlib.contextmanager
 def old_ir_static():
@@ -22,11 +24,10 @@ def old_ir_static():
     paddle 3.3.1 runs static programs in the new IR (PIR) by default, and
     ``static.load_inference_model`` then looks for ``model.json``; paddle's
     PostTrainingQuantization and its IrGraph passes (used by PTQ) only work
-    on old-IR programs. ``paddle.pir_utils.OldIrGuard`` switches both and
-    restores dygraph + PIR on exit, errors included.
+    on old-IR programs. ``ir_switch.old_ir_static_mode`` switches both (paddle
+    2.6: static mode only) and restores dygraph + PIR on exit, errors included.
     """
-    from paddle.pir_utils import OldIrGuard
-    with OldIrGuard():
+    with old_ir_static_mode():
         yield
 
 

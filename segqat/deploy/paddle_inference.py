@@ -88,12 +88,21 @@ def _optim_cache_dir():
 
 
 def _create(pi, config, dep):
-    """``pi.create_predictor``; when it fails on a model file that does not load either (a
-    truncated ``model.pdiparams``, a damaged ``model.pdmodel``), a DeployError naming the files."""
+    """``pi.create_predictor(config)``; when it fails, a one-line DeployError for a program
+    another Paddle wrote that this one cannot load (naming both versions, from deploy.yaml's
+    ``paddle_version``) or for model files that do not load either (truncated, damaged)."""
+    import paddle
     from .. import compat
     try:
         return pi.create_predictor(config)
     except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        made = str(dep.get("paddle_version") or "")
+        if made and made != paddle.__version__:
+            raise DeployError(f"{dep['model_file']} was exported by paddle {made}; paddle "
+                              f"{paddle.__version__}'s Paddle Inference cannot load it ({type(e).__name__}: "
+                              f"{first}). Run it on paddle {made}, or export it again on paddle "
+                              f"{paddle.__version__}") from e
         try:
             compat.load_old_ir_program(dep["model_file"], dep["params_file"])
         except Exception:
@@ -120,7 +129,9 @@ class PaddlePredictor(Predictor):
         if device == "cpu" and precision == "int8" and not enable_mkldnn:
             raise DeployError("--precision int8 on CPU needs oneDNN (--enable_mkldnn true): without "
                               "it the model runs fake quantization in FP32")
-        refusal = compat.onednn_refusal(dep["model_file"]) if device == "cpu" and enable_mkldnn else None
+        refusal = compat.unreadable_ir(dep["model_file"], dep.get("paddle_version"))
+        if not refusal and device == "cpu" and enable_mkldnn:
+            refusal = compat.onednn_refusal(dep["model_file"])
         if refusal:
             raise DeployError(refusal)
         if use_trt and device != "gpu":
@@ -163,9 +174,8 @@ class PaddlePredictor(Predictor):
                 cfg.disable_gpu()
                 cfg.set_cpu_math_library_num_threads(threads)
                 if enable_mkldnn:
-                    cfg.enable_onednn()
+                    compat.enable_onednn(cfg, int8=precision == "int8")
                     if precision == "int8":
-                        cfg.enable_onednn_int8(compat.ONEDNN_INT8_OPS)
                         cfg.enable_save_optim_model(True)
                         cfg.set_optim_cache_dir(self._optim_dir)
             for name in delete:
