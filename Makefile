@@ -73,9 +73,9 @@ test: venv
 test-paddle26: venv venv-paddle26
 	mkdir -p $(DURATIONS)
 	share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
-	SEGQAT_TEST_SHARE=$$share/paddle26 $(BIN26)/python -m pytest -q --durations=5 \
+	SEGQAT_TEST_SHARE=$$share/paddle26 $(BIN26)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=5 \
 	    -m "core and not slow and not runtimes" tests --junitxml=$(DURATIONS)/paddle26.xml && \
-	SEGQAT_PADDLE26_SHARE=$$share/paddle26 SEGQAT_TEST_SHARE=$$share/paddle33 $(BIN)/python -m pytest -q \
+	SEGQAT_PADDLE26_SHARE=$$share/paddle26 SEGQAT_TEST_SHARE=$$share/paddle33 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal \
 	    --durations=5 -m "stacks and not slow" tests --junitxml=$(DURATIONS)/stacks.xml
 
 test-slow: venv
