@@ -93,7 +93,8 @@ def _session_dir(tmp_path_factory, name, build):
         build(path)
         return path
     path = Path(SHARE) / name
-    with open(Path(SHARE) / f".{name}.lock", "w") as lock:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if (path / ".built").exists():
             return path

@@ -162,14 +162,17 @@ def test_benchmark_warns(tmp_path):
 
 
 @pytest.mark.runtimes
-def test_benchmark_across_runtimes(syn_cfg, qat_run, exports, tmp_path):
+def test_benchmark_across_runtimes(syn_cfg, qat_run, exports, tmp_path, caplog):
     """Every model on every runtime: one row each, ratios and agreement within the runtime."""
+    caplog.set_level(logging.INFO)
     out = tmp_path / "bench_rt"
     res = run_script("deploy/python/benchmark.py", [
         "--config", syn_cfg, "--fp32", exports / "fp32", "--int8", exports / "int8",
         "--qat_model_path", qat_run / "best_model" / "model.pdparams", "--save_dir", out,
         "--runtimes", "paddle", "openvino", "--num_images", 4, "--repeats", 2, "--warmup", 1,
         "--cpu_threads", 1])
+    # the header states the threads it was given
+    assert "cpu threads 1 |" in caplog.text and "paddle's default" not in caplog.text
     rows = res["models"]
     assert list(rows) == ["FP32 (paddle)", "INT8 (paddle)", "FP32 (openvino)", "INT8 (openvino)"]
     for rt in ("paddle", "openvino"):

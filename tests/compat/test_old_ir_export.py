@@ -5,13 +5,13 @@ legacy OpProto + op_compat name map); each case builds a one-op old-IR program,
 runs it and compares it with dygraph. Also: the DNLNet deadlock pattern, the
 watchdog, and errors that name the layer and op.
 """
-import os
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
 from conftest import ROOT
+from old_ir_helpers import ISAHeadOnly, paddle_inference, paddle_inference_runs, quantized_for_eval
 from segqat import compat
 from segqat.compat import function_fixes, legacy_ops
 
@@ -235,38 +235,7 @@ def _save_old_ir(layer, prefix, shape=(-1, 3, -1, -1)):
         paddle.jit.save(layer, str(prefix), input_spec=[paddle.static.InputSpec(list(shape), "float32", "x")])
 
 
-def _paddle_inference(prefix, inputs, onednn):
-    """Run an old-IR program with Paddle Inference's default passes (not segqat's predictor,
-    which deletes the broken fuse pass: these tests check the exports avoid it themselves).
-    ``onednn="int8"`` also runs the oneDNN INT8 passes (segqat's INT8 op set)."""
-    return _paddle_inference_runs(prefix, [inputs], onednn)[0]
-
-
-def _paddle_inference_runs(prefix, runs, onednn):
-    """``_paddle_inference`` for several inputs (tuples) through one predictor, in order."""
-    from paddle import inference as pi
-    cfg = pi.Config(f"{prefix}.pdmodel", f"{prefix}.pdiparams")
-    cfg.enable_new_ir(False)
-    cfg.disable_gpu()
-    cfg.disable_glog_info()
-    cfg.set_cpu_math_library_num_threads(1)
-    if onednn:
-        cfg.enable_onednn()
-    if onednn == "int8":
-        cfg.enable_onednn_int8({"conv2d", "depthwise_conv2d", "fused_conv2d"})  # as segqat.deploy
-    pred = pi.create_predictor(cfg)
-    outs = []
-    for inputs in runs:
-        for name, a in zip(pred.get_input_names(), inputs):
-            h = pred.get_input_handle(name)
-            h.reshape(a.shape)
-            h.copy_from_cpu(a)
-        pred.run()
-        outs.append(pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu())
-    return outs
-
-
-def test_conv_reshape_transpose_matmul_in_paddle_inference(tmp_path):
+def test_conv_reshape_transpose_matmul_inpaddle_inference(tmp_path):
     """Paddle Inference 3.3.1's reshape_transpose_matmul_onednn_fuse_pass (default CPU passes,
     with or without enable_onednn) fuses the three ops into a fused_matmul that reads the
     conv output wrongly (25 off here; ANN logits 1834 off). The export folds the transpose
@@ -282,7 +251,7 @@ def test_conv_reshape_transpose_matmul_in_paddle_inference(tmp_path):
             paddle.static.InputSpec([-1, 16, -1, -1], "float32", "x"),
             paddle.static.InputSpec([-1, 16, 5], "float32", "key")])
     for onednn in (False, True):
-        got = _paddle_inference(tmp_path / "m", (x, key), onednn)
+        got = paddle_inference(tmp_path / "m", (x, key), onednn)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"onednn={onednn}")
 
 
@@ -300,7 +269,7 @@ def test_ann_fp32_export_matches_dygraph(tmp_path):
     want = model(paddle.to_tensor(x))[0].numpy()
     d = export.export_model({"model": {"num_classes": 4}}, model, str(tmp_path / "ann"), output_op="none")
     for onednn in (False, True):
-        got = _paddle_inference(f"{d}/model", (x,), onednn)
+        got = paddle_inference(f"{d}/model", (x,), onednn)
         scale = np.abs(want).max()
         assert np.abs(got - want).max() < 1e-4 * scale, (onednn, np.abs(got - want).max(), scale)
         assert (got.argmax(1) == want.argmax(1)).mean() > 0.999
@@ -318,27 +287,13 @@ def test_concat_of_0d_scalars_builds_a_shape_vector():
     assert got.dtype == np.int32 and "concat" in op_types
 
 
-class _ISAHeadOnly(paddle.nn.Layer):
-    """paddleseg's ISAHead (ISANet) on a one-conv "backbone", small enough for a unit test."""
-
-    def __init__(self):
-        super().__init__()
-        from paddleseg.models.isanet import ISAHead
-        self.stem = paddle.nn.Conv2D(3, 16, 1)
-        self.head = ISAHead(3, [16, 16], isa_channels=4, down_factor=(4, 4), enable_auxiliary_loss=False)
-
-    def forward(self, x):
-        f = self.stem(x)
-        return self.head([f, f])[0]
-
-
 def test_isanet_head_with_padding_exports(tmp_path, monkeypatch):
     """ISAHead pads H, W up to a multiple of down_factor with ``paddle.concat`` of 0-d scalars
     (paddleseg/models/isanet.py:131). The dynamic-shape export traces that branch; before the
     0-d promotion it failed: "The axis is expected to be in range of [0, 0), but got 0".
     The exported program pads (6x10 -> 8x12) or not (8x8) as the dygraph model does."""
     paddle.seed(0)
-    layer = _ISAHeadOnly()
+    layer = ISAHeadOnly()
     layer.eval()
     _save_old_ir(layer, tmp_path / "m")
     # dygraph's padding branch needs the same promotion (dygraph concat rejects 0-d too)
@@ -348,7 +303,7 @@ def test_isanet_head_with_padding_exports(tmp_path, monkeypatch):
         x = r.randn(*shape).astype("float32")
         want = layer(paddle.to_tensor(x)).numpy()
         for onednn in (False, True):
-            got = _paddle_inference(tmp_path / "m", (x,), onednn)
+            got = paddle_inference(tmp_path / "m", (x,), onednn)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{shape} onednn={onednn}")
 
 
@@ -418,7 +373,7 @@ def test_rtformer_cross_attention_exports_with_a_fixed_batch(tmp_path, batch):
     xs = [r.randn(1, 3, 5, 7).astype("float32") for _ in range(3)]
     want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
     for onednn in (False, True, "int8"):
-        got = _paddle_inference_runs(tmp_path / "m", [(x,) for x in xs], onednn)
+        got = paddle_inference_runs(tmp_path / "m", [(x,) for x in xs], onednn)
         for i, (g, w) in enumerate(zip(got, want)):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"onednn={onednn}, input {i}")
 
@@ -432,31 +387,20 @@ def _op_types(prefix):
     return Counter(op.type for op in prog.global_block().ops)
 
 
-def _quantized_for_eval(layer, seed):
-    """QAT-wrap ``layer`` with the default quant config, calibrate it on two random 6x6
-    batches and put it in eval mode; returns the quanter and the RNG for further inputs."""
-    from segqat import calibration, quant
-    quanter = quant.quantize(layer, dict(quant.DEFAULT_QUANT_CONFIG))
-    r = np.random.RandomState(seed)
-    calibration.calibrate(layer, [r.rand(1, 3, 6, 6).astype("float32") for _ in range(2)])
-    layer.eval()
-    return quanter, r
-
-
 def test_computed_1x1_filters_become_matmul_and_qat_weights_stay_conv2d(tmp_path):
     """Only a filter computed from the input leaves conv2d (a 1x1 one becomes a matmul); a QAT
     layer's weight (the parameter behind fake quantization ops, ``function_fixes._stored_weight``)
     stays a conv2d that oneDNN runs in INT8."""
     paddle.seed(0)
     layer = _CrossAttention()
-    quanter, r = _quantized_for_eval(layer, seed=4)
+    quanter, r = quantized_for_eval(layer, seed=4)
     with compat.old_ir_export(layer, timeout=120, infer_reshape_dims=True):
         quanter.save_quantized_model(layer, str(tmp_path / "m"), input_spec=[
             paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
     ops = _op_types(tmp_path / "m")
     # stem + kv stay conv2d; the cross k and v convs are matmuls (with ExternalAttention's own)
     assert ops["conv2d"] == 2 and ops["conv3d"] == 0 and ops["matmul_v2"] >= 2, ops
-    got = _paddle_inference(tmp_path / "m", (r.rand(1, 3, 5, 7).astype("float32"),), "int8")
+    got = paddle_inference(tmp_path / "m", (r.rand(1, 3, 5, 7).astype("float32"),), "int8")
     assert got.shape == (1, 8, 5, 7) and np.isfinite(got).all()
 
 
@@ -484,7 +428,7 @@ def test_other_computed_filters_stay_conv3d_with_a_warning(tmp_path, caplog):
     assert any("computed 3x3 filter" in r.getMessage() and "conv3d" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
     x = np.random.RandomState(5).randn(1, 3, 6, 6).astype("float32")
-    np.testing.assert_allclose(_paddle_inference(tmp_path / "m", (x,), False),
+    np.testing.assert_allclose(paddle_inference(tmp_path / "m", (x,), False),
                                layer(paddle.to_tensor(x)).numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -513,7 +457,7 @@ def test_qat_export_computes_the_fake_quant_model(tmp_path, direct):
     scale, not c3's input scale: measured 1.6% of the output's mean, bound 5%)."""
     paddle.seed(0)
     layer = _ConvBNReLUConv(direct)
-    quanter, r = _quantized_for_eval(layer, seed=6)
+    quanter, r = quantized_for_eval(layer, seed=6)
     xs = [r.rand(1, 3, 6, 6).astype("float32") for _ in range(3)]
     want = [layer(paddle.to_tensor(x)).numpy() for x in xs]  # before the save converts forward
     with compat.old_ir_export(layer, timeout=120):
@@ -557,7 +501,7 @@ def test_int8_constant_outside_a_weight_input_is_folded(tmp_path):
     import shutil
     paddle.seed(0)
     layer = _ParamThroughLinear()
-    quanter, r = _quantized_for_eval(layer, seed=5)
+    quanter, r = quantized_for_eval(layer, seed=5)
     x = r.rand(1, 3, 5, 7).astype("float32")
     # fake quantization, run before the export: a dygraph run after an export and before a
     # oneDNN INT8 predictor segfaults in paddle 3.3.1 (any QAT model, with or without this fix)
@@ -566,16 +510,16 @@ def test_int8_constant_outside_a_weight_input_is_folded(tmp_path):
         quanter.save_quantized_model(layer, str(tmp_path / "raw" / "model"), input_spec=[
             paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
     with pytest.raises(Exception, match="int8.*float32|matmul_v2"):
-        _paddle_inference(tmp_path / "raw" / "model", (x,), "int8")
+        paddle_inference(tmp_path / "raw" / "model", (x,), "int8")
     shutil.copytree(tmp_path / "raw", tmp_path / "fold")
     assert compat.fold_constant_dequantize(tmp_path / "fold") == 1
     assert compat.fold_constant_dequantize(tmp_path / "fold") == 0  # nothing left: no rewrite
     assert _op_types(tmp_path / "fold/model")["dequantize_linear"] == \
         _op_types(tmp_path / "raw/model")["dequantize_linear"] - 1
     # the un-fused program gives exactly what it gave before
-    np.testing.assert_array_equal(_paddle_inference(tmp_path / "fold" / "model", (x,), False),
-                                  _paddle_inference(tmp_path / "raw" / "model", (x,), False))
-    got = _paddle_inference(tmp_path / "fold" / "model", (x,), "int8")
+    np.testing.assert_array_equal(paddle_inference(tmp_path / "fold" / "model", (x,), False),
+                                  paddle_inference(tmp_path / "raw" / "model", (x,), False))
+    got = paddle_inference(tmp_path / "fold" / "model", (x,), "int8")
     assert got.shape == want.shape and np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
 
@@ -711,7 +655,7 @@ def test_int8_residual_add_of_u8_and_s8_runs_unfused(tmp_path):
     from segqat.deploy.paddle_inference import PaddlePredictor
     paddle.seed(0)
     layer = _ResidualBlock()
-    quanter, r = _quantized_for_eval(layer, seed=6)
+    quanter, r = quantized_for_eval(layer, seed=6)
     xs = [r.rand(1, 3, 8, 8).astype("float32") for _ in range(3)]
     want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
     with compat.old_ir_export(layer, timeout=120):
@@ -719,7 +663,7 @@ def test_int8_residual_add_of_u8_and_s8_runs_unfused(tmp_path):
             paddle.static.InputSpec([1, 3, -1, -1], "float32", "x")])
     _write_int8_deploy_yaml(tmp_path)
     # Paddle's own pipeline makes the fusion this guards against
-    unguarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    unguarded = paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
     assert max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(unguarded, want)) > 0.3
     pred = PaddlePredictor(load_deploy_config(str(tmp_path / "deploy.yaml")), "int8", 1,
                            optim_dir=str(tmp_path / "optim"))
@@ -755,7 +699,7 @@ def test_int8_residual_fusion_that_leaves_a_conv_fp32_can_be_turned_off(tmp_path
     from segqat.deploy.paddle_inference import PaddlePredictor
     paddle.seed(0)
     layer = _ProjectionBlock()
-    quanter, r = _quantized_for_eval(layer, seed=7)
+    quanter, r = quantized_for_eval(layer, seed=7)
     xs = [r.rand(1, 3, 8, 8).astype("float32") for _ in range(3)]
     want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
     with compat.old_ir_export(layer, timeout=120):
@@ -781,7 +725,7 @@ def _exported_block(cls, seed, tmp_path):
     ``err(outputs)``: the largest deviation from its fake-quant outputs, relative to their range."""
     paddle.seed(0)
     layer = cls()
-    quanter, r = _quantized_for_eval(layer, seed=seed)
+    quanter, r = quantized_for_eval(layer, seed=seed)
     xs = [(r.rand(1, 3, 16, 16) * 4).astype("float32") for _ in range(3)]
     want = [layer(paddle.to_tensor(x)).numpy() for x in xs]
     with compat.old_ir_export(layer, timeout=120):
@@ -821,19 +765,19 @@ def test_int8_average_pool_keeps_its_own_scale(tmp_path):
     _write_int8_deploy_yaml(tmp_path)
 
     before = (tmp_path / "model.pdmodel").read_bytes()
-    unguarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    unguarded = paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
     pred = PaddlePredictor(load_deploy_config(str(tmp_path / "deploy.yaml")), "int8", 1,
                            optim_dir=str(tmp_path / "optim"))
     assert sum(pred.int8_ops().values()) == 3
     by_predictor = [pred._run(x) for x in xs]
     pred.close()
     assert (tmp_path / "model.pdmodel").read_bytes() == before and (tmp_path / "optim").is_dir()
-    native = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)
+    native = paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)
     assert compat.guard_overwritten_scales(str(tmp_path / "model.pdmodel")) == 1
     assert compat.guard_overwritten_scales(str(tmp_path / "model.pdmodel")) == 0  # already guarded
     assert _op_types(tmp_path / "model")["assign"] == 1
-    guarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
-    for a, b in zip(native, _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)):
+    guarded = paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    for a, b in zip(native, paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], False)):
         np.testing.assert_array_equal(a, b)  # the assign changes nothing in Paddle's own kernels
     print("errors: unguarded", err(unguarded), "guarded", err(guarded), "predictor", err(by_predictor))
     assert err(unguarded) > 0.1 and err(guarded) < 0.03 and err(by_predictor) < 0.03
@@ -862,8 +806,8 @@ def test_int8_concat_input_keeps_its_own_scale(tmp_path):
     fake quant went from 92.91% to 99.81%)."""
     xs, err = _exported_block(_ConcatBranch, 8, tmp_path)
 
-    unguarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    unguarded = paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
     assert compat.guard_overwritten_scales(str(tmp_path / "model.pdmodel")) >= 1
-    guarded = _paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
+    guarded = paddle_inference_runs(tmp_path / "model", [(x,) for x in xs], "int8")
     print("errors: unguarded", err(unguarded), "guarded", err(guarded))
     assert err(unguarded) > 3 * err(guarded) and err(guarded) < 0.05

@@ -251,10 +251,10 @@ def test_int8_model_with_a_branch_converts(tmp_path):
     If whose branches read outer tensors by name. The QDQ rewrite keeps what the branches
     read (it dropped it before: "Nodes in a graph must be topologically sorted"); padded
     (6x10) and unpadded (8x8) inputs match Paddle's fake quantization."""
-    from test_old_ir_ops import _ISAHeadOnly, _quantized_for_eval
+    from old_ir_helpers import ISAHeadOnly, quantized_for_eval
     paddle.seed(0)
-    layer = _ISAHeadOnly()
-    quanter, r = _quantized_for_eval(layer, seed=3)
+    layer = ISAHeadOnly()
+    quanter, r = quantized_for_eval(layer, seed=3)
     prefix = tmp_path / "model"
     with compat.old_ir_export(layer, timeout=120):
         quanter.save_quantized_model(layer, str(prefix), input_spec=[

@@ -68,7 +68,7 @@ def test_sfnet_trains_and_exports(tmp_path):
     import paddle
     from paddleseg.models import SFNet
     from segqat import builder
-    from test_old_ir_ops import _paddle_inference
+    from old_ir_helpers import paddle_inference
     cfg = load_config(str(ROOT / "configs/zoo/sfnet.yml"))
     paddle.seed(0)
     model = builder.build_model(cfg)
@@ -88,5 +88,5 @@ def test_sfnet_trains_and_exports(tmp_path):
     x = np.random.RandomState(0).rand(1, 3, 32, 48).astype("float32")
     want = model(paddle.to_tensor(x))[0].numpy()
     export.export_model(cfg, model, str(tmp_path / "fp32"), output_op="none")
-    got = _paddle_inference(tmp_path / "fp32" / "model", (x,), True)
+    got = paddle_inference(tmp_path / "fp32" / "model", (x,), True)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
