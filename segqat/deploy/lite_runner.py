@@ -71,7 +71,9 @@ def serve(nb):
         req = json.loads(line)
         if req["cmd"] == "quit":
             break
-        x = np.ascontiguousarray(np.load(io.BytesIO(inp.read(req["bytes"]))))
+        # float32 always: Lite takes a float64 array with only a warning and computes on its
+        # bytes read as float32 (labels mostly one class)
+        x = np.ascontiguousarray(np.load(io.BytesIO(inp.read(req["bytes"]))), dtype=np.float32)
         try:
             if req["cmd"] == "run":
                 y, seconds = run(x)
