@@ -15,6 +15,7 @@ docs/paddle_workarounds.md describes each module.
                      passes, residual fusion, native output
     paddleseg_fixes  PaddleSeg 2.8 losses and models fixed for paddle 3.x
     dygraph          dygraph training: paddleslim's QAT config, ``scalar``, CPU threads
+    lite_int8        Paddle Lite 2.13rc0 x86 INT8: a copy with 7-bit weights (its GEMM saturates)
 
 Callers use the names re-exported here: ``from segqat import compat;
 compat.old_ir_export(...)``.
@@ -34,6 +35,7 @@ from .inference import (BROKEN_INFERENCE_PASSES, INT8_RESIDUAL_FUSE_PASS,  # noq
                         ONEDNN_INT8_OPS, configure_inference, is_old_ir, native_output,
                         onednn_refusal, residual_fusions, select_ir)
 from .legacy_ops import ExportError  # noqa: F401
+from .lite_int8 import MAX_ABS_WEIGHT_7BIT, lite_x86_int8_copy  # noqa: F401
 from .old_ir_export import EXPORT_TIMEOUT_S, old_ir_export  # noqa: F401
 from .paddleseg_fixes import loss_overrides, model_overrides  # noqa: F401
 from .program_fixes import (drop_observer_only_quant, fix_conv_bias_axis,  # noqa: F401

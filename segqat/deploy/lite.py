@@ -10,7 +10,15 @@ segqat runs on 3.11, so Lite lives in its own environment (``make venv-lite``:
 in a child process (``lite_runner.py``): ``convert`` calls ``opt`` there, and the
 predictor keeps one ``serve`` process that runs the ``.nb`` with ``MobileConfig`` /
 ``create_paddle_predictor``; batches go through its stdin/stdout as .npy bytes, and its
-latency is the time of Lite's ``run()`` measured inside it (``timed_run``).
+latency is the time of Lite's ``run()`` measured inside it (``timed_run``). A process serves
+one input shape: Lite 2.13rc0's x86 conv kernels are prepared for the size of the first run,
+and compute wrong results for a larger input and abort on a smaller one (docs/limits.md), so a
+batch of another shape gets a new process.
+
+An INT8 export is converted for x86 from a copy whose int8 weights are requantized to 7 bits
+(``compat.lite_x86_int8_copy``): Lite's x86 int8 GEMM adds pairs of u8 x s8 products in a
+saturating int16 and is wrong on the full 8-bit range. The check below compares it with the
+export as it is.
 
 The proof of INT8 is the model ``opt`` wrote: every op of a ``.nb`` carries the kernel Lite
 picked, ``op/alias/target/precision/layout`` (``conv2d/int8_out/2/2/1``: X86, INT8, NCHW);
@@ -85,15 +93,16 @@ def version(python=None):
     return proc.stdout.strip()
 
 
-def convert(dep, out_nb, target="x86", python=None):
+def convert(dep, out_nb, target="x86", python=None, model_file=None, params_file=None):
     """Write the export ``dep`` (load_deploy_config's dict) as a Lite model ``out_nb`` (.nb)
-    for ``target`` with ``opt``; returns its kernels (``nb_kernels``)."""
+    for ``target`` with ``opt``; returns its kernels (``nb_kernels``). ``model_file`` /
+    ``params_file``: convert these instead of the export's own files (a rewritten copy)."""
     if target not in TARGETS:
         raise DeployError(f"--valid_targets {target!r}: choose from {', '.join(TARGETS)}")
     if not out_nb.endswith(".nb"):
         raise DeployError(f"{out_nb}: a Lite model's file name ends with .nb")
-    cmd = [lite_python(python), RUNNER, "convert", dep["model_file"], dep["params_file"],
-           out_nb[:-len(".nb")], target]
+    cmd = [lite_python(python), RUNNER, "convert", model_file or dep["model_file"],
+           params_file or dep["params_file"], out_nb[:-len(".nb")], target]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(1),
                               timeout=CONVERT_TIMEOUT)
@@ -151,18 +160,26 @@ def nb_target(kernels):
     return ",".join(sorted(found)) or "host"
 
 
+class ShapeChanged(DeployError):
+    """The Lite process was given another input size than its first (it refuses)."""
+
+
 class LiteProcess:
-    """A ``lite_runner.py serve`` child running one .nb."""
+    """A ``lite_runner.py serve`` child running one .nb, for one input shape."""
 
     def __init__(self, nb, threads, python=None, log_path=None):
         self.nb = nb
+        self.shape = None  # of the first batch; the process takes no other
         self._log = open(log_path or os.devnull, "w+b" if log_path else "wb")
         self.proc = subprocess.Popen([lite_python(python), RUNNER, "serve", nb], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, env=_child_env(threads))
         self._reply("loading it")
 
     def _failure(self, doing):
-        code = self.proc.poll()
+        try:
+            code = self.proc.wait(timeout=5)  # it closed its stdout: dying, or dead
+        except subprocess.TimeoutExpired:
+            code = None
         log = ""
         if self._log.mode == "w+b":
             self._log.seek(0)
@@ -175,6 +192,8 @@ class LiteProcess:
         if not line:
             raise self._failure(doing)
         header = json.loads(line)
+        if header.get("shape_changed"):
+            raise ShapeChanged(f"{self.nb}: {header['error']}")
         if not header.get("ok"):
             raise DeployError(f"{self.nb}: Paddle Lite failed while {doing}: {header.get('error')}")
         payload = self.proc.stdout.read(header["bytes"]) if "bytes" in header else None
@@ -194,11 +213,13 @@ class LiteProcess:
     def run(self, batch):
         """(output array, seconds of Lite's run() alone)."""
         header, payload = self._send({"cmd": "run"}, batch, f"running a {tuple(batch.shape)} batch")
+        self.shape = self.shape or tuple(batch.shape)
         return np.load(io.BytesIO(payload)), header["seconds"]
 
     def times(self, batch, warmup, repeats):
         header, _ = self._send({"cmd": "time", "warmup": int(warmup), "repeats": int(repeats)}, batch,
                                "timing")
+        self.shape = self.shape or tuple(batch.shape)
         return header["times"]
 
     def close(self):
@@ -232,10 +253,18 @@ class LitePredictor(Predictor):
         self.tmp = tempfile.mkdtemp(prefix="segqat_lite_")
         try:
             self.nb = os.path.join(self.tmp, "model.nb")
-            self.kernels = convert(dep, self.nb, "x86", lite_python)
+            files = {}
+            if precision == "int8":  # Lite's x86 int8 GEMM saturates on 8-bit weights
+                from .. import compat
+                n = compat.lite_x86_int8_copy(dep["model_file"], dep["params_file"], self.tmp)
+                logger.info("Paddle Lite x86: %d int8 weights requantized to 7 bits "
+                            "(compat.lite_x86_int8_copy)", n)
+                files = {"model_file": os.path.join(self.tmp, "model.pdmodel"),
+                         "params_file": os.path.join(self.tmp, "model.pdiparams")}
+            self.kernels = convert(dep, self.nb, "x86", lite_python, **files)
             self._check_int8()
-            self.process = LiteProcess(self.nb, threads, lite_python,
-                                       os.path.join(self.tmp, "lite.log") if not verbose else None)
+            self.verbose = verbose
+            self.process = self._start()
             batch = parity.check_batch(dep, self.preprocess, check_images)
             self.agreement = parity.check(dep, self._run, batch, float(min_agreement),
                                           synthetic=not check_images, runtime="Paddle Lite")
@@ -250,8 +279,22 @@ class LitePredictor(Predictor):
         return (super().describe() + f", paddlelite {self.version}, labels agree with Paddle on "
                 f"{self.agreement:.2%} of check pixels")
 
+    def _start(self):
+        return LiteProcess(self.nb, self.threads, self.python,
+                           os.path.join(self.tmp, "lite.log") if not self.verbose else None)
+
+    def _process_for(self, batch):
+        """The Lite process for this batch's shape: a new one when the shape changes (Lite
+        2.13rc0's x86 kernels are right only for the input size of their first run)."""
+        if self.process.shape not in (None, tuple(batch.shape)):
+            logger.debug("Paddle Lite: input %s after %s, new process", tuple(batch.shape),
+                         self.process.shape)
+            self.process.close()
+            self.process = self._start()
+        return self.process
+
     def _run(self, batch):
-        out, self.last_run_seconds = self.process.run(batch)
+        out, self.last_run_seconds = self._process_for(batch).run(batch)
         return out
 
     def timed_run(self, batch):
@@ -260,7 +303,8 @@ class LitePredictor(Predictor):
         return self.last_run_seconds
 
     def benchmark(self, batch, warmup=10, repeats=50):
-        return self.process.times(np.ascontiguousarray(batch, dtype=np.float32), warmup, repeats)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self._process_for(batch).times(batch, warmup, repeats)
 
     def close(self):
         if self.process is not None:

@@ -14,6 +14,8 @@ paddlelite (2.13rc0) has wheels for Python 3.8 and 3.10 only, segqat runs on 3.1
         {"ok": true, "seconds": s, "bytes": M} + the output as .npy bytes, where s is the
         time of the predictor's run() alone; {"cmd": "time", "bytes": N, "warmup": w,
         "repeats": r} -> {"ok": true, "times": [...]}. A failure is {"ok": false, "error": ...}.
+        Every batch must have the shape of the first one (else "shape_changed": true): Lite
+        2.13rc0's x86 conv kernels are prepared for the first input size only (docs/limits.md).
 
 Threads: the x86 build computes with MKL/Intel OpenMP, whose thread count the parent sets
 through OMP_NUM_THREADS / MKL_NUM_THREADS in this process's environment (MobileConfig has
@@ -67,6 +69,7 @@ def serve(nb):
         return np.array(predictor.get_output(0).numpy(), copy=True), seconds
 
     inp = sys.stdin.buffer
+    first_shape = None
     for line in iter(inp.readline, b""):
         req = json.loads(line)
         if req["cmd"] == "quit":
@@ -74,6 +77,16 @@ def serve(nb):
         # float32 always: Lite takes a float64 array with only a warning and computes on its
         # bytes read as float32 (labels mostly one class)
         x = np.ascontiguousarray(np.load(io.BytesIO(inp.read(req["bytes"]))), dtype=np.float32)
+        if first_shape is None:
+            first_shape = x.shape
+        if x.shape != first_shape:
+            # Lite 2.13rc0's x86 conv kernels keep what they prepared for the first input's
+            # size: a larger input gives wrong results, a smaller one aborts the process
+            # ("double free or corruption"). One input size per process; the parent restarts it.
+            _reply(out, {"ok": False, "shape_changed": True,
+                         "error": f"input shape {x.shape} after {first_shape}: Paddle Lite's x86 "
+                                  "runtime is right only for the size of its first run"})
+            continue
         try:
             if req["cmd"] == "run":
                 y, seconds = run(x)
