@@ -137,4 +137,61 @@ def test_export_lite_writes_checked_models(exports, tmp_path, caplog):
     with pytest.raises(SystemExit):  # the export itself is an input, never a target
         run_script("deploy/python/export_lite.py", ["--config", exports / "int8", "--save_dir",
                                                     exports / "int8", "--overwrite"])
-    assert "is the input" in caplog.text
+    assert "contains the input" in caplog.text
+
+
+def test_lite_x86_int8_copy_bounds_weights(exports, tmp_path):
+    """Lite's x86 int8 GEMM sums u8 x s8 product pairs in a saturating int16: the copy it
+    converts has |q| <= 64 (255 * 64 * 2 < 32768), the same dequantized weights up to one
+    7-bit step, and the export is left as it was."""
+    from segqat import compat
+    src = exports / "int8"
+    before = (src / "model.pdiparams").read_bytes()
+    n = compat.lite_x86_int8_copy(str(src / "model.pdmodel"), str(src / "model.pdiparams"), str(tmp_path))
+    assert n >= 40 and (src / "model.pdiparams").read_bytes() == before
+    weights = {}
+    for d in (src, tmp_path):
+        prog, _, _, scope, _ = compat.load_old_ir_program(str(d / "model.pdmodel"), str(d / "model.pdiparams"))
+        blk = prog.global_block()
+        weights[d] = {op.input("X")[0]: (np.array(scope.find_var(op.input("X")[0]).get_tensor()),
+                                         np.array(scope.find_var(op.input("Scale")[0]).get_tensor()))
+                      for op in blk.ops if op.type == "dequantize_linear" and blk.var(op.input("X")[0]).persistable}
+    assert weights[src].keys() == weights[tmp_path].keys()
+    for name, (q, s) in weights[src].items():
+        q7, s7 = weights[tmp_path][name]
+        assert np.abs(q).max() > compat.MAX_ABS_WEIGHT_7BIT >= np.abs(q7.astype(int)).max(), name
+        np.testing.assert_allclose(s7, 2 * s)
+        shape = [-1] + [1] * (q.ndim - 1) if s.size > 1 else [1]
+        step = (2 * s).reshape(shape) / 127
+        assert np.abs(q7 * step - q * s.reshape(shape) / 127).max() <= step.max() / 2 + 1e-6
+
+
+@needs_lite
+def test_lite_process_takes_one_input_shape(exports, tmp_path):
+    """Lite 2.13rc0's x86 conv kernels are prepared for the first input size (a larger one
+    computes wrong labels, a smaller one aborts the process): a process refuses another shape,
+    and the predictor starts a new one, giving what a fresh predictor gives."""
+    dep = deploy.load_deploy_config(str(exports / "fp32"))
+    nb = str(tmp_path / "m.nb")
+    lite.convert(dep, nb)
+    rng = np.random.RandomState(0)
+    big, small = (rng.randn(1, 3, s, s).astype("float32") for s in (96, 64))
+    proc = lite.LiteProcess(nb, 1)
+    try:
+        proc.run(big)
+        with pytest.raises(lite.ShapeChanged, match=r"input shape \(1, 3, 64, 64\) after \(1, 3, 96, 96\)"):
+            proc.run(small)
+    finally:
+        proc.close()
+    pred = deploy.create_predictor(str(exports / "fp32"), runtime="lite", threads=1)
+    try:
+        got = [pred.run(x) for x in (big, small, big)]
+    finally:
+        pred.close()
+    fresh = []
+    for x in (big, small):
+        p = lite.LiteProcess(nb, 1)
+        fresh.append(p.run(x)[0])
+        p.close()
+    for g, f in zip(got, fresh + fresh[:1]):
+        np.testing.assert_array_equal(g, f)
