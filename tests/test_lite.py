@@ -47,8 +47,10 @@ def test_kernels_of_a_nb_prove_int8_and_name_the_target(tmp_path):
     # calib (a conversion) and the float depthwise conv are not INT8 compute
     assert lite.int8_kernels(kernels) == {"conv2d": 3}
     assert lite.nb_target(kernels) == "x86"
-    arm = lite.nb_kernels(str(fake_nb(tmp_path / "a.nb", ["conv2d/int8_out/4/2/1", "feed/def/1/4/2"])))
-    assert lite.nb_target(arm) == "arm"
+    arm_nb = str(fake_nb(tmp_path / "a.nb", ["conv2d/int8_out/4/2/1", "feed/def/1/4/2"]))
+    assert lite.nb_target(lite.nb_kernels(arm_nb)) == "arm"
+    with pytest.raises(deploy.DeployError, match="holds arm kernels; Paddle Lite's runtime here runs x86"):
+        lite.LiteProcess(arm_nb, 1)  # refused before Lite loads it (it would segfault)
     (tmp_path / "x.nb").write_bytes(b"PK\x03\x04 not a lite model")
     assert lite.nb_version(str(tmp_path / "x.nb")) is None
     with pytest.raises(deploy.DeployError, match="x.nb is not a Paddle Lite model"):

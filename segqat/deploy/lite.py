@@ -168,6 +168,10 @@ class LiteProcess:
     """A ``lite_runner.py serve`` child running one .nb, for one input shape."""
 
     def __init__(self, nb, threads, python=None, log_path=None):
+        target = nb_target(nb_kernels(nb))
+        if target != "x86":  # Lite's x86 runtime segfaults on an ARM model
+            raise DeployError(f"{nb} holds {target} kernels; Paddle Lite's runtime here runs x86 "
+                              "models only (convert with --valid_targets x86)")
         self.nb = nb
         self.shape = None  # of the first batch; the process takes no other
         self._log = open(log_path or os.devnull, "w+b" if log_path else "wb")
