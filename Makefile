@@ -29,14 +29,15 @@ venv: $(STAMP)
 # Paddle Lite (paddlelite 2.13rc0) installs only into Python 3.8 / 3.10: its own venv, run by
 # segqat in a child process. LITE_PY: a Python 3.10 (default: python3.10 on PATH, else pyenv's)
 LITE_VENV  := .venv-lite
-LITE_PY    ?= $(firstword $(foreach p,$(shell command -v python3.10) $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python),\
+LITE_BIN   := $(LITE_VENV)/bin
+LITE_PY    ?= $(firstword $(foreach p,$(shell command -v python3.10) $(addsuffix /python,$(wildcard $(HOME)/.pyenv/versions/3.10*/bin)),\
                  $(if $(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 10))' 2>/dev/null | grep True),$(p))))
 LITE_STAMP := $(LITE_VENV)/.installed-$(shell cksum < requirements-lite.txt | cut -d' ' -f1)
 
 $(LITE_STAMP): requirements-lite.txt
 	@test -n "$(LITE_PY)" || { echo "make venv-lite: no Python 3.10 found; paddlelite has wheels for 3.8 and 3.10 only. Give one: make venv-lite LITE_PY=path/to/python3.10"; exit 1; }
-	test -x $(LITE_VENV)/bin/python || $(LITE_PY) -m venv $(LITE_VENV)
-	$(LITE_VENV)/bin/python -m pip install -q -r requirements-lite.txt
+	test -x $(LITE_BIN)/python || $(LITE_PY) -m venv $(LITE_VENV)
+	$(LITE_BIN)/python -m pip install -q -r requirements-lite.txt
 	rm -f $(LITE_VENV)/.installed-*
 	touch $(LITE_STAMP)
 
