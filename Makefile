@@ -3,6 +3,7 @@
 #   make test   the test suite (CPU, a few minutes); make test-unit: the quick tier;
 #               make test-slow: the slow rest
 #   make venv-paddle26 / make test-paddle26   the paddle 2.6.2 lane (.venv-paddle26) and its tests
+#   make venv-lite  Paddle Lite's own Python 3.10 environment (.venv-lite) for --runtime lite
 #   make zoo    every configs/zoo/ model: FP32 -> QAT -> INT8 export -> INT8 inference (resumes);
 #               ZOO_ARGS="--phase latency" times them (2 threads) afterwards on an idle machine
 PY      ?= python3
@@ -13,7 +14,7 @@ DEMO    ?= output/demo
 CONFIG  ?= configs/bisenetv2/bisenetv2_synthetic_64x64.yml
 ZOO_ARGS ?= --phase build --cpu_threads 1
 
-.PHONY: venv test test-unit test-slow demo clean-demo zoo venv-paddle26 test-paddle26
+.PHONY: venv venv-lite test test-unit test-slow demo clean-demo zoo venv-paddle26 test-paddle26
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +43,23 @@ $(STAMP26): requirements.txt requirements-paddle26.txt
 	touch $(STAMP26)
 
 venv-paddle26: $(STAMP26)
+
+# Paddle Lite (paddlelite 2.13rc0) installs only into Python 3.8 / 3.10: its own venv, run by
+# segqat in a child process. LITE_PY: a Python 3.10 (default: python3.10 on PATH, else pyenv's)
+LITE_VENV  := .venv-lite
+LITE_BIN   := $(LITE_VENV)/bin
+LITE_PY    ?= $(firstword $(foreach p,$(shell command -v python3.10) $(addsuffix /python,$(wildcard $(HOME)/.pyenv/versions/3.10*/bin)),\
+                 $(if $(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 10))' 2>/dev/null | grep True),$(p))))
+LITE_STAMP := $(LITE_VENV)/.installed-$(shell cksum < requirements-lite.txt | cut -d' ' -f1)
+
+$(LITE_STAMP): requirements-lite.txt
+	@test -n "$(LITE_PY)" || { echo "make venv-lite: no Python 3.10 found; paddlelite has wheels for 3.8 and 3.10 only. Give one: make venv-lite LITE_PY=path/to/python3.10"; exit 1; }
+	test -x $(LITE_BIN)/python || $(LITE_PY) -m venv $(LITE_VENV)
+	$(LITE_BIN)/python -m pip install -q -r requirements-lite.txt
+	rm -f $(LITE_VENV)/.installed-*
+	touch $(LITE_STAMP)
+
+venv-lite: $(LITE_STAMP)
 
 # Test tiers (markers in pytest.ini):
 #   make test-unit   config, data, hygiene and error checks: no training, export or predictor

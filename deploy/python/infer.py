@@ -69,14 +69,17 @@ def get_args_parser():
     g.add_argument("--save_ir", default=None, metavar="FILE.xml",
                    help="also write the model as OpenVINO IR (FILE.xml + FILE.bin), to run without "
                         "Paddle (never overwritten)")
-    g = p.add_argument_group("ONNX Runtime")
+    g = p.add_argument_group("ONNX Runtime and Paddle Lite (models converted at load)")
     g.add_argument("--save_onnx", default=None,
                    help="also write the checked ONNX model to this path (never overwritten)")
     g.add_argument("--check_images", nargs="+", default=None, metavar="IMAGE",
-                   help="images the ONNX model is checked on against Paddle (default: 2 synthetic)")
+                   help="images the converted model is checked on against Paddle (default: 2 "
+                        "synthetic)")
     g.add_argument("--min_agreement", type=float, default=None,
-                   help="refuse an ONNX model whose labels agree with Paddle's on less than this "
-                        "fraction of pixels (default 0.99; 0 only reports)")
+                   help="refuse a converted model whose labels agree with Paddle's on less than "
+                        "this fraction of pixels (default 0.99; 0 only reports)")
+    g.add_argument("--lite_python", default=None, metavar="PYTHON",
+                   help="Paddle Lite's Python (default: .venv-lite/bin/python, made by make venv-lite)")
     b = p.add_argument_group("benchmark")
     b.add_argument("--benchmark", type=cli.str2bool, default=False,
                    help="time the model instead of writing results (true/false)")
@@ -107,15 +110,17 @@ def list_images(path):
     return files
 
 
-# flag -> (runtime, option name); a flag given for another runtime than --runtime is an error
+# flag -> (runtimes, option name); a flag given for another runtime than --runtime is an error
 RUNTIME_FLAGS = {
-    "device": ("paddle", "device"), "enable_mkldnn": ("paddle", "enable_mkldnn"),
-    "use_trt": ("paddle", "use_trt"),
-    "min_shape": ("paddle", "trt_min_shape"), "opt_shape": ("paddle", "trt_opt_shape"),
-    "max_shape": ("paddle", "trt_max_shape"),
-    "inference_precision": ("openvino", "inference_precision"), "save_ir": ("openvino", "save_ir"),
-    "save_onnx": ("onnxruntime", "save_onnx"), "check_images": ("onnxruntime", "check_images"),
-    "min_agreement": ("onnxruntime", "min_agreement"),
+    "device": (("paddle",), "device"), "enable_mkldnn": (("paddle",), "enable_mkldnn"),
+    "use_trt": (("paddle",), "use_trt"),
+    "min_shape": (("paddle",), "trt_min_shape"), "opt_shape": (("paddle",), "trt_opt_shape"),
+    "max_shape": (("paddle",), "trt_max_shape"),
+    "inference_precision": (("openvino",), "inference_precision"), "save_ir": (("openvino",), "save_ir"),
+    "save_onnx": (("onnxruntime",), "save_onnx"),
+    "check_images": (("onnxruntime", "lite"), "check_images"),
+    "min_agreement": (("onnxruntime", "lite"), "min_agreement"),
+    "lite_python": (("lite",), "lite_python"),
 }
 
 
@@ -123,13 +128,13 @@ def runtime_options(args):
     """The options of --runtime from its flags; another runtime's flag, if set, is an error."""
     parser = get_args_parser()
     options, foreign = {}, []
-    for flag, (runtime, name) in RUNTIME_FLAGS.items():
+    for flag, (runtimes, name) in RUNTIME_FLAGS.items():
         value = getattr(args, flag)
-        if runtime == args.runtime:
+        if args.runtime in runtimes:
             if value is not None:
                 options[name] = value
         elif value != parser.get_default(flag):
-            foreign.append(f"--{flag} ({runtime})")
+            foreign.append(f"--{flag} ({'/'.join(runtimes)})")
     if foreign:
         raise ValueError(f"{', '.join(foreign)}: not options of --runtime {args.runtime}")
     if args.runtime == "paddle":  # Paddle sizes its input for the batch; the others take any

@@ -18,6 +18,7 @@ each module.
     paddleseg_fixes  PaddleSeg 2.8 losses and models fixed for paddle 3.x
     dygraph          dygraph training: paddleslim's QAT config, ``scalar``, CPU threads
     ptq_loader       the calibration feed paddle's PostTrainingQuantization accepts (2.6 and 3.x)
+    lite_int8        Paddle Lite 2.13rc0 x86 INT8: a copy with 7-bit weights (its GEMM saturates)
 
 Callers use the names re-exported here: ``from segqat import compat;
 compat.old_ir_export(...)``.
@@ -39,6 +40,7 @@ from .inference import (BROKEN_INFERENCE_PASSES, INT8_RESIDUAL_FUSE_PASS,  # noq
                         unreadable_ir)
 from .ir_switch import HAS_PIR  # noqa: F401
 from .legacy_ops import ExportError  # noqa: F401
+from .lite_int8 import MAX_ABS_WEIGHT_7BIT, lite_x86_int8_copy  # noqa: F401
 from .old_ir_export import EXPORT_TIMEOUT_S, old_ir_export  # noqa: F401
 from .paddleseg_fixes import loss_overrides, model_overrides  # noqa: F401
 from .program_fixes import (drop_observer_only_quant, fix_conv_bias_axis,  # noqa: F401

@@ -25,6 +25,7 @@ RUNTIMES = {
     "paddle": ("paddle_inference", "PaddlePredictor"),
     "openvino": ("openvino", "OpenVINOPredictor"),
     "onnxruntime": ("onnx_runtime", "OnnxRuntimePredictor"),
+    "lite": ("lite", "LitePredictor"),  # in its own Python 3.10 environment (make venv-lite)
 }
 
 

@@ -252,16 +252,18 @@ class Predictor:
                 scores = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in scores])
         return scores.argmax(0).astype(np.int32)
 
+    def timed_run(self, batch):
+        """Run ``batch`` once; the seconds the run took. A runtime in another process
+        (Paddle Lite) returns the time of its own run, without the transfer."""
+        t = time.perf_counter()
+        self.run(batch)
+        return time.perf_counter() - t
+
     def benchmark(self, batch, warmup=10, repeats=50):
         """Per-run times (s) of ``batch`` after warm-up."""
         for _ in range(warmup):
             self.run(batch)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            self.run(batch)
-            times.append(time.perf_counter() - t)
-        return times
+        return [self.timed_run(batch) for _ in range(repeats)]
 
 
 def palette(n=256):

@@ -79,8 +79,8 @@ def _run(args):
             preds = {}
             for rt in args.runtimes:
                 for k in ("fp32", "int8"):
-                    # random weights: ONNX Runtime's check against Paddle only reports here
-                    options = {"min_agreement": 0} if rt == "onnxruntime" else {}
+                    # random weights: the converting runtimes' check against Paddle only reports here
+                    options = {"min_agreement": 0} if rt in ("onnxruntime", "lite") else {}
                     preds[f"{rt} {k}"] = deploy.create_predictor(os.path.join(tmp, f"{i}_{k}"), runtime=rt,
                                                                  precision=k, threads=args.cpu_threads,
                                                                  **options)

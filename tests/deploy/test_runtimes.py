@@ -12,7 +12,8 @@ from segqat.config import load_config
 
 pytestmark = pytest.mark.runtimes  # OpenVINO / ONNX Runtime in the process (Makefile)
 
-RUNTIMES = list(deploy.RUNTIMES)
+# Paddle Lite needs its own environment (make venv-lite): tests/test_lite.py
+RUNTIMES = [rt for rt in deploy.RUNTIMES if rt != "lite"]
 
 
 def val_images(synth):
