@@ -12,7 +12,7 @@ from segqat.config import load_config
 
 pytestmark = pytest.mark.runtimes  # OpenVINO / ONNX Runtime in the process (Makefile)
 
-# Paddle Lite needs its own environment (make venv-lite): tests/test_lite.py
+# Paddle Lite needs its own environment (make venv-lite): tests/deploy/test_lite.py
 RUNTIMES = [rt for rt in deploy.RUNTIMES if rt != "lite"]
 
 
