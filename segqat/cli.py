@@ -178,7 +178,7 @@ def add_cpu_threads(parser, default=None):
 
 
 # deploy.RUNTIMES' names, here so that scripts' --help does not import paddle (a test checks they agree)
-RUNTIME_NAMES = ["paddle", "openvino", "onnxruntime"]
+RUNTIME_NAMES = ["paddle", "openvino", "onnxruntime", "lite"]
 
 
 def add_runtimes(parser):

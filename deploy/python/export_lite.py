@@ -52,7 +52,7 @@ def get_args_parser():
                    help="check images: a file, folder or list file (default: 2 synthetic images)")
     p.add_argument("--min_agreement", type=agreement_fraction, default=0.99,
                    help="least fraction of check pixels whose label must match Paddle's (default 0.99)")
-    p.add_argument("--cpu_threads", type=cli.threads, default=1)
+    cli.add_cpu_threads(p, default=1)
     p.add_argument("--lite_python", default=None, metavar="PYTHON",
                    help="Paddle Lite's Python (default: .venv-lite/bin/python, made by make venv-lite)")
     cli.add_allow_external_model(p)
