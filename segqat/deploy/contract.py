@@ -102,6 +102,14 @@ def _check_values(dep, path):
         try:
             core.ProgramDesc(data)
         except Exception as e:
+            import paddle
+            made = str(dep.get("paddle_version") or "")
+            if made and made != paddle.__version__:  # written by another Paddle (docs/stacks.md)
+                raise DeployError(f"{dep['model_file']} was exported by paddle {made}; paddle "
+                                  f"{paddle.__version__}'s Paddle Inference cannot load it "
+                                  f"({type(e).__name__}: its program does not parse). Run it on "
+                                  f"paddle {made}, or export it again on paddle {paddle.__version__}"
+                                  ) from e
             raise DeployError(f"{path}: model file {dep['model_file']} is not a Paddle program (a "
                               f"truncated or damaged file: {type(e).__name__}); export the model "
                               "again") from e
