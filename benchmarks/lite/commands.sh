@@ -1,7 +1,7 @@
 #!/bin/bash
 # Paddle Lite (paddlelite 2.13rc0, x86) against Paddle Inference on CamVid BiSeNetV2 and
 # PP-LiteSeg: label agreement and mIoU over the 101 validation images (agreement.py), then the
-# latency commands (not run yet: the machine was shared; run them on an idle machine).
+# latency commands. The 512x512 random-weight latency of all four runtimes is in latency/README.md.
 # machine: 2-core AMD EPYC without VNNI, paddlepaddle 3.3.1, paddlelite 2.13rc0 (.venv-lite);
 # models trained briefly from scratch (200 FP32 + 40 QAT iterations): agreement, not accuracy.
 # Run from the repository root.
