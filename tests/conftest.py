@@ -43,6 +43,17 @@ def run_script(rel, argv):
     return cli.run(mod.main, args)
 
 
+def fails(script, argv, caplog):
+    """Run a script in-process; it must exit 1 with a one-line error. Returns the log."""
+    caplog.clear()
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(SystemExit) as e:
+        run_script(script, argv)
+    assert e.value.code == 1
+    assert "Traceback" not in caplog.text
+    return caplog.text
+
+
 def tree(path):
     """{relative path: bytes} of every file under ``path``."""
     out = {}

@@ -6,7 +6,6 @@ export reported as success, kill -9 during saves, two runs on one folder).
 The kill and file-size tests run the real scripts in child processes.
 """
 import json
-import logging
 import os
 import pickle
 import random
@@ -18,19 +17,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script, tree
+from conftest import ROOT, fails, run_script, tree
 from segqat import outputs, weights
 
 PY = sys.executable
-
-
-def fails(script, argv, caplog):
-    caplog.clear()
-    caplog.set_level(logging.ERROR)
-    with pytest.raises(SystemExit) as e:
-        run_script(script, argv)
-    assert e.value.code == 1
-    return caplog.text
 
 
 def child(argv, limit_bytes=None, **kw):

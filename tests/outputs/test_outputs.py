@@ -9,7 +9,6 @@ and failed writes reported as success or leaving 0-byte files.
 import builtins
 import errno
 import json
-import logging
 import multiprocessing
 import os
 import re
@@ -22,21 +21,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import load_script, run_script, tree
+from conftest import fails, load_script, run_script, tree
 from segqat import outputs
 
 TEMP_MARKER = ".segqat-temp.json"  # the marker of a temp folder, by the name docs/safety.md gives
-
-
-def fails(script, argv, caplog):
-    """Run a script in-process; it must exit 1 with a one-line error. Returns the log."""
-    caplog.clear()
-    caplog.set_level(logging.ERROR)
-    with pytest.raises(SystemExit) as e:
-        run_script(script, argv)
-    assert e.value.code == 1
-    assert "Traceback" not in caplog.text
-    return caplog.text
 
 
 def fake_run(path):
